@@ -1,0 +1,126 @@
+"""Callbacks the stock Keras ones do not cover: atomic writes and safe interrupts."""
+
+import csv
+import io
+import math
+import os
+import signal
+
+import keras
+
+from nin_keras.io import atomic_path, atomic_write_text
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes to a temporary file and renames it.
+
+    A crash or a full disk while saving leaves the previous best model intact
+    (the stock callback writes the `.keras` zip in place).
+    """
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            with atomic_path(filepath) as tmp:
+                if self.save_weights_only:
+                    self.model.save_weights(tmp, overwrite=True)
+                else:
+                    self.model.save(tmp, overwrite=True)
+
+
+def read_history(path):
+    """Rows of a history CSV as dicts of floats (``epoch`` as int); [] if absent."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+
+
+def write_history(path, rows):
+    """Write history rows as CSV atomically."""
+    keys = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Per-epoch history in a CSV that survives crashes and resumes.
+
+    Unlike ``CSVLogger(append=True)``, a resumed run first drops rows of
+    epochs that ``BackupAndRestore`` will train again, so every epoch appears
+    exactly once; each write is atomic. Must come after ``BackupAndRestore``
+    in the callback list (it reads the restored initial epoch).
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        initial_epoch = getattr(self.model, "_initial_epoch", None) or 0
+        self.rows = [row for row in read_history(self.path) if row["epoch"] <= initial_epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.rows = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
+        write_history(self.path, self.rows)
+
+
+class Interrupted(Exception):
+    """Raised at a batch boundary after SIGINT/SIGTERM."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Turn SIGINT/SIGTERM into :class:`Interrupted` at the next batch boundary.
+
+    Raising (rather than setting ``stop_training``) keeps Keras from running
+    ``on_epoch_end`` for a half-finished epoch, so ``BackupAndRestore`` keeps
+    the last *complete* epoch and a rerun resumes from there.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.received = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:  # second signal: the user insists
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def on_train_begin(self, logs=None):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def _check(self, *args, **kwargs):
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+
+    def on_train_end(self, logs=None):
+        self.restore()
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def first_non_finite(rows, key="loss"):
+    """Epoch number of the first row whose ``key`` is NaN/inf, else None."""
+    for row in rows:
+        if key in row and not math.isfinite(row[key]):
+            return row["epoch"]
+    return None

@@ -1,0 +1,267 @@
+"""Offline data: Fashion-MNIST IDX files, image folders, tfds; tf.data pipelines.
+
+Everything is loaded into uint8 NumPy arrays (N, H, W, C) and int32 labels,
+then served by :func:`make_dataset`. Rescaling and resizing happen inside the
+model, so the pipeline only shuffles, batches and prefetches raw pixels.
+"""
+
+import dataclasses
+import gzip
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from nin_keras.errors import DataError
+
+ENV_DATA_DIR = "NIN_KERAS_DATA_DIR"
+DEBIAN_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class Splits:
+    """Arrays of one dataset: uint8 images (N, H, W, C) and int32 labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list
+    source: str
+
+    @property
+    def input_shape(self):
+        return list(self.x_train.shape[1:])
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def read_idx(path, expected_magic=None):
+    """Read one IDX file (raw or gzip) into a uint8 array.
+
+    Validates the magic number (unsigned-byte type, 1-3 dimensions, and
+    ``expected_magic`` when given) and that the payload holds exactly the
+    bytes the header announces. Any problem raises :class:`DataError` naming
+    the file.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read or decompress ({e})") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    (magic,) = struct.unpack(">i", raw[:4])
+    ndim = magic & 0xFF
+    if (magic >> 8) != 0x08 or not 1 <= ndim <= 3:
+        raise DataError(f"{path}: bad IDX magic number {magic} (expected an unsigned-byte array such as 2049 or 2051)")
+    if expected_magic is not None and magic != expected_magic:
+        raise DataError(f"{path}: IDX magic number {magic}, expected {expected_magic}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    dims = struct.unpack(f">{ndim}i", raw[4:header])
+    if any(d <= 0 for d in dims):
+        raise DataError(f"{path}: invalid IDX dimensions {dims}")
+    expected = int(np.prod(dims, dtype=np.int64))
+    payload = len(raw) - header
+    if payload != expected:
+        kind = "truncated" if payload < expected else "has trailing bytes"
+        raise DataError(f"{path}: {kind}: header announces {expected} bytes of data for shape {dims}, found {payload}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_file(directory, stem):
+    for name in (stem, stem + ".gz"):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise DataError(f"{os.path.join(directory, stem)}[.gz]: file not found in the Fashion-MNIST folder {directory}")
+
+
+def find_fashion_mnist_dir(data_dir=None):
+    """Locate the IDX folder: ``data_dir``, then $NIN_KERAS_DATA_DIR, then Debian's.
+
+    A folder the user names explicitly must exist; when nothing is found the
+    error lists every path tried and how to install the Debian package.
+    """
+    if data_dir is not None:
+        if not os.path.isdir(data_dir):
+            raise DataError(f"--data-dir {data_dir}: no such directory")
+        return data_dir
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        if not os.path.isdir(env):
+            raise DataError(f"${ENV_DATA_DIR}={env}: no such directory")
+        return env
+    if os.path.isdir(DEBIAN_DATA_DIR):
+        return DEBIAN_DATA_DIR
+    raise DataError(
+        f"Fashion-MNIST not found; tried --data-dir (not given), ${ENV_DATA_DIR} (not set), {DEBIAN_DATA_DIR}. "
+        "Install it with `sudo apt-get install -y dataset-fashion-mnist` or pass --data-dir DIR holding the IDX files."
+    )
+
+
+def load_idx_split(directory, split, num_classes=10):
+    """Load one split ("train" or "test") of an IDX dataset as (images NHWC, labels)."""
+    image_stem, label_stem, _ = IDX_FILES[split]
+    image_path, label_path = _find_file(directory, image_stem), _find_file(directory, label_stem)
+    images = read_idx(image_path, IMAGE_MAGIC)
+    labels = read_idx(label_path, LABEL_MAGIC)
+    if images.ndim != 3:
+        raise DataError(f"{image_path}: expected 3 dimensions (count, rows, cols), found {images.ndim}")
+    if len(images) != len(labels):
+        raise DataError(f"{image_path}: {len(images)} images but {label_path} has {len(labels)} labels")
+    if labels.size and labels.max() >= num_classes:
+        raise DataError(f"{label_path}: label {int(labels.max())} out of range for {num_classes} classes")
+    return images[..., None], labels.astype(np.int32)
+
+
+# ------------------------------------------------------------------ image folder
+
+
+def load_image_folder(directory, image_size=(28, 28), color_mode="grayscale"):
+    """Load a folder with one sub-folder of images per class.
+
+    Every file is checked with Pillow first so a corrupt or non-image file is
+    reported by name (Keras' loader would only fail later, without a name).
+    Returns (images uint8 NHWC, labels int32, class_names).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isdir(directory):
+        raise DataError(f"--image-dir {directory}: no such directory")
+    class_names = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    if not class_names:
+        raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
+    for name in class_names:
+        folder = os.path.join(directory, name)
+        files = sorted(os.listdir(folder))
+        if not files:
+            raise DataError(f"{folder}: empty class folder")
+        for file in files:
+            path = os.path.join(folder, file)
+            if not file.lower().endswith(IMAGE_EXTENSIONS):
+                raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+            try:
+                with Image.open(path) as img:
+                    img.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
+
+    import keras
+
+    ds = keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred",
+        label_mode="int",
+        class_names=class_names,
+        color_mode=color_mode,
+        image_size=tuple(image_size),
+        batch_size=None,
+        shuffle=False,
+        verbose=False,
+    )
+    images, labels = [], []
+    for x, y in ds.as_numpy_iterator():
+        images.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
+        labels.append(y)
+    return np.stack(images), np.asarray(labels, np.int32), class_names
+
+
+def load_tfds(name):
+    """Load a prepared tensorflow-datasets dataset (train/test) as arrays."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError("--tfds needs tensorflow-datasets: pip install tensorflow-datasets importlib_resources") from None
+    try:
+        train, test = tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True, download=False)
+        info = tfds.builder(name).info
+    except Exception as e:  # tfds raises many types; the user only needs the cause
+        raise DataError(f"tfds dataset {name!r} is not available offline ({type(e).__name__}: {e})") from None
+    (x_train, y_train), (x_test, y_test) = tfds.as_numpy(train), tfds.as_numpy(test)
+    return x_train, y_train.astype(np.int32), x_test, y_test.astype(np.int32), list(info.features["label"].names)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _split_validation(x, y, val_fraction, seed):
+    """Hold out a seeded random ``val_fraction`` of (x, y) for validation."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = int(round(len(x) * val_fraction))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, seed=0, limit=None,
+              test_limit=None, image_size=(28, 28), num_classes=10):
+    """Load the chosen source and split it into train / validation / test arrays.
+
+    Sources: ``image_dir`` (class folders; 20% becomes the test set),
+    ``tfds_name``, or Fashion-MNIST IDX files (default). ``limit`` keeps the
+    first N training examples (before the validation split), ``test_limit``
+    the first N test examples.
+    """
+    if image_dir is not None:
+        x, y, class_names = load_image_folder(image_dir, image_size=image_size)
+        x_train, y_train, x_test, y_test = _split_validation(x, y, 0.2, seed + 1)
+        source = f"image folder {image_dir}"
+    elif tfds_name is not None:
+        x_train, y_train, x_test, y_test, class_names = load_tfds(tfds_name)
+        source = f"tfds {tfds_name}"
+    else:
+        directory = find_fashion_mnist_dir(data_dir)
+        x_train, y_train = load_idx_split(directory, "train", num_classes)
+        x_test, y_test = load_idx_split(directory, "test", num_classes)
+        class_names = list(FASHION_MNIST_CLASSES)
+        source = f"Fashion-MNIST IDX files in {directory}"
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    if test_limit is not None:
+        x_test, y_test = x_test[:test_limit], y_test[:test_limit]
+    x_train, y_train, x_val, y_val = _split_validation(x_train, y_train, val_fraction, seed)
+    if len(x_train) == 0:
+        raise DataError(f"{source}: no training examples left after --limit {limit} and the validation split")
+    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, class_names, source)
+
+
+def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None):
+    """A tf.data pipeline over in-memory arrays: cache, seeded shuffle, batch, prefetch.
+
+    ``batch_size`` is the **global** batch (per-replica batch x replicas):
+    under a distribution strategy ``model.fit`` splits each batch across
+    replicas. ``shard_policy`` (a ``tf.data.experimental.AutoShardPolicy``)
+    decides how multi-worker training shards the data.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    if shard_policy is not None:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = shard_policy
+        ds = ds.with_options(options)
+    return ds

@@ -1,0 +1,27 @@
+"""The project's own error type.
+
+Every mistake a user can make (bad flag value, missing file, corrupt data, a
+run directory that holds another run) is raised as :class:`NinError` with a
+one-line message. Entry points catch it and print ``error: <message>`` instead
+of a traceback.
+"""
+
+
+class NinError(Exception):
+    """A user-facing error whose message is one line and names the problem."""
+
+    def __init__(self, message):
+        # Keep it one line even when the message embeds another error's text.
+        super().__init__(" ".join(str(message).split()))
+
+
+class DataError(NinError):
+    """Input data is missing, unreadable, or inconsistent."""
+
+
+class ConfigError(NinError):
+    """A setting, preset, or config file is invalid."""
+
+
+class TrainingDiverged(NinError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,360 @@
+"""Train NiN with ``model.fit`` under a tf.distribute strategy.
+
+Entry point: ``python -m nin_keras.fit [flags]`` (or ``nin-fit``). Flags
+default to None so only what the user passes overrides the preset; the
+resolved config, model, history, metrics, labels, TensorBoard logs and a
+plot are written into the run directory.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+from nin_keras import config as config_lib
+from nin_keras.errors import ConfigError, NinError, TrainingDiverged
+from nin_keras.io import atomic_path, atomic_write_text
+from nin_keras.presets import PRESETS, describe_presets
+
+RUN_FILES = {
+    "config": "config.json",
+    "model": "model.keras",
+    "best": "best.keras",
+    "history": "history.csv",
+    "metrics": "metrics.json",
+    "labels": "labels.txt",
+    "plot": "history.png",
+    "logs": "logs",
+    "backup": "backup",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line and exits 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_data_flags(parser):
+    """Data-source flags shared by fit, tuning and export."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", help="folder with Fashion-MNIST IDX files (.gz or raw); default "
+                       "$NIN_KERAS_DATA_DIR, then /usr/share/datasets/fashion-mnist")
+    group.add_argument("--image-dir", help="folder of images, one sub-folder per class")
+    group.add_argument("--tfds", help="name of a prepared tensorflow-datasets dataset")
+    group.add_argument("--limit", type=int, help="use only the first N training examples")
+    group.add_argument("--test-limit", type=int, help="evaluate on only the first N test examples")
+    group.add_argument("--val-fraction", type=float, help="fraction of training data held out for validation")
+    return group
+
+
+def build_parser():
+    """The ``nin_keras.fit`` command-line parser (every flag defaults to None)."""
+    parser = OneLineParser(
+        prog="python -m nin_keras.fit",
+        description="Train a Network-in-Network classifier (default: Fashion-MNIST, preset 'fashion').",
+        epilog="presets:\n" + describe_presets(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="model + recipe preset (default: fashion)")
+    parser.add_argument("--config", help="JSON file of settings (same names as the flags, with underscores)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch size (split across replicas)")
+    parser.add_argument("--learning-rate", "--lr", type=float)
+    parser.add_argument("--optimizer", choices=config_lib.OPTIMIZERS)
+    parser.add_argument("--momentum", type=float, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--lr-schedule", choices=config_lib.SCHEDULES)
+    parser.add_argument("--seed", type=int)
+    add_data_flags(parser)
+    parser.add_argument("--output-dir", help="run directory (default: runs/<preset>-<timestamp>)")
+    parser.add_argument("--strategy", choices=config_lib.STRATEGIES)
+    parser.add_argument("--cpu-replicas", type=int, help="split the CPU into N logical devices (MirroredStrategy replicas)")
+    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, help="float16 compute (GPU)")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, help="XLA jit_compile (GPU; slower on CPU)")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir even if settings changed")
+    mode.add_argument("--overwrite", action="store_true", help="delete what --output-dir holds and start afresh")
+    return parser
+
+
+def overrides_from_args(args):
+    """The settings the user passed (None for the rest)."""
+    skip = {"config", "resume", "overwrite"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+# ------------------------------------------------------------------ run folder
+
+
+def prepare_run_dir(cfg, resume=False, overwrite=False):
+    """Create or reuse the run directory; refuse one that holds a different run.
+
+    Returns ("new" | "resume" | "done", path). Rerunning the same settings on
+    an unfinished run resumes it; a finished one is reported as done.
+    """
+    run_dir = cfg.output_dir
+    config_path = os.path.join(run_dir, RUN_FILES["config"])
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"--output-dir {run_dir}: exists and is not a directory")
+    if overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    state = "new"
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{config_path}: unreadable run config ({e}); use --overwrite to start afresh") from None
+        diff = config_lib.config_differences(saved, cfg.to_dict())
+        if diff and not resume:
+            raise ConfigError(
+                f"--output-dir {run_dir} holds a different run (settings differ: {', '.join(diff)}); "
+                "pass --resume to continue it with the new settings, --overwrite to replace it, or another --output-dir"
+            )
+        state = "done" if os.path.exists(os.path.join(run_dir, RUN_FILES["metrics"])) else "resume"
+    elif os.path.isdir(run_dir) and os.listdir(run_dir) and not resume:
+        raise ConfigError(f"--output-dir {run_dir}: not empty and holds no nin_keras run; choose another folder or --overwrite")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--output-dir {run_dir}: cannot write ({e.strerror or e})") from None
+    return state, run_dir
+
+
+def default_output_dir(preset):
+    return os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# -------------------------------------------------------------------- training
+
+
+def make_optimizer(cfg, steps_per_epoch):
+    """The optimizer ``cfg`` asks for, with its learning-rate schedule."""
+    import keras
+
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        total = max(1, cfg.epochs * steps_per_epoch)
+        warmup = int(total * cfg.warmup_fraction)
+        # Linear warm-up then cosine decay: lets Adam/SGD take a large peak
+        # learning rate without the early divergence NiN (no BatchNorm) is prone to.
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else lr, total - warmup, warmup_target=lr if warmup else None, warmup_steps=warmup
+        )
+    weight_decay = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=weight_decay)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=weight_decay)
+    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+
+
+def compile_model(model, cfg, steps_per_epoch):
+    """Compile with sparse categorical cross-entropy and accuracy."""
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=bool(cfg.xla),
+    )
+
+
+class _Throughput:
+    """Training examples/sec, excluding validation and evaluation time."""
+
+    def __init__(self):
+        import keras
+
+        outer = self
+
+        class _CB(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer._start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                outer._last = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.seconds += outer._last - outer._start
+                outer.epochs += 1
+
+        self.callback = _CB()
+        self.seconds = 0.0
+        self.epochs = 0
+
+
+def train(cfg, resume=False, overwrite=False, print_fn=print):
+    """Run one training job described by a resolved :class:`FitConfig`.
+
+    Returns the metrics dict (also written to ``metrics.json``). Raises
+    :class:`NinError` subclasses for user-facing problems.
+    """
+    if cfg.output_dir is None:
+        cfg.output_dir = default_output_dir(cfg.preset)
+
+    from nin_keras import distribute
+
+    # The CPU split and strategy must exist before any other TensorFlow work.
+    strategy = distribute.make_strategy(cfg.strategy, cfg.cpu_replicas)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise ConfigError(
+            f"global batch size {cfg.batch_size} is not divisible by the {replicas} replicas; "
+            f"use a multiple of {replicas}. Received: batch_size={cfg.batch_size}"
+        )
+    chief = distribute.is_chief(strategy)
+    final_dir = cfg.output_dir
+    if chief:
+        state, run_dir = prepare_run_dir(cfg, resume, overwrite)
+        if state == "done":
+            with open(os.path.join(run_dir, RUN_FILES["metrics"])) as f:
+                metrics = json.load(f)
+            print_fn(f"{run_dir} already holds this finished run (test acc {metrics['test_accuracy']:.3f}); "
+                     "pass --overwrite to train it again.")
+            return metrics
+    else:
+        # Non-chief workers must save too (collective ops), but somewhere private.
+        import tempfile
+
+        run_dir = tempfile.mkdtemp(prefix="nin_keras-worker-")
+        state = "new"
+
+    try:
+        return _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn)
+    finally:
+        if not chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from nin_keras.callbacks import AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, first_non_finite
+    from nin_keras.data import load_data, make_dataset
+    from nin_keras.model import build_nin
+    from nin_keras.plotting import plot_history
+
+    path = {k: os.path.join(run_dir, v) for k, v in RUN_FILES.items()}
+    if chief:
+        config_lib.save_config(cfg, path["config"])
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    kwargs = config_lib.model_kwargs(cfg)
+    size = kwargs.get("image_size") or kwargs["input_shape"][:2]
+    splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
+                       cfg.test_limit, image_size=kwargs["input_shape"][:2])
+    del size
+    num_classes = len(splits.class_names)
+    if int(splits.y_train.max()) >= num_classes:
+        raise NinError(f"{splits.source}: label {int(splits.y_train.max())} out of range for {num_classes} classes")
+    kwargs = config_lib.model_kwargs(cfg, num_classes, splits.input_shape)
+
+    shard = tf.data.experimental.AutoShardPolicy.DATA if cfg.strategy == "multi-worker" else None
+    train_ds = make_dataset(splits.x_train, splits.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                            shard_policy=shard)
+    val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard)
+    test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard)
+    steps_per_epoch = math.ceil(len(splits.x_train) / cfg.batch_size)
+
+    with strategy.scope():
+        model = build_nin(**kwargs)
+        compile_model(model, cfg, steps_per_epoch)
+
+    print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, "
+             f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch {cfg.batch_size}")
+    print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, {len(splits.x_test)} test")
+    if state == "resume":
+        print_fn(f"resuming the run in {run_dir}")
+
+    throughput = _Throughput()
+    stopper = StopOnSignal()
+    callbacks = [
+        # BackupAndRestore first: the history callback reads the epoch it restores.
+        keras.callbacks.BackupAndRestore(path["backup"], double_checkpoint=True),
+        HistoryCSV(path["history"]),
+        AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.TensorBoard(path["logs"]),
+        keras.callbacks.TerminateOnNaN(),
+        throughput.callback,
+        stopper,
+    ]
+    try:
+        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose)
+    except Interrupted as e:
+        stopper.restore()
+        code = 128 + e.signum
+        print_fn(f"\ninterrupted by {e}: the last finished epoch is saved in {path['backup']}; "
+                 f"resume with: python -m nin_keras.fit --output-dir {final_dir} (same settings)")
+        raise SystemExit(code) from None
+    finally:
+        stopper.restore()
+
+    history = callbacks[1].rows
+    bad_epoch = first_non_finite(history)
+    if bad_epoch is not None:
+        kept = f"; the best model so far is kept in {path['best']}" if os.path.exists(path["best"]) else ""
+        raise TrainingDiverged(
+            f"training diverged: the loss became NaN/inf in epoch {bad_epoch} "
+            f"(learning rate {cfg.learning_rate} may be too high){kept}"
+        )
+
+    test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+    last = history[-1] if history else {}
+    metrics = {
+        "preset": cfg.preset,
+        "parameters": int(model.count_params()),
+        "epochs": len(history),
+        "train_loss": last.get("loss"),
+        "train_accuracy": last.get("accuracy"),
+        "val_accuracy": last.get("val_accuracy"),
+        "test_loss": float(test_loss),
+        "test_accuracy": float(test_acc),
+        "test_examples": int(len(splits.x_test)),
+        "examples_per_sec": (len(splits.x_train) * throughput.epochs / throughput.seconds) if throughput.seconds else None,
+        "replicas": int(strategy.num_replicas_in_sync),
+    }
+    # Every worker must take part in saving (collectives); only the chief's files are kept.
+    with atomic_path(path["model"]) as tmp:
+        model.save(tmp)
+    if chief:
+        atomic_write_text(path["labels"], "\n".join(splits.class_names) + "\n")
+        plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")
+        atomic_write_text(path["metrics"], json.dumps(metrics, indent=2) + "\n")
+    eps = metrics["examples_per_sec"]
+    print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
+             f"test acc {metrics['test_accuracy']:.3f}, "
+             f"{eps:.1f} examples/sec on {strategy.num_replicas_in_sync} replica(s)" if eps else "")
+    if chief:
+        print_fn(f"run saved in {final_dir}")
+    del np
+    return metrics
+
+
+def main(argv=None):
+    """CLI entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_lib.resolve_config(overrides_from_args(args), args.config)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except NinError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

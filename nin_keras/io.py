@@ -1,0 +1,59 @@
+"""Atomic file writes: write a temporary file beside the target, then rename.
+
+A crash, a full disk or a failed export never leaves a half-written file, and
+never replaces a good file with a broken one.
+"""
+
+import contextlib
+import os
+import tempfile
+
+from nin_keras.errors import NinError
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path in ``path``'s folder; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    ``suffix`` defaults to the target's extension (Keras and matplotlib pick
+    the file format from it).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if suffix is None:
+        suffix = os.path.splitext(path)[1]
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=directory)
+        os.close(fd)
+    except OSError as e:
+        raise NinError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise NinError(f"{path}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically (fsync'd before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))

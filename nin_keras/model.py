@@ -1,0 +1,297 @@
+"""Network in Network (Lin, Chen & Yan 2013) with the Keras 3 functional API.
+
+An *mlpconv* block is a k x k convolution followed by 1 x 1 convolutions (a
+small MLP shared across pixels), each with ReLU. The classifier is one more
+mlpconv block whose last convolution has one channel per class, followed by
+global average pooling, so the network needs no dense layers at all.
+
+Layer names are block-prefixed (``block2_conv1``, ``block2_pool``,
+``head_gap``) so summaries, weights and TFLite graphs read well.
+"""
+
+import keras
+from keras import layers
+
+from nin_keras.errors import ConfigError
+
+POOL_TYPES = (None, "max", "avg")
+PADDINGS = ("valid", "same")
+HEADS = ("gap", "dense")
+
+
+def _check(condition, message, value):
+    if not condition:
+        raise ConfigError(f"{message} Received: {value!r}")
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _validate_block(spec, index, mlp_layers, is_head=False):
+    """Normalise one block spec dict; raise ConfigError naming the bad field."""
+    where = f"block {index}" if not is_head else "head block"
+    _check(isinstance(spec, dict), f"{where} must be a dict.", spec)
+    known = {"filters", "kernel_size", "strides", "padding", "mlp_filters", "pool", "dropout"}
+    unknown = set(spec) - known
+    _check(not unknown, f"{where} has unknown keys {sorted(unknown)}.", spec)
+    out = {
+        "filters": spec.get("filters"),
+        "kernel_size": spec.get("kernel_size", 3),
+        "strides": spec.get("strides", 1),
+        "padding": spec.get("padding", "same"),
+        "pool": spec.get("pool", None if is_head else "max"),
+        "dropout": spec.get("dropout", 0.0),
+    }
+    if not (is_head and out["filters"] is None):
+        _check(_positive_int(out["filters"]), f"{where}: `filters` must be a positive int.", out["filters"])
+    _check(_positive_int(out["kernel_size"]), f"{where}: `kernel_size` must be a positive int.", out["kernel_size"])
+    _check(_positive_int(out["strides"]), f"{where}: `strides` must be a positive int.", out["strides"])
+    _check(out["padding"] in PADDINGS, f"{where}: `padding` must be one of {PADDINGS}.", out["padding"])
+    _check(out["pool"] in POOL_TYPES, f"{where}: `pool` must be one of {POOL_TYPES}.", out["pool"])
+    _check(
+        isinstance(out["dropout"], (int, float)) and 0 <= out["dropout"] < 1,
+        f"{where}: `dropout` must be in [0, 1).",
+        out["dropout"],
+    )
+    mlp = spec.get("mlp_filters")
+    if mlp is None:
+        mlp = [out["filters"]] * mlp_layers
+    _check(isinstance(mlp, (list, tuple)) and 1 <= len(mlp) <= 3, f"{where}: `mlp_filters` must list 1 to 3 widths.", mlp)
+    for width in mlp:
+        if not (is_head and width is None):
+            _check(_positive_int(width), f"{where}: `mlp_filters` entries must be positive ints.", mlp)
+    out["mlp_filters"] = list(mlp)
+    return out
+
+
+def mlpconv_block(
+    x,
+    filters,
+    kernel_size,
+    strides=1,
+    padding="same",
+    mlp_filters=(None, None),
+    mlp_kernel_size=1,
+    batch_norm=False,
+    last_activation="relu",
+    name="block1",
+):
+    """Apply one NiN mlpconv block to tensor ``x``.
+
+    Args:
+        x: input tensor (NHWC).
+        filters: channels of the k x k convolution.
+        kernel_size, strides, padding: of the k x k convolution.
+        mlp_filters: channels of each following "1 x 1" convolution; ``None``
+            entries repeat ``filters``. Its length is the number of 1 x 1 convs.
+        mlp_kernel_size: kernel size of those convolutions (1 in the paper; the
+            seeds' exercises ask what happens with larger ones).
+        batch_norm: insert BatchNormalization between each conv and its ReLU.
+        last_activation: activation of the block's last convolution.
+        name: block prefix of every layer (``block2`` gives ``block2_conv0``).
+
+    Returns:
+        The output tensor.
+    """
+    widths = [filters] + [filters if w is None else w for w in mlp_filters]
+    kernels = [kernel_size] + [mlp_kernel_size] * len(mlp_filters)
+    for i, (width, kernel) in enumerate(zip(widths, kernels)):
+        is_last = i == len(widths) - 1
+        activation = last_activation if is_last else "relu"
+        x = layers.Conv2D(
+            width,
+            kernel,
+            strides=strides if i == 0 else 1,
+            padding=padding if i == 0 else "same",
+            # Bias is redundant when BatchNorm follows.
+            use_bias=not batch_norm,
+            kernel_initializer="glorot_uniform",  # Xavier uniform, as in the d2l recipe
+            name=f"{name}_conv{i}",
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        if activation is not None:
+            x = layers.Activation(activation, name=f"{name}_relu{i}" if activation == "relu" else f"{name}_act{i}")(x)
+    return x
+
+
+def _pool(x, kind, name):
+    if kind == "max":
+        return layers.MaxPooling2D(pool_size=3, strides=2, name=f"{name}_pool")(x)
+    if kind == "avg":
+        return layers.AveragePooling2D(pool_size=3, strides=2, name=f"{name}_pool")(x)
+    return x
+
+
+def build_nin(
+    blocks,
+    head_block=None,
+    num_classes=10,
+    input_shape=(28, 28, 1),
+    image_size=None,
+    mlp_layers=2,
+    mlp_kernel_size=1,
+    width_multiplier=1.0,
+    dropout=None,
+    batch_norm=False,
+    head="gap",
+    dense_units=(4096, 4096),
+    augment=False,
+    head_activation="relu",
+    classifier_activation="softmax",
+    name="nin",
+):
+    """Build a Network-in-Network classifier as a functional ``keras.Model``.
+
+    The model takes raw images (uint8 or float in [0, 255]) of ``input_shape``;
+    it rescales them to [0, 1] and resizes them to ``image_size`` inside the
+    graph, so the input pipeline and a phone app ship raw pixels.
+
+    Args:
+        blocks: list of feature-block specs, each a dict with ``filters``,
+            ``kernel_size`` (3), ``strides`` (1), ``padding`` ("same"),
+            optional ``mlp_filters`` (widths of the 1 x 1 convs), ``pool``
+            ("max", "avg" or None; 3 x 3 window, stride 2, after the block) and
+            ``dropout`` (rate after the pool, 0).
+        head_block: spec of the classifier mlpconv block (GAP head only). Its
+            ``filters`` and ``mlp_filters`` entries may be None, meaning
+            ``num_classes``; its last convolution must be ``num_classes`` wide.
+            Default: ``{"filters": None, "kernel_size": 3}``.
+        num_classes: number of classes.
+        input_shape: raw input shape (H, W, C).
+        image_size: (H, W) the model resizes to, or None to keep the input size.
+        mlp_layers: number of 1 x 1 convs per block when a spec does not list
+            ``mlp_filters`` (1 to 3).
+        mlp_kernel_size: kernel size of those convs (default 1).
+        width_multiplier: scales the width of every feature block.
+        dropout: if not None, overrides the dropout rate of the last feature
+            block (the one before the classifier, as in d2l).
+        batch_norm: BatchNormalization after every convolution.
+        head: "gap" (global average pooling, NiN) or "dense" (flatten, then
+            ``dense_units`` ReLU layers with dropout 0.5, then a dense
+            classifier, as in AlexNet/VGG) for comparison.
+        dense_units: hidden widths of the dense head.
+        augment: add light, training-only augmentation (horizontal flip and
+            small translations) after rescaling.
+        head_activation: activation of the classifier block's last conv
+            before global average pooling: "relu" (d2l, the paper) or None
+            (linear class scores, which trains faster without BatchNorm).
+        classifier_activation: "softmax" (probabilities) or None (logits).
+        name: model name.
+
+    Returns:
+        A ``keras.Model``.
+    """
+    _check(isinstance(blocks, (list, tuple)) and len(blocks) >= 1, "`blocks` must be a non-empty list of block specs.", blocks)
+    _check(_positive_int(num_classes) and num_classes >= 2, "`num_classes` must be an int >= 2.", num_classes)
+    _check(
+        isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and all(_positive_int(d) for d in input_shape),
+        "`input_shape` must be (height, width, channels) of positive ints.",
+        input_shape,
+    )
+    if image_size is not None:
+        _check(
+            isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(_positive_int(d) for d in image_size),
+            "`image_size` must be (height, width) of positive ints or None.",
+            image_size,
+        )
+    _check(mlp_layers in (1, 2, 3), "`mlp_layers` must be 1, 2 or 3.", mlp_layers)
+    _check(_positive_int(mlp_kernel_size), "`mlp_kernel_size` must be a positive int.", mlp_kernel_size)
+    _check(
+        isinstance(width_multiplier, (int, float)) and width_multiplier > 0,
+        "`width_multiplier` must be > 0.",
+        width_multiplier,
+    )
+    if dropout is not None:
+        _check(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "`dropout` must be in [0, 1).", dropout)
+    _check(head in HEADS, f"`head` must be one of {HEADS}.", head)
+    _check(head_activation in ("relu", None), "`head_activation` must be 'relu' or None.", head_activation)
+    _check(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
+
+    specs = [_validate_block(spec, i + 1, mlp_layers) for i, spec in enumerate(blocks)]
+    head_spec = _validate_block(head_block or {"filters": None, "kernel_size": 3}, 0, mlp_layers, is_head=True)
+    if dropout is not None:
+        specs[-1]["dropout"] = dropout
+
+    def scaled(width):
+        return max(1, int(round(width * width_multiplier)))
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    # Pixels arrive as raw [0, 255] values; scaling inside the graph means a
+    # phone app (and the int8 TFLite model) can feed camera bytes directly.
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
+        x = layers.Resizing(image_size[0], image_size[1], name="resize")(x)
+    if augment:
+        x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant", name="augment_translate")(x)
+
+    for i, spec in enumerate(specs, start=1):
+        x = mlpconv_block(
+            x,
+            scaled(spec["filters"]),
+            spec["kernel_size"],
+            strides=spec["strides"],
+            padding=spec["padding"],
+            mlp_filters=[scaled(w) for w in spec["mlp_filters"]],
+            mlp_kernel_size=mlp_kernel_size,
+            batch_norm=batch_norm,
+            name=f"block{i}",
+        )
+        x = _pool(x, spec["pool"], f"block{i}")
+        if spec["dropout"]:
+            x = layers.Dropout(spec["dropout"], name=f"block{i}_dropout")(x)
+
+    if head == "gap":
+        filters = head_spec["filters"] or num_classes
+        mlp = [num_classes if w is None else w for w in head_spec["mlp_filters"]]
+        _check(mlp[-1] == num_classes, "head block: its last convolution must have `num_classes` filters.", mlp)
+        x = mlpconv_block(
+            x,
+            filters,
+            head_spec["kernel_size"],
+            strides=head_spec["strides"],
+            padding=head_spec["padding"],
+            mlp_filters=mlp,
+            mlp_kernel_size=mlp_kernel_size,
+            batch_norm=batch_norm,
+            last_activation=head_activation,
+            name="head",
+        )
+        x = layers.GlobalAveragePooling2D(name="head_gap")(x)
+    else:
+        x = layers.Flatten(name="head_flatten")(x)
+        for j, units in enumerate(dense_units, start=1):
+            x = layers.Dense(units, activation="relu", name=f"head_dense{j}")(x)
+            x = layers.Dropout(0.5, name=f"head_dense{j}_dropout")(x)
+        x = layers.Dense(num_classes, name="head_logits")(x)
+    if classifier_activation == "softmax":
+        # float32 output even under mixed precision, for a stable loss.
+        x = layers.Activation("softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def block_summary(model, print_fn=print):
+    """Print each block's output shape and parameters, like the seeds do.
+
+    Rows are the last layer of each block prefix (``block1``, ``block1_pool``
+    is folded into its block), so d2l's table ``block 1 -> 54x54x96`` reads
+    directly. Returns the rows as a list of (name, shape, params).
+    """
+    rows = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        prefix = layer.name.split("_")[0]
+        params = layer.count_params()
+        shape = tuple(layer.output.shape[1:])
+        group = layer.name if layer.name.endswith(("_pool", "_dropout", "_gap", "_flatten")) else prefix
+        if rows and rows[-1][0] == group:
+            rows[-1] = (group, shape, rows[-1][2] + params)
+        else:
+            rows.append((group, shape, params))
+    for name, shape, params in rows:
+        print_fn(f"{name:<22} output shape: {'x'.join(str(d) for d in shape):<14} params: {params:,}")
+    print_fn(f"{'total':<22} {'':<28} params: {model.count_params():,}")
+    return rows

@@ -1,0 +1,69 @@
+"""Shared test helpers (keras-hub style): tiny preset, save/reload, real data.
+
+The CPU is split into two logical devices for the whole session, so every
+MirroredStrategy built by the tests runs two real replicas.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from nin_keras import data  # noqa: E402
+
+TEST_REPLICAS = 2
+
+
+def pytest_configure(config):
+    from nin_keras.distribute import split_cpu
+
+    split_cpu(TEST_REPLICAS)
+
+
+@pytest.fixture(scope="session")
+def fashion_dir():
+    """The real Fashion-MNIST folder (CI installs Debian's dataset-fashion-mnist)."""
+    return data.find_fashion_mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def fashion_test(fashion_dir):
+    """Real test images (uint8 NHWC) and labels."""
+    return data.load_idx_split(fashion_dir, "test")
+
+
+def build_preset(name="tiny", **overrides):
+    """Build a preset's model with optional build_nin overrides."""
+    from nin_keras.model import build_nin
+    from nin_keras.presets import get_preset
+
+    kwargs = get_preset(name)["model"]
+    kwargs.update(overrides)
+    return build_nin(**kwargs)
+
+
+def save_and_reload(model, tmp_path, name="model.keras"):
+    """Save a model as .keras and load it back (safe mode)."""
+    import keras
+
+    path = os.path.join(tmp_path, name)
+    model.save(path)
+    return keras.saving.load_model(path)
+
+
+def random_images(n=8, shape=(28, 28, 1), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory):
+    """A run directory of the tiny preset trained on real data (shared by several tests)."""
+    from nin_keras.config import resolve_config
+    from nin_keras.fit import train
+
+    out = str(tmp_path_factory.mktemp("runs") / "tiny")
+    cfg = resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": out, "verbose": 0})
+    metrics = train(cfg, print_fn=lambda *a: None)
+    return out, metrics

@@ -1,0 +1,199 @@
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nin_keras import data
+from nin_keras.errors import DataError
+
+
+def write_idx(path, array, magic=None, compress=False, trailing=b"", cut=0):
+    array = np.asarray(array, np.uint8)
+    magic = magic if magic is not None else 0x0800 | array.ndim
+    raw = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes() + trailing
+    raw = raw[: len(raw) - cut] if cut else raw
+    with open(path, "wb") as f:
+        f.write(gzip.compress(raw) if compress else raw)
+    return str(path)
+
+
+def make_idx_dir(root, n_train=6, n_test=4, label_max=9, n_train_labels=None):
+    rng = np.random.default_rng(0)
+    os.makedirs(root, exist_ok=True)
+    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)))
+    write_idx(root / "train-labels-idx1-ubyte", rng.integers(0, label_max + 1, (n_train_labels or n_train,)))
+    write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28)), compress=True)
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, (n_test,)), compress=True)
+    return str(root)
+
+
+def test_real_fashion_mnist_counts_dtypes_and_labels(fashion_dir):
+    for split, count in (("train", 60000), ("test", 10000)):
+        x, y = data.load_idx_split(fashion_dir, split)
+        assert x.shape == (count, 28, 28, 1) and x.dtype == np.uint8
+        assert y.shape == (count,) and y.dtype == np.int32
+        assert sorted(np.unique(y).tolist()) == list(range(10))
+        assert np.bincount(y).min() == count // 10  # Fashion-MNIST is balanced
+        assert 0 < x.mean() < 255
+
+
+def test_gzip_and_raw_files_read_the_same(tmp_path):
+    arr = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    a = data.read_idx(write_idx(tmp_path / "a", arr))
+    b = data.read_idx(write_idx(tmp_path / "b.gz", arr, compress=True))
+    np.testing.assert_array_equal(a, arr)
+    np.testing.assert_array_equal(b, arr)
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected_magic, message",
+    [
+        ({"magic": 0x0D03}, None, "bad IDX magic number"),
+        ({"magic": 2049}, 2051, "magic number 2049, expected 2051"),
+        ({"cut": 5}, None, "truncated"),
+        ({"trailing": b"xx"}, None, "trailing bytes"),
+    ],
+)
+def test_corrupt_idx_files_name_the_file_and_problem(tmp_path, kwargs, expected_magic, message):
+    path = write_idx(tmp_path / "bad", np.zeros((3, 2, 2)), **kwargs)
+    with pytest.raises(DataError, match=message) as info:
+        data.read_idx(path, expected_magic)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupt_gzip_stream(tmp_path):
+    path = tmp_path / "broken.gz"
+    path.write_bytes(gzip.compress(b"\x00" * 100)[:20])
+    with pytest.raises(DataError, match="cannot read or decompress"):
+        data.read_idx(path)
+
+
+def test_mismatched_image_and_label_counts(tmp_path):
+    root = make_idx_dir(tmp_path / "d", n_train=6, n_train_labels=5)
+    with pytest.raises(DataError, match="6 images but .* has 5 labels"):
+        data.load_idx_split(root, "train")
+
+
+def test_labels_out_of_range(tmp_path):
+    root = make_idx_dir(tmp_path / "d", label_max=200)
+    with pytest.raises(DataError, match=r"out of range for 10 classes"):
+        data.load_idx_split(root, "train")
+
+
+def test_missing_file_in_folder(tmp_path):
+    root = make_idx_dir(tmp_path / "d")
+    os.remove(os.path.join(root, "train-labels-idx1-ubyte"))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.*not found"):
+        data.load_idx_split(root, "train")
+
+
+def test_data_dir_search_order(tmp_path, monkeypatch):
+    env_dir = make_idx_dir(tmp_path / "env")
+    monkeypatch.setenv(data.ENV_DATA_DIR, env_dir)
+    assert data.find_fashion_mnist_dir(str(tmp_path)) == str(tmp_path)  # the flag wins
+    assert data.find_fashion_mnist_dir() == env_dir  # then the environment
+
+
+def test_nothing_found_lists_paths_and_apt_hint(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
+    monkeypatch.setattr(data, "DEBIAN_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(DataError) as info:
+        data.find_fashion_mnist_dir()
+    message = str(info.value)
+    assert str(tmp_path / "nope") in message and "apt-get install -y dataset-fashion-mnist" in message
+    with pytest.raises(DataError, match="--data-dir /does/not/exist: no such directory"):
+        data.find_fashion_mnist_dir("/does/not/exist")
+
+
+def test_load_data_splits_validation_and_limits(tmp_path):
+    root = make_idx_dir(tmp_path / "d", n_train=24, n_test=4)
+    splits = data.load_data(data_dir=root, val_fraction=0.25, limit=20, test_limit=3)
+    assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (15, 5, 3)
+    assert splits.input_shape == [28, 28, 1] and len(splits.class_names) == 10
+
+
+def test_pipeline_element_spec_and_global_batch():
+    x = np.zeros((100, 28, 28, 1), np.uint8)
+    y = np.arange(100, dtype=np.int32) % 10
+    ds = data.make_dataset(x, y, batch_size=32, shuffle=True, seed=1)
+    images, labels = ds.element_spec
+    assert images.shape.as_list() == [None, 28, 28, 1] and images.dtype.name == "uint8"
+    assert labels.shape.as_list() == [None] and labels.dtype.name == "int32"
+    batches = list(ds)
+    assert [int(b[0].shape[0]) for b in batches] == [32, 32, 32, 4]
+    # Seeded shuffle: each epoch is a permutation, and the same seed gives the same first epoch.
+    first = np.concatenate([b[1].numpy() for b in batches])
+    again = np.concatenate([b[1].numpy() for b in data.make_dataset(x, y, 32, shuffle=True, seed=1)])
+    assert sorted(first.tolist()) == sorted(y.tolist()) and not np.array_equal(first, y)
+    np.testing.assert_array_equal(first, again)
+
+
+# ------------------------------------------------------------------ image folder
+
+
+def write_png(path, value=128, size=(28, 28)):
+    from PIL import Image
+
+    Image.fromarray(np.full(size, value, np.uint8)).save(path)
+
+
+def make_image_dir(root, classes=("cat", "dog"), per_class=5):
+    for c, name in enumerate(classes):
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(per_class):
+            write_png(root / name / f"{i}.png", value=40 + 150 * c + i)
+    return root
+
+
+def test_image_folder_loads_with_class_names(tmp_path):
+    root = make_image_dir(tmp_path / "imgs")
+    x, y, names = data.load_image_folder(str(root), image_size=(28, 28))
+    assert names == ["cat", "dog"] and x.shape == (10, 28, 28, 1) and x.dtype == np.uint8
+    assert sorted(y.tolist()) == [0] * 5 + [1] * 5
+    assert x[y == 1].mean() > x[y == 0].mean()
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda r: (r / "dog" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "3.png: corrupt or unreadable image"),
+        (lambda r: (r / "dog" / "notes.txt").write_text("hello"), "notes.txt: not an image file"),
+        (lambda r: os.makedirs(r / "empty"), "empty: empty class folder"),
+    ],
+)
+def test_image_folder_problems_are_named(tmp_path, breakage, message):
+    root = make_image_dir(tmp_path / "imgs")
+    breakage(root)
+    with pytest.raises(DataError, match=message):
+        data.load_image_folder(str(root))
+
+
+def test_image_folder_without_class_folders(tmp_path):
+    (tmp_path / "flat").mkdir()
+    write_png(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="no class folders"):
+        data.load_image_folder(str(tmp_path / "flat"))
+
+
+# --------------------------------------------------------------- property-based
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda dims, body: struct.pack(">i", 0x0800 | len(dims)) + struct.pack(f">{len(dims)}i", *dims) + body,
+              st.lists(st.integers(-5, 6), min_size=1, max_size=3), st.binary(max_size=80)),
+))
+def test_idx_reader_only_raises_its_own_error(tmp_path, blob):
+    path = tmp_path / "fuzz"
+    for payload in (blob, gzip.compress(blob), gzip.compress(blob)[: max(2, len(blob) // 2)]):
+        path.write_bytes(payload)
+        try:
+            arr = data.read_idx(path)
+        except DataError:
+            continue
+        assert arr.dtype == np.uint8 and arr.size == len(gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload) - 4 - 4 * arr.ndim

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+
+from conftest import build_preset, random_images, save_and_reload
+from nin_keras.errors import ConfigError
+from nin_keras.model import block_summary, build_nin
+from nin_keras.presets import PRESETS, get_preset
+
+# REFERENCE.md: the d2l NiN at 224x224x1.
+D2L_TABLE = [
+    ("block1", (54, 54, 96), 30336),
+    ("block1_pool", (26, 26, 96), 0),
+    ("block2", (26, 26, 256), 746240),
+    ("block2_pool", (12, 12, 256), 0),
+    ("block3", (12, 12, 384), 1180800),
+    ("block3_pool", (5, 5, 384), 0),
+    ("head", (5, 5, 10), 34790),
+    ("head_gap", (10,), 0),
+]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_predicts_probabilities(name):
+    model = build_preset(name)
+    shape = tuple(get_preset(name)["model"]["input_shape"])
+    probs = model.predict(random_images(2, shape), verbose=0)
+    assert probs.shape == (2, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_d2l_preset_matches_reference_shapes_and_parameters():
+    model = build_preset("d2l")
+    rows = {name: (shape, params) for name, shape, params in block_summary(model, print_fn=lambda *a: None)}
+    for name, shape, params in D2L_TABLE:
+        assert rows[name] == (shape, params), name
+    assert model.count_params() == 1_992_166
+    assert model.get_layer("resize").output.shape[1:] == (224, 224, 1)
+
+
+def test_paper_cifar_preset_has_about_097m_parameters():
+    model = build_preset("paper-cifar")
+    assert model.count_params() == 966_986
+    assert [model.get_layer(f"block1_conv{i}").filters for i in range(3)] == [192, 160, 96]
+    assert model.get_layer("block2_pool").__class__.__name__ == "AveragePooling2D"
+    assert [model.get_layer(f"head_conv{i}").filters for i in range(3)] == [192, 192, 10]
+
+
+def test_save_and_reload_gives_same_outputs(tmp_path):
+    model = build_preset("tiny")
+    x = random_images(4)
+    restored = save_and_reload(model, tmp_path)
+    np.testing.assert_allclose(model.predict(x, verbose=0), restored.predict(x, verbose=0), atol=1e-6)
+
+
+def test_layers_carry_block_prefixed_names():
+    model = build_preset("tiny")
+    names = [layer.name for layer in model.layers[1:]]
+    assert "block1_conv0" in names and "block2_conv2" in names and "head_gap" in names
+    allowed = ("block", "head", "rescale", "resize", "predictions", "augment")
+    assert all(name.startswith(allowed) for name in names), names
+
+
+@pytest.mark.parametrize("mlp_layers", [1, 2, 3])
+def test_mlp_layers_sets_number_of_1x1_convs(mlp_layers):
+    model = build_preset("tiny", mlp_layers=mlp_layers)
+    convs = [layer.name for layer in model.layers if layer.name.startswith("block1_conv")]
+    assert len(convs) == 1 + mlp_layers
+    assert model.get_layer(f"block1_conv{mlp_layers}").kernel_size == (1, 1)
+
+
+def test_options_reach_the_model():
+    assert build_preset("tiny", mlp_kernel_size=3).get_layer("block1_conv1").kernel_size == (3, 3)
+    assert any(layer.name == "block1_bn0" for layer in build_preset("tiny", batch_norm=True).layers)
+    assert build_preset("tiny", width_multiplier=2.0).get_layer("block1_conv0").filters == 32
+    assert build_preset("tiny", dropout=0.25).get_layer("block2_dropout").rate == 0.25
+    assert build_preset("tiny", augment=True).get_layer("augment_flip") is not None
+    assert build_preset("tiny", head_activation=None).get_layer("head_conv2").activation.__name__ == "linear"
+    model = build_preset("tiny", num_classes=7, input_shape=(40, 30, 3), image_size=(32, 32))
+    assert model.output.shape[1:] == (7,) and model.get_layer("resize").output.shape[1:] == (32, 32, 3)
+
+
+def test_dense_head_is_much_larger_than_gap():
+    gap = build_preset("d2l")
+    dense = build_preset("d2l", head="dense")
+    assert dense.get_layer("head_dense1").units == 4096
+    assert dense.count_params() > 20 * gap.count_params()
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"mlp_layers": 4}, "Received: 4"),
+        ({"num_classes": 1}, "Received: 1"),
+        ({"input_shape": (28, 28)}, "Received: (28, 28)"),
+        ({"head": "mlp"}, "Received: 'mlp'"),
+        ({"width_multiplier": 0}, "Received: 0"),
+        ({"blocks": [{"filters": -3}]}, "Received: -3"),
+        ({"blocks": [{"filters": 8, "pool": "min"}]}, "Received: 'min'"),
+        ({"blocks": [{"filters": 8, "kernal_size": 3}]}, "unknown keys ['kernal_size']"),
+        ({"blocks": []}, "Received: []"),
+    ],
+)
+def test_invalid_arguments_repeat_the_bad_value(kwargs, fragment):
+    base = {"blocks": [{"filters": 8}]}
+    base.update(kwargs)
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        build_nin(**base)
+
+
+def test_block_summary_prints_each_block(capsys):
+    block_summary(build_preset("tiny"))
+    out = capsys.readouterr().out
+    assert "block1" in out and "28x28x16" in out and "total" in out and "10,822" in out
