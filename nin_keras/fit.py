@@ -293,7 +293,9 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         stopper,
     ]
     try:
-        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose)
+        # shuffle=False: the tf.data pipeline already shuffles (seeded).
+        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose,
+                  shuffle=False)
     except Interrupted as e:
         stopper.restore()
         code = 128 + e.signum
@@ -346,6 +348,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
 
 def main(argv=None):
     """CLI entry point; returns the process exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ start-up chatter (e.g. cuInit on CPU)
     args = build_parser().parse_args(argv)
     try:
         cfg = config_lib.resolve_config(overrides_from_args(args), args.config)

@@ -11,9 +11,9 @@ from nin_keras.errors import ConfigError
 PRESETS = {
     "fashion": {
         "description": (
-            "CPU-sized NiN for 28x28 Fashion-MNIST (the default): three mlpconv blocks "
-            "at native resolution, global average pooling head; ~0.9 test accuracy "
-            "in under 15 minutes on 2 CPU cores."
+            "CPU-sized NiN for 28x28 Fashion-MNIST (the default): 64 (5x5) and 128 (3x3) "
+            "mlpconv blocks at native resolution, then a 10-class block and global average "
+            "pooling; 128,614 parameters, >= 0.90 test accuracy in under 15 minutes on 2 CPU cores."
         ),
         "model": {
             "input_shape": [28, 28, 1],
@@ -23,8 +23,11 @@ PRESETS = {
                 {"filters": 128, "kernel_size": 3, "pool": "max", "dropout": 0.3},
             ],
             "head_block": {"filters": None, "kernel_size": 3},
+            # Linear class maps before GAP: without BatchNorm (which halves CPU
+            # throughput) this converges markedly faster than a final ReLU.
+            "head_activation": None,
         },
-        "fit": {"epochs": 4, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002},
+        "fit": {"epochs": 8, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.003},
     },
     "tiny": {
         "description": "A tiny NiN for tests and smoke runs: two narrow blocks, seconds per epoch.",

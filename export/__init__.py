@@ -1,0 +1,1 @@
+"""Export trained NiN models to quantized TFLite and verify them with LiteRT."""

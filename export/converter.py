@@ -1,0 +1,184 @@
+"""Keras -> TFLite conversion (float32, float16, dynamic-range, full int8) and SavedModel.
+
+The Keras model rescales raw [0, 255] pixels itself, so a uint8 TFLite input
+with scale 1 and zero point 0 takes camera/bitmap bytes directly.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+
+import numpy as np
+
+from nin_keras.errors import NinError
+from nin_keras.io import atomic_write_bytes, atomic_write_text
+
+TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
+ALL_FORMATS = TFLITE_FORMATS + ("saved_model",)
+IO_TYPES = ("uint8", "int8", "float32")
+BYTES_PER_PARAM = {"float32": 4, "float16": 2, "dynamic": 1, "int8": 1}
+
+
+class ExportError(NinError):
+    """A model cannot be loaded or exported."""
+
+
+def resolve_model_path(path):
+    """A run directory (its ``model.keras``) or a ``.keras`` file -> the .keras path."""
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "model.keras")
+        if not os.path.isfile(candidate):
+            raise ExportError(f"{path}: run directory holds no model.keras (did training finish?)")
+        return candidate
+    if not os.path.exists(path):
+        raise ExportError(f"{path}: no such file or directory")
+    if not path.endswith(".keras"):
+        raise ExportError(f"{path}: expected a .keras file or a nin_keras run directory")
+    return path
+
+
+def load_keras_model(path):
+    """Load a .keras model in Keras safe mode; ExportError for corrupt or unsafe files."""
+    import keras
+
+    path = resolve_model_path(path)
+    if not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: not a valid .keras file (not a zip archive; corrupt or truncated?)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode" in str(e) or "lambda" in str(e).lower():
+            raise ExportError(f"{path}: refused by Keras safe mode (it contains a Lambda layer or other "
+                              "arbitrary code); re-save the model without it") from None
+        raise ExportError(f"{path}: cannot load ({e})") from None
+    except Exception as e:  # Keras raises many types for damaged archives
+        raise ExportError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+
+
+def load_labels(model_path, num_classes):
+    """Class names from the run's labels.txt if present, else "0".."N-1"."""
+    labels_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "labels.txt")
+    if os.path.isfile(labels_path):
+        with open(labels_path) as f:
+            labels = [line.rstrip("\n") for line in f if line.strip()]
+        if len(labels) == num_classes:
+            return labels
+    return [str(i) for i in range(num_classes)]
+
+
+def _saved_model_converter(model, workdir):
+    """A TFLiteConverter over a SavedModel export of ``model``.
+
+    Going through SavedModel freezes Keras 3 variables into constants;
+    converting a traced ``tf.function`` directly leaves READ_VARIABLE ops that
+    int8 calibration cannot run.
+    """
+    import tensorflow as tf
+
+    path = os.path.join(workdir, "saved_model")
+    model.export(path, format="tf_saved_model", verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(path)
+
+
+def convert(model, fmt, representative_images=None, int8_input="uint8", int8_output="float32"):
+    """Convert ``model`` to TFLite bytes in format ``fmt``.
+
+    ``representative_images`` (uint8 NHWC) calibrate the int8 model; its
+    input/output types are ``int8_input`` / ``int8_output``.
+    """
+    import tensorflow as tf
+
+    if fmt not in TFLITE_FORMATS:
+        raise ExportError(f"unknown TFLite format. Received: {fmt!r}")
+    with tempfile.TemporaryDirectory(prefix="nin_keras-export-") as workdir:
+        converter = _saved_model_converter(model, workdir)
+        return _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output)
+
+
+def _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output):
+    import tensorflow as tf
+
+    if fmt == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif fmt == "int8":
+        if representative_images is None or len(representative_images) == 0:
+            raise ExportError("int8 export needs calibration images")
+
+        def representative_dataset():
+            for image in representative_images:
+                yield [image[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, int8_input)
+        converter.inference_output_type = getattr(tf, int8_output)
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"TFLite conversion to {fmt} failed: {first}") from None
+
+
+def io_details(tflite_bytes):
+    """Input and output tensor details (shape, dtype, quantization) of a TFLite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite_bytes)
+
+    def describe(d):
+        scale, zero_point = d["quantization"]
+        return {"shape": [int(s) for s in d["shape_signature"]], "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scale), "zero_point": int(zero_point)}
+
+    return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
+
+
+def sidecar(fmt, tflite_bytes, labels, model):
+    """The JSON an app needs beside the .tflite: labels, I/O and preprocessing."""
+    inp, out = io_details(tflite_bytes)
+    height, width, channels = model.input_shape[1:]
+    return {
+        "format": fmt,
+        "labels": labels,
+        "input": inp,
+        "output": {**out, "meaning": "class probabilities (softmax)" if out["dtype"] == "float32" else
+                   "quantized class probabilities: p = scale * (q - zero_point)"},
+        "preprocessing": {
+            "color": "grayscale" if channels == 1 else "RGB",
+            "resize_to": [int(height), int(width)],
+            "pixel_range": [0, 255],
+            "note": ("feed raw pixel values 0..255 (no normalisation: the model rescales "
+                     "and resizes internally); for int8 input, q = round(pixel / scale) + zero_point"),
+        },
+    }
+
+
+def write_tflite(out_dir, fmt, tflite_bytes, meta):
+    """Write ``nin_<fmt>.tflite`` and its ``.json`` sidecar atomically; return the model path."""
+    path = os.path.join(out_dir, f"nin_{fmt}.tflite")
+    # The sidecar first: a model file never appears without its sidecar.
+    atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_bytes(path, tflite_bytes)
+    return path
+
+
+def export_saved_model(model, out_dir):
+    """Export a TF SavedModel for serving into ``out_dir/saved_model`` (atomic rename)."""
+    target = os.path.join(out_dir, "saved_model")
+    tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=out_dir)
+    try:
+        model.export(os.path.join(tmp, "m"), format="tf_saved_model", verbose=False)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(tmp, "m"), target)
+    except Exception as e:
+        raise ExportError(f"SavedModel export failed: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

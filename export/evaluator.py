@@ -1,0 +1,91 @@
+"""Run exported TFLite models with the LiteRT interpreter and measure them."""
+
+import sys
+import time
+
+import numpy as np
+
+
+class TFLiteClassifier:
+    """A LiteRT interpreter wrapped to take raw uint8 images and return probabilities.
+
+    Handles the quantization of int8/uint8 inputs and outputs from the model's
+    own scale and zero point, so every format is called the same way.
+    """
+
+    def __init__(self, model_path=None, model_content=None, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._batch = None
+
+    def _resize(self, batch):
+        if batch != self._batch:
+            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self._batch = batch
+
+    def quantize_input(self, images):
+        dtype = self.input["dtype"]
+        if dtype == np.float32:
+            return images.astype(np.float32)
+        scale, zero_point = self.input["quantization"]
+        info = np.iinfo(dtype)
+        q = np.round(images.astype(np.float32) / scale) + zero_point
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def dequantize_output(self, raw):
+        if self.output["dtype"] == np.float32:
+            return raw
+        scale, zero_point = self.output["quantization"]
+        return (raw.astype(np.float32) - zero_point) * scale
+
+    def predict(self, images):
+        """Probabilities for a batch of raw images (N, H, W, C) in [0, 255]."""
+        self._resize(len(images))
+        self.interpreter.set_tensor(self.input["index"], self.quantize_input(images))
+        self.interpreter.invoke()
+        return self.dequantize_output(self.interpreter.get_tensor(self.output["index"]))
+
+
+def progress(iterable, total, label, every=0.5, stream=sys.stderr):
+    """Yield from ``iterable`` while drawing a one-line progress bar on ``stream``."""
+    start = last = time.perf_counter()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every or i == total:
+            last = now
+            done = int(30 * i / total)
+            rate = i / max(now - start, 1e-9)
+            stream.write(f"\r{label:<10} [{'=' * done}{'.' * (30 - done)}] {i}/{total} {rate:,.0f}/s")
+            stream.flush()
+    stream.write("\n")
+
+
+def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tflite"):
+    """Classify every image at batch 1, timing each call.
+
+    Returns accuracy, agreement with ``reference_top1`` (Keras' predictions),
+    and the mean / p95 latency per image in milliseconds.
+    """
+    clf = TFLiteClassifier(model_path, num_threads=1)
+    preds = np.empty(len(images), np.int64)
+    times = np.empty(len(images))
+    clf.predict(images[:1])  # warm-up: allocation and first-run caches
+    for i in progress(range(len(images)), len(images), label):
+        t0 = time.perf_counter()
+        probs = clf.predict(images[i : i + 1])
+        times[i] = time.perf_counter() - t0
+        preds[i] = int(np.argmax(probs[0]))
+    result = {
+        "accuracy": float(np.mean(preds == labels)),
+        "latency_ms_mean": float(times.mean() * 1e3),
+        "latency_ms_p95": float(np.percentile(times, 95) * 1e3),
+        "examples": int(len(images)),
+    }
+    if reference_top1 is not None:
+        result["agreement_with_keras"] = float(np.mean(preds == reference_top1))
+    return result

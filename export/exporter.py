@@ -1,0 +1,178 @@
+"""``python -m export``: TFLite/SavedModel export with a verified size/accuracy/latency report."""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from export.converter import (
+    ALL_FORMATS,
+    BYTES_PER_PARAM,
+    IO_TYPES,
+    TFLITE_FORMATS,
+    convert,
+    export_saved_model,
+    load_keras_model,
+    load_labels,
+    resolve_model_path,
+    sidecar,
+    write_tflite,
+)
+from nin_keras.errors import NinError
+from nin_keras.fit import OneLineParser, add_data_flags
+from nin_keras.io import atomic_write_text
+
+EXIT_ACCURACY_GATE = 3
+
+
+def build_parser():
+    parser = OneLineParser(prog="python -m export", description=__doc__)
+    parser.add_argument("model", help="a nin_keras run directory or a .keras file")
+    parser.add_argument("--output-dir", help="where to write the models (default: <run dir>/export)")
+    parser.add_argument("--format", dest="formats", action="append", choices=ALL_FORMATS,
+                        help="format to export; repeat for several (default: all four TFLite formats)")
+    parser.add_argument("--calibration-samples", type=int, default=300,
+                        help="training images used to calibrate int8 (default 300)")
+    parser.add_argument("--int8-input", choices=IO_TYPES, default="uint8",
+                        help="input type of the int8 model (default uint8: raw pixel bytes)")
+    parser.add_argument("--int8-output", choices=IO_TYPES, default="float32",
+                        help="output type of the int8 model (default float32 probabilities)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                        help="fail (exit 3) if int8 accuracy is more than this many points below Keras (default 1.0)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT evaluation and report")
+    parser.add_argument("--seed", type=int, default=0)
+    add_data_flags(parser)
+    return parser
+
+
+def parameter_report(model):
+    """Parameter counts and bytes, and what a dense head would weigh instead of GAP."""
+    from nin_keras.report import dense_head_twin
+
+    params = int(model.count_params())
+    out = {"parameters": params, "parameter_bytes": {f: params * b for f, b in BYTES_PER_PARAM.items()}}
+    twin = dense_head_twin(model)
+    if twin is not None:
+        out["dense_head_parameters"] = int(twin.count_params())
+        out["dense_head_bytes_float32"] = int(twin.count_params()) * 4
+    return out
+
+
+def format_table(rows):
+    """Markdown table of the per-format results."""
+    header = ("format", "size KB", "x float32", "accuracy", "agree w/ Keras", "mean ms", "p95 ms", "param bytes")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["format"], f"{r['size_bytes'] / 1024:,.1f}", f"{r['size_ratio_to_float32']:.3f}",
+            f"{r['accuracy']:.4f}" if "accuracy" in r else "-",
+            f"{r['agreement_with_keras']:.4f}" if "agreement_with_keras" in r else "-",
+            f"{r['latency_ms_mean']:.3f}" if "latency_ms_mean" in r else "-",
+            f"{r['latency_ms_p95']:.3f}" if "latency_ms_p95" in r else "-",
+            f"{r['parameter_bytes']:,}",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def run_export(args, print_fn=print):
+    """Export and verify; returns (report dict, exit code)."""
+    from export.evaluator import evaluate_tflite
+    from nin_keras.data import load_data
+
+    model_path = resolve_model_path(args.model)
+    model = load_keras_model(model_path)
+    out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(model_path)), "export")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
+    formats = args.formats or list(TFLITE_FORMATS)
+    if args.calibration_samples < 1:
+        raise NinError(f"--calibration-samples must be >= 1. Received: {args.calibration_samples}")
+
+    num_classes = int(model.output.shape[-1])
+    labels = load_labels(model_path, num_classes)
+    needs_data = "int8" in formats or not args.no_verify
+    splits = None
+    if needs_data:
+        splits = load_data(args.data_dir, args.image_dir, args.tfds, val_fraction=args.val_fraction or 1 / 12,
+                           seed=args.seed, limit=args.limit, test_limit=args.test_limit,
+                           image_size=model.input_shape[1:3], num_classes=num_classes)
+        if list(splits.input_shape) != list(model.input_shape[1:]):
+            raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
+
+    written = {}
+    for fmt in formats:
+        if fmt == "saved_model":
+            written[fmt] = export_saved_model(model, out_dir)
+            print_fn(f"wrote {written[fmt]}")
+            continue
+        calibration = None
+        if fmt == "int8":
+            # Calibrate on training images, drawn through the project's own pipeline.
+            from nin_keras.data import make_dataset
+
+            ds = make_dataset(splits.x_train, splits.y_train, args.calibration_samples, shuffle=True, seed=args.seed)
+            calibration = next(iter(ds))[0].numpy()
+        tflite = convert(model, fmt, calibration, args.int8_input, args.int8_output)
+        written[fmt] = write_tflite(out_dir, fmt, tflite, sidecar(fmt, tflite, labels, model))
+        print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
+
+    report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model)}
+    tflite_formats = [f for f in formats if f != "saved_model"]
+    if args.no_verify or not tflite_formats:
+        return report, 0
+
+    x_test, y_test = splits.x_test, splits.y_test
+    keras_probs = model.predict(x_test, batch_size=256, verbose=0)
+    keras_top1 = keras_probs.argmax(1)
+    report["keras_accuracy"] = float(np.mean(keras_top1 == y_test))
+    report["test_examples"] = int(len(y_test))
+    float32_size = os.path.getsize(written["float32"]) if "float32" in written else None
+    rows = []
+    for fmt in tflite_formats:
+        result = evaluate_tflite(written[fmt], x_test, y_test, keras_top1, label=fmt)
+        size = os.path.getsize(written[fmt])
+        rows.append({"format": fmt, "path": written[fmt], "size_bytes": size,
+                     "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
+                     "parameter_bytes": report["parameter_bytes"][fmt], **result})
+    report["formats"] = rows
+    table = format_table(rows)
+    dense = (f"\nWith a dense head (4096-4096 ReLU layers) instead of global average pooling, the same network "
+             f"would have {report['dense_head_parameters']:,} parameters ({report['dense_head_bytes_float32'] / 2**20:,.1f} MiB "
+             f"in float32) instead of {report['parameters']:,} ({report['parameter_bytes']['float32'] / 2**20:,.2f} MiB).") \
+        if "dense_head_parameters" in report else ""
+    summary = (f"Keras accuracy on {len(y_test)} test images: {report['keras_accuracy']:.4f}. "
+               "Latency: LiteRT, batch 1, 1 thread, this CPU.")
+    markdown = f"# Export report\n\n{summary}\n\n{table}\n{dense}\n"
+    atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(os.path.join(out_dir, "report.md"), markdown)
+    print_fn(markdown)
+
+    code = 0
+    for row in rows:
+        if row["format"] == "int8":
+            drop = (report["keras_accuracy"] - row["accuracy"]) * 100
+            report["int8_accuracy_drop_points"] = drop
+            if drop > args.max_accuracy_drop:
+                print_fn(f"error: int8 accuracy {row['accuracy']:.4f} is {drop:.2f} points below Keras "
+                         f"{report['keras_accuracy']:.4f}, more than --max-accuracy-drop {args.max_accuracy_drop}")
+                code = EXIT_ACCURACY_GATE
+    return report, code
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        _, code = run_export(args)
+    except NinError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""``python -m export.predict MODEL.tflite IMAGE...``: classify image files with an exported model.
+
+Uses the sidecar JSON written beside the model (labels, input size, colour);
+every image is converted to the model's colour mode and resized, then fed as
+raw 0..255 pixels. A bad file gets a one-line error and the rest still run.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from nin_keras.fit import OneLineParser
+
+
+def load_sidecar(model_path):
+    """The ``.json`` written beside ``model_path`` by the exporter."""
+    path = os.path.splitext(model_path)[0] + ".json"
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path}: sidecar not found (export the model with `python -m export`)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {path}: unreadable sidecar ({e})") from None
+
+
+def load_image(path, size, color):
+    """Read an image file as uint8 (H, W, C) in the model's colour mode and size."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("L" if color == "grayscale" else "RGB")
+        img = img.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(img, np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
+    """Print the top-k labels of each image; return {path: [(label, prob), ...]} for the readable ones."""
+    from PIL import UnidentifiedImageError
+
+    from export.evaluator import TFLiteClassifier
+
+    err_fn = err_fn or (lambda msg: print(msg, file=sys.stderr))
+    meta = load_sidecar(model_path)
+    try:
+        clf = TFLiteClassifier(model_path)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {model_path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
+    labels = meta["labels"]
+    pre = meta["preprocessing"]
+    results = {}
+    for path in image_paths:
+        try:
+            image = load_image(path, pre["resize_to"], pre["color"])
+        except FileNotFoundError:
+            err_fn(f"error: {path}: no such file")
+            continue
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            err_fn(f"error: {path}: not a readable image ({type(e).__name__})")
+            continue
+        probs = clf.predict(image[None])[0]
+        order = np.argsort(probs)[::-1][:top_k]
+        results[path] = [(labels[i], float(probs[i])) for i in order]
+        print_fn(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in results[path]))
+    return results
+
+
+def main(argv=None):
+    parser = OneLineParser(prog="python -m export.predict", description=__doc__)
+    parser.add_argument("model", help="an exported .tflite file (its .json sidecar must be beside it)")
+    parser.add_argument("images", nargs="+", help="PNG/JPEG files")
+    parser.add_argument("--top-k", type=int, default=3)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.model):
+        print(f"error: {args.model}: no such file", file=sys.stderr)
+        return 1
+    if args.top_k < 1:
+        print(f"error: --top-k must be >= 1. Received: {args.top_k}", file=sys.stderr)
+        return 1
+    results = classify(args.model, args.images, args.top_k)
+    return 0 if len(results) == len(args.images) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

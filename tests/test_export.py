@@ -1,0 +1,134 @@
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from export import exporter, predict
+from export.converter import convert, load_keras_model
+from export.evaluator import TFLiteClassifier
+
+
+@pytest.fixture(scope="module")
+def exported(trained_tiny_run, tmp_path_factory):
+    """The trained tiny run exported to every TFLite format and verified on 1,000 test images."""
+    run_dir, _ = trained_tiny_run
+    out = str(tmp_path_factory.mktemp("export"))
+    args = exporter.build_parser().parse_args([run_dir, "--output-dir", out, "--test-limit", "1000",
+                                               "--calibration-samples", "200", "--max-accuracy-drop", "100"])
+    report, code = exporter.run_export(args, print_fn=lambda *a: None)
+    return run_dir, out, report, code
+
+
+def test_every_format_is_written_with_sidecar_and_report(exported):
+    _, out, report, code = exported
+    assert code == 0
+    for fmt in ("float32", "float16", "dynamic", "int8"):
+        assert os.path.getsize(os.path.join(out, f"nin_{fmt}.tflite")) > 0
+        with open(os.path.join(out, f"nin_{fmt}.json")) as f:
+            meta = json.load(f)
+        assert meta["labels"][0] == "T-shirt/top" and meta["preprocessing"]["resize_to"] == [28, 28]
+    assert {r["format"] for r in report["formats"]} == {"float32", "float16", "dynamic", "int8"}
+    assert os.path.exists(os.path.join(out, "report.md")) and os.path.exists(os.path.join(out, "report.json"))
+    assert report["dense_head_parameters"] > 100 * report["parameters"]
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_float32_tflite_matches_keras(exported, fashion_test):
+    import keras
+
+    run_dir, out, _, _ = exported
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    x = fashion_test[0][:64]
+    tflite = TFLiteClassifier(os.path.join(out, "nin_float32.tflite")).predict(x)
+    np.testing.assert_allclose(tflite, model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_int8_model_is_quantized_and_agrees_with_keras(exported):
+    _, out, report, _ = exported
+    with open(os.path.join(out, "nin_int8.json")) as f:
+        meta = json.load(f)
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["scale"] > 0
+    clf = TFLiteClassifier(os.path.join(out, "nin_int8.tflite"))
+    assert clf.input["dtype"] == np.uint8 and clf.input["quantization"][0] > 0
+    int8 = next(r for r in report["formats"] if r["format"] == "int8")
+    assert int8["agreement_with_keras"] >= 0.95
+    sizes = {r["format"]: r["size_bytes"] for r in report["formats"]}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+
+
+def test_int8_with_int8_io(trained_tiny_run, fashion_test):
+    run_dir, _ = trained_tiny_run
+    model = load_keras_model(run_dir)
+    blob = convert(model, "int8", fashion_test[0][:50], int8_input="int8", int8_output="int8")
+    clf = TFLiteClassifier(model_content=blob)
+    assert clf.input["dtype"] == np.int8 and clf.output["dtype"] == np.int8
+    probs = clf.predict(fashion_test[0][:20])
+    assert probs.shape == (20, 10) and np.all(probs >= 0) and np.allclose(probs.sum(1), 1, atol=0.1)
+
+
+def test_accuracy_gate_fails_when_forced(exported, capsys):
+    run_dir, out, _, _ = exported
+    code = exporter.main([run_dir, "--output-dir", out, "--format", "int8", "--test-limit", "200",
+                          "--calibration-samples", "50", "--max-accuracy-drop", "-50"])
+    assert code == exporter.EXIT_ACCURACY_GATE
+    assert "int8 accuracy" in capsys.readouterr().out
+
+
+def test_saved_model_format(trained_tiny_run, tmp_path):
+    run_dir, _ = trained_tiny_run
+    code = exporter.main([run_dir, "--output-dir", str(tmp_path), "--format", "saved_model", "--no-verify"])
+    assert code == 0 and os.path.exists(tmp_path / "saved_model" / "saved_model.pb")
+
+
+def test_missing_and_corrupt_model_paths(tmp_path, capsys):
+    assert exporter.main([str(tmp_path / "nope.keras"), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "nope.keras: no such file or directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    assert exporter.main([str(bad), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "not a valid .keras file" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o") or not os.listdir(tmp_path / "o")
+
+
+def test_lambda_layer_is_refused_by_safe_mode(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    outputs = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    assert zipfile.is_zipfile(path)
+    assert exporter.main([str(path), "--output-dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "refused by Keras safe mode" in err and err.count("\n") == 1
+
+
+def test_predict_labels_real_pngs_and_reports_bad_files(exported, fashion_test, tmp_path, capsys):
+    from PIL import Image
+
+    import keras
+
+    run_dir, out, _, _ = exported
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    x, y = fashion_test
+    probs = model.predict(x[:300], verbose=0)
+    confident = [i for i in range(300) if probs[i].argmax() == y[i] and probs[i].max() > 0.9][:5]
+    assert len(confident) == 5
+    paths = []
+    for i in confident:
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(x[i, :, :, 0]).convert("RGB").resize((56, 56)).save(path)  # colour + size differ on purpose
+        paths.append(str(path))
+    (tmp_path / "junk.png").write_text("not an image")
+    names = [line.strip() for line in open(os.path.join(run_dir, "labels.txt"))]
+    code = predict.main([os.path.join(out, "nin_int8.tflite"), *paths, str(tmp_path / "junk.png"),
+                         str(tmp_path / "missing.png")])
+    captured = capsys.readouterr()
+    assert code == 1
+    for path, i in zip(paths, confident):
+        line = next(line for line in captured.out.splitlines() if line.startswith(path))
+        assert line.split(": ")[1].startswith(names[y[i]])
+    assert f"error: {tmp_path / 'junk.png'}: not a readable image" in captured.err
+    assert f"error: {tmp_path / 'missing.png'}: no such file" in captured.err

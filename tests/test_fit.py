@@ -1,0 +1,155 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nin_keras import fit
+from nin_keras.config import resolve_config
+from nin_keras.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_mirrored_two_replicas_matches_one_device(fashion_test):
+    """Same global batch, same initial weights: 2-replica and 1-device training agree."""
+    import keras
+    import tensorflow as tf
+
+    from nin_keras.distribute import make_strategy
+    from nin_keras.model import build_nin
+    from nin_keras.presets import get_preset
+
+    x, y = fashion_test[0][:512], fashion_test[1][:512]
+    kwargs = get_preset("tiny")["model"]
+    keras.utils.set_random_seed(0)
+    initial = build_nin(**kwargs).get_weights()
+    results = {}
+    for name in ("one-device", "mirrored"):
+        strategy = make_strategy(name)
+        with strategy.scope():
+            model = build_nin(**kwargs)
+            model.set_weights(initial)
+            model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+        history = model.fit(ds, epochs=2, verbose=0)
+        results[name] = (strategy.num_replicas_in_sync, history.history["loss"], model.get_weights())
+    assert results["one-device"][0] == 1 and results["mirrored"][0] == 2
+    np.testing.assert_allclose(results["mirrored"][1], results["one-device"][1], rtol=1e-3)
+    for a, b in zip(results["mirrored"][2], results["one-device"][2]):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert results["one-device"][1][1] < results["one-device"][1][0]
+
+
+def test_tiny_real_run_beats_chance_and_writes_the_run_dir(trained_tiny_run):
+    run_dir, metrics = trained_tiny_run
+    assert metrics["test_examples"] == 10000
+    assert metrics["test_accuracy"] > 0.6  # chance is 0.1
+    assert metrics["replicas"] == 2 and metrics["epochs"] == 3
+    for name in ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "labels.txt", "history.png"):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
+    assert os.listdir(os.path.join(run_dir, "logs"))
+    assert not os.path.exists(os.path.join(run_dir, "backup"))  # removed once training finished
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("epoch,") and [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3"]
+    assert open(os.path.join(run_dir, "labels.txt")).read().splitlines()[9] == "Ankle boot"
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["preset"] == "tiny" and saved["epochs"] == 3 and saved["learning_rate"] == 0.003
+
+
+def test_saved_model_reloads_and_matches_reported_accuracy(trained_tiny_run, fashion_test):
+    import keras
+
+    run_dir, metrics = trained_tiny_run
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    x, y = fashion_test
+    acc = float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(1) == y))
+    assert acc == pytest.approx(metrics["test_accuracy"], abs=1e-3)
+
+
+def test_rerunning_a_finished_run_does_not_retrain(trained_tiny_run, capsys):
+    run_dir, _ = trained_tiny_run
+    before = os.path.getmtime(os.path.join(run_dir, "model.keras"))
+    code = fit.main(["--preset", "tiny", "--epochs", "3", "--limit", "20000", "--output-dir", run_dir, "--verbose", "0"])
+    assert code == 0 and "already holds this finished run" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(run_dir, "model.keras")) == before
+
+
+def test_run_dir_with_a_different_run_is_refused(trained_tiny_run, capsys):
+    run_dir, _ = trained_tiny_run
+    code = fit.main(["--preset", "tiny", "--epochs", "5", "--output-dir", run_dir])
+    err = capsys.readouterr().err
+    assert code == 1 and "holds a different run (settings differ: epochs, limit)" in err
+    assert err.count("\n") == 1
+
+
+def test_config_file_then_flags_override_the_preset(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "tiny", "epochs": 7, "learning_rate": 0.01, "model": {"mlp_layers": 1}}))
+    cfg = resolve_config({"epochs": 2}, str(path))
+    assert (cfg.preset, cfg.epochs, cfg.learning_rate, cfg.batch_size, cfg.model) == ("tiny", 2, 0.01, 128, {"mlp_layers": 1})
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "malformed JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"epochz": 3}', "unknown settings ['epochz']"),
+        ('{"preset": "huge"}', "Unknown preset 'huge'"),
+    ],
+)
+def test_bad_config_files(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        resolve_config({}, str(path))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"learning_rate": -0.1}, "learning rate must be > 0. Received: -0.1"),
+        ({"learning_rate": 0.0}, "learning rate must be > 0. Received: 0.0"),
+        ({"batch_size": 0}, "batch size must be an integer >= 1. Received: 0"),
+        ({"epochs": 0}, "epochs must be an integer >= 1. Received: 0"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam, adamw. Received: 'rmsprop'"),
+    ],
+)
+def test_invalid_settings(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(overrides)
+    assert message in str(info.value)
+
+
+def test_global_batch_not_divisible_by_replicas(tmp_path, capsys):
+    code = fit.main(["--preset", "tiny", "--batch-size", "33", "--output-dir", str(tmp_path / "r")])
+    assert code == 1
+    assert "global batch size 33 is not divisible by the 2 replicas" in capsys.readouterr().err
+
+
+def run_cli(*args, env=None, timeout=300):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "nin_keras.fit", *args], capture_output=True, text=True,
+                          cwd=REPO, env=full_env, timeout=timeout)
+
+
+def test_cli_bad_flag_exits_2_with_one_line():
+    proc = run_cli("--epochs", "3", "--frobnicate")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m nin_keras.fit: error: unrecognized arguments: --frobnicate (see --help)"
+    ]
+
+
+def test_cli_missing_data_folder(tmp_path):
+    proc = run_cli("--preset", "tiny", "--data-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "r"))
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: --data-dir {tmp_path / 'missing'}: no such directory"]
+    assert "Traceback" not in proc.stderr
