@@ -31,6 +31,7 @@ class FitConfig:
     weight_decay: float = None
     lr_schedule: str = None
     warmup_fraction: float = None
+    augment: bool = False  # random flips and shifts in the training pipeline
     seed: int = 0
     data_dir: str = None
     image_dir: str = None
@@ -43,7 +44,7 @@ class FitConfig:
     cpu_replicas: int = None
     mixed_precision: bool = False
     xla: bool = False
-    verbose: int = 1
+    verbose: int = None  # None: progress bar on a terminal, one line per epoch otherwise
     model: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
@@ -127,6 +128,7 @@ def validate_config(cfg):
         cfg.warmup_fraction,
     )
     _require(_is_int(cfg.seed), "seed must be an integer.", cfg.seed)
+    _require(isinstance(cfg.augment, bool), "augment must be true or false.", cfg.augment)
     _require(cfg.limit is None or (_is_int(cfg.limit) and cfg.limit >= 2), "limit must be an integer >= 2.", cfg.limit)
     _require(
         cfg.test_limit is None or (_is_int(cfg.test_limit) and cfg.test_limit >= 1),

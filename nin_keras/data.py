@@ -246,8 +246,19 @@ def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, s
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, class_names, source)
 
 
-def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None):
-    """A tf.data pipeline over in-memory arrays: cache, seeded shuffle, batch, prefetch.
+def _augment(image, label, pad=3):
+    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels."""
+    import tensorflow as tf
+
+    height, width = image.shape[0], image.shape[1]
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
+    image = tf.image.random_crop(image, [height, width, image.shape[-1]])
+    return image, label
+
+
+def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None, augment=False):
+    """A tf.data pipeline over in-memory arrays: cache, seeded shuffle, augment, batch, prefetch.
 
     ``batch_size`` is the **global** batch (per-replica batch x replicas):
     under a distribution strategy ``model.fit`` splits each batch across
@@ -259,9 +270,29 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        # In the pipeline, not the model: keeps random ops out of exported
+        # models and runs on the CPU threads tf.data already uses.
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     if shard_policy is not None:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = shard_policy
         ds = ds.with_options(options)
     return ds
+
+
+def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=False):
+    """The training pipeline: seeded reshuffle every epoch and only full batches.
+
+    Dropping the last partial batch keeps every replica's share the same
+    shape (in-model augmentation layers fail on uneven splits under
+    MirroredStrategy); reshuffling means a different remainder is skipped
+    each epoch. Returns (dataset, steps per epoch).
+    """
+    steps = len(x) // batch_size
+    if steps == 0:
+        raise DataError(f"batch size {batch_size} is larger than the {len(x)} training examples; "
+                        f"lower --batch-size or raise --limit")
+    return make_dataset(x, y, batch_size, shuffle=True, seed=seed, drop_remainder=True,
+                        shard_policy=shard_policy, augment=augment), steps

@@ -66,20 +66,27 @@ def make_strategy(name="auto", cpu_replicas=None):
     """
     import tensorflow as tf
 
+    from nin_keras import keras_compat
+
     if cpu_replicas:
         split_cpu(cpu_replicas)
+    keras_compat.apply()
     if name == "auto":
         name = "multi-worker" if tf_config_workers() > 1 else "mirrored"
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(local_devices())
+        devices = local_devices()
+        cross_device_ops = None
+        if not tf.config.list_logical_devices("GPU"):
+            # CPU replicas: reduce through one device instead of collective ops,
+            # whose instance keys clash when a process builds several strategies
+            # (tuning then --retrain-best) and are no faster on one host's memory.
+            cross_device_ops = tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
     if name == "one-device":
         return tf.distribute.OneDeviceStrategy(local_devices()[0])
     if name == "multi-worker":
         if not os.environ.get("TF_CONFIG"):
             raise ConfigError("--strategy multi-worker needs $TF_CONFIG describing the cluster and this task.")
-        from nin_keras import multiworker
-
-        multiworker.patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown strategy. Received: {name!r}")
 

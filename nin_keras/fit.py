@@ -8,7 +8,6 @@ plot are written into the run directory.
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -70,6 +69,7 @@ def build_parser():
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--lr-schedule", choices=config_lib.SCHEDULES)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random flips and shifts while training")
     add_data_flags(parser)
     parser.add_argument("--output-dir", help="run directory (default: runs/<preset>-<timestamp>)")
     parser.add_argument("--strategy", choices=config_lib.STRATEGIES)
@@ -238,11 +238,10 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
 
 def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from nin_keras.callbacks import AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, first_non_finite
-    from nin_keras.data import load_data, make_dataset
+    from nin_keras.data import load_data, make_dataset, make_train_dataset
     from nin_keras.model import build_nin
     from nin_keras.plotting import plot_history
 
@@ -254,21 +253,18 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     kwargs = config_lib.model_kwargs(cfg)
-    size = kwargs.get("image_size") or kwargs["input_shape"][:2]
     splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
                        cfg.test_limit, image_size=kwargs["input_shape"][:2])
-    del size
     num_classes = len(splits.class_names)
     if int(splits.y_train.max()) >= num_classes:
         raise NinError(f"{splits.source}: label {int(splits.y_train.max())} out of range for {num_classes} classes")
     kwargs = config_lib.model_kwargs(cfg, num_classes, splits.input_shape)
 
     shard = tf.data.experimental.AutoShardPolicy.DATA if cfg.strategy == "multi-worker" else None
-    train_ds = make_dataset(splits.x_train, splits.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                            shard_policy=shard)
+    train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
+                                                   augment=cfg.augment)
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard)
     test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard)
-    steps_per_epoch = math.ceil(len(splits.x_train) / cfg.batch_size)
 
     with strategy.scope():
         model = build_nin(**kwargs)
@@ -294,7 +290,8 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     ]
     try:
         # shuffle=False: the tf.data pipeline already shuffles (seeded).
-        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose,
+        verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
+        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                   shuffle=False)
     except Interrupted as e:
         stopper.restore()
@@ -337,12 +334,12 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")
         atomic_write_text(path["metrics"], json.dumps(metrics, indent=2) + "\n")
     eps = metrics["examples_per_sec"]
+    speed = f"{eps:.1f} examples/sec" if eps else "examples/sec n/a"
+    # One line like the seeds': loss, train acc, test acc, throughput.
     print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
-             f"test acc {metrics['test_accuracy']:.3f}, "
-             f"{eps:.1f} examples/sec on {strategy.num_replicas_in_sync} replica(s)" if eps else "")
+             f"test acc {metrics['test_accuracy']:.3f}, {speed} on {strategy.num_replicas_in_sync} replica(s)")
     if chief:
         print_fn(f"run saved in {final_dir}")
-    del np
     return metrics
 
 

@@ -137,7 +137,6 @@ def build_nin(
     batch_norm=False,
     head="gap",
     dense_units=(4096, 4096),
-    augment=False,
     head_activation="relu",
     classifier_activation="softmax",
     name="nin",
@@ -172,8 +171,6 @@ def build_nin(
             ``dense_units`` ReLU layers with dropout 0.5, then a dense
             classifier, as in AlexNet/VGG) for comparison.
         dense_units: hidden widths of the dense head.
-        augment: add light, training-only augmentation (horizontal flip and
-            small translations) after rescaling.
         head_activation: activation of the classifier block's last conv
             before global average pooling: "relu" (d2l, the paper) or None
             (linear class scores, which trains faster without BatchNorm).
@@ -223,9 +220,6 @@ def build_nin(
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
         x = layers.Resizing(image_size[0], image_size[1], name="resize")(x)
-    if augment:
-        x = layers.RandomFlip("horizontal", name="augment_flip")(x)
-        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant", name="augment_translate")(x)
 
     for i, spec in enumerate(specs, start=1):
         x = mlpconv_block(

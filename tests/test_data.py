@@ -132,6 +132,21 @@ def test_pipeline_element_spec_and_global_batch():
     np.testing.assert_array_equal(first, again)
 
 
+def test_augmentation_keeps_spec_and_changes_pixels():
+    x = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    y = np.zeros(64, np.int32)
+    ds, steps = data.make_train_dataset(x, y, 32, seed=3, augment=True)
+    assert steps == 2 and ds.element_spec[0].shape.as_list() == [32, 28, 28, 1]
+    assert ds.element_spec[0].dtype.name == "uint8"
+    seen = np.concatenate([b[0].numpy() for b in ds])
+    assert seen.shape == x.shape and not any(np.array_equal(seen[i], x[i]) for i in range(8))
+
+
+def test_train_dataset_rejects_batch_larger_than_data():
+    with pytest.raises(DataError, match="batch size 64 is larger than the 10 training examples"):
+        data.make_train_dataset(np.zeros((10, 28, 28, 1), np.uint8), np.zeros(10, np.int32), 64)
+
+
 # ------------------------------------------------------------------ image folder
 
 

@@ -56,7 +56,7 @@ def test_layers_carry_block_prefixed_names():
     model = build_preset("tiny")
     names = [layer.name for layer in model.layers[1:]]
     assert "block1_conv0" in names and "block2_conv2" in names and "head_gap" in names
-    allowed = ("block", "head", "rescale", "resize", "predictions", "augment")
+    allowed = ("block", "head", "rescale", "resize", "predictions")
     assert all(name.startswith(allowed) for name in names), names
 
 
@@ -73,7 +73,6 @@ def test_options_reach_the_model():
     assert any(layer.name == "block1_bn0" for layer in build_preset("tiny", batch_norm=True).layers)
     assert build_preset("tiny", width_multiplier=2.0).get_layer("block1_conv0").filters == 32
     assert build_preset("tiny", dropout=0.25).get_layer("block2_dropout").rate == 0.25
-    assert build_preset("tiny", augment=True).get_layer("augment_flip") is not None
     assert build_preset("tiny", head_activation=None).get_layer("head_conv2").activation.__name__ == "linear"
     model = build_preset("tiny", num_classes=7, input_shape=(40, 30, 3), image_size=(32, 32))
     assert model.output.shape[1:] == (7,) and model.get_layer("resize").output.shape[1:] == (32, 32, 3)

@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import keras_tuner
+import pytest
+
+from nin_keras.config import resolve_config
+from tuning import search
+from tuning.hypermodel import NinHyperModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hypermodel(preset="tiny"):
+    return NinHyperModel(resolve_config({"preset": preset}), num_train_examples=1280)
+
+
+def build_with(**fixed):
+    hp = keras_tuner.HyperParameters()
+    for name, value in fixed.items():
+        hp.Fixed(name, value)
+    return hypermodel().build(hp)
+
+
+def test_default_hyperparameters_build_the_untuned_preset():
+    from conftest import build_preset
+
+    model = hypermodel().build(keras_tuner.HyperParameters())
+    assert model.count_params() == build_preset("tiny").count_params()
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    schedule = model.optimizer.learning_rate if not hasattr(model.optimizer, "_learning_rate") else model.optimizer._learning_rate
+    assert schedule.warmup_target == pytest.approx(0.003)  # the tiny preset's learning rate
+    assert schedule.warmup_steps + schedule.decay_steps == 2 * 10  # 2 epochs x (1280 // 128) full batches
+
+
+def test_every_hyperparameter_reaches_the_model():
+    def lr_schedule(m):
+        return m.optimizer._learning_rate
+
+    assert build_with(width_multiplier=0.5).get_layer("block1_conv0").filters == 8
+    assert len([layer for layer in build_with(mlp_layers=1).layers if layer.name.startswith("block1_conv")]) == 2
+    assert build_with(dropout=0.4).get_layer("block2_dropout").rate == pytest.approx(0.4)
+    assert any(layer.name == "block1_bn0" for layer in build_with(batch_norm=True).layers)
+    assert lr_schedule(build_with(learning_rate=0.0005)).warmup_target == pytest.approx(0.0005)
+    assert isinstance(build_with(optimizer="sgd").optimizer, keras.optimizers.SGD)
+    assert isinstance(build_with(optimizer="adamw").optimizer, keras.optimizers.AdamW)
+    assert build_with(optimizer="adamw", weight_decay=1e-4).optimizer.weight_decay == pytest.approx(1e-4)
+    hm = hypermodel()
+    values = hm.declare(keras_tuner.HyperParameters())
+    assert hm.config_for({**values, "augment": True}).augment is True  # a pipeline setting, used by fit()
+    assert hm.config_for({**values, "batch_size": 64}).batch_size == 64
+    small, large = lr_schedule(build_with(batch_size=64)), lr_schedule(build_with(batch_size=256))
+    assert small.warmup_steps + small.decay_steps == 2 * 20 and large.warmup_steps + large.decay_steps == 2 * 5
+
+
+def tuning_args(out, *extra):
+    return ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--preset", "tiny", "--limit", "1500",
+            "--test-limit", "100", "--output-dir", str(out), "--verbose", "0", *extra]
+
+
+def test_random_search_writes_results_and_a_config_fit_accepts(tmp_path, capsys):
+    assert search.main(tuning_args(tmp_path / "s")) == 0
+    out = capsys.readouterr().out
+    assert "best: trial" in out and "learning_rate" in out
+    trials = json.load(open(tmp_path / "s" / "trials.json"))
+    assert len(trials) == 2 and all(t["status"] == "COMPLETED" and t["seconds"] > 0 for t in trials)
+    best = json.load(open(tmp_path / "s" / "best_hparams.json"))
+    assert best["val_accuracy"] == max(t["val_accuracy"] for t in trials)
+    cfg = resolve_config({}, str(tmp_path / "s" / "best_config.json"))
+    assert cfg.preset == "tiny" and cfg.limit is None
+    assert cfg.learning_rate == pytest.approx(best["hyperparameters"]["learning_rate"])
+    assert cfg.model["mlp_layers"] == best["hyperparameters"]["mlp_layers"]
+    # fit accepts it: a one-epoch retrain on a subset runs.
+    from nin_keras.fit import main as fit_main
+
+    code = fit_main(["--config", str(tmp_path / "s" / "best_config.json"), "--epochs", "1", "--limit", "600",
+                     "--test-limit", "100", "--output-dir", str(tmp_path / "retrain"), "--verbose", "0"])
+    assert code == 0 and os.path.exists(tmp_path / "retrain" / "model.keras")
+    tensorboard = tmp_path / "s" / "tensorboard"
+    assert sorted(os.listdir(tensorboard)) == ["0", "1"]  # one log folder per trial, with HParams events
+    for trial in ("0", "1"):
+        events = [f for _, _, files in os.walk(tensorboard / trial) for f in files if "tfevents" in f]
+        assert events
+
+
+def run_tuning(args, env=None, **kwargs):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "tuning", *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
+    out = tmp_path / "s"
+    args = tuning_args(out, "--max-trials", "3")
+    proc = run_tuning(args)
+    first_time = out / "search" / "trial_0" / "time.json"
+    deadline = time.time() + 240
+    while not first_time.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first_time.exists(), proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = first_time.read_text()
+    proc = run_tuning(args)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-2000:]
+    assert "finished trial 0 " not in output  # trial 0 was not run again
+    assert first_time.read_text() == stamp
+    trials = json.load(open(out / "trials.json"))
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 3
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_share_a_search(tmp_path):
+    out = tmp_path / "s"
+    args = tuning_args(out, "--max-trials", "4")
+    port = str(free_port())
+    base = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+    chief = run_tuning(args, {**base, "KERASTUNER_TUNER_ID": "chief"})
+    time.sleep(3)
+    workers = [run_tuning(args, {**base, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    chief_out = chief.communicate(timeout=120)[0]
+    assert chief.returncode == 0 and all(w.returncode == 0 for w in workers), (chief_out + "".join(outputs))[-3000:]
+    finished = [line.split()[3] for o in outputs for line in o.splitlines() if ": finished trial " in line]
+    assert sorted(finished) == sorted(set(finished)) and len(finished) == 4  # no trial ran twice
+    by_worker = {json.load(open(out / "search" / f"trial_{t}" / "time.json"))["tuner_id"] for t in finished}
+    assert by_worker == {"tuner0", "tuner1"}
+    assert "best: trial" in chief_out and os.path.exists(out / "best_config.json")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tuner", "grid"], "--tuner must be one of bayesian, random, hyperband. Received: 'grid'"),
+        (["--max-trials", "0"], "--max-trials must be >= 1. Received: 0"),
+        (["--epochs", "-2"], "--epochs must be >= 1. Received: -2"),
+    ],
+)
+def test_bad_search_settings(tmp_path, capsys, args, message):
+    assert search.main(["--output-dir", str(tmp_path / "s"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {message}"

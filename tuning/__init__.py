@@ -1,0 +1,1 @@
+"""keras-tuner hyperparameter searches over NiN."""

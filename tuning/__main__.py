@@ -1,0 +1,5 @@
+import sys
+
+from tuning.search import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""``python -m tuning``: keras-tuner search over NiN, resumable and distributable.
+
+Resumes by default (rerun the same command after an interruption; finished
+trials are not run again). For distributed tuning, start the same command
+with keras-tuner's environment variables on every machine:
+``KERASTUNER_TUNER_ID=chief|tuner0|tuner1...``, ``KERASTUNER_ORACLE_IP``,
+``KERASTUNER_ORACLE_PORT`` (see README).
+"""
+
+import json
+import os
+import sys
+import time
+
+from nin_keras import config as config_lib
+from nin_keras.errors import ConfigError, NinError
+from nin_keras.fit import OneLineParser, add_data_flags
+from nin_keras.io import atomic_write_text
+from nin_keras.presets import PRESETS
+
+TUNERS = ("bayesian", "random", "hyperband")
+PROJECT = "search"
+
+
+def build_parser():
+    parser = OneLineParser(prog="python -m tuning", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tuner", default="bayesian", help=f"one of {', '.join(TUNERS)} (default bayesian)")
+    parser.add_argument("--max-trials", type=int, default=8, help="trials to run (bayesian/random; default 8)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (hyperband: max epochs; default 3)")
+    parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="tuning_runs/fashion", help="search directory (shared by workers)")
+    parser.add_argument("--strategy", choices=("auto", "mirrored", "one-device"), default="auto")
+    parser.add_argument("--cpu-replicas", type=int)
+    parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --output-dir")
+    parser.add_argument("--retrain-best", action="store_true",
+                        help="then retrain the best config on the full training set with nin_keras.fit")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    add_data_flags(parser)
+    parser.set_defaults(limit=20000)
+    return parser
+
+
+def validate_args(args):
+    if args.tuner not in TUNERS:
+        raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}. Received: {args.tuner!r}")
+    for name in ("max_trials", "epochs", "patience"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1. Received: {value}")
+    if args.tuner == "hyperband" and args.epochs < 2:
+        raise ConfigError(f"--epochs (hyperband's max epochs) must be >= 2. Received: {args.epochs}")
+
+
+def _timed(tuner_class):
+    """Subclass a keras-tuner class so each trial's wall time lands in its trial folder."""
+
+    class Timed(tuner_class):
+        def run_trial(self, trial, *args, **kwargs):
+            start = time.perf_counter()
+            result = super().run_trial(trial, *args, **kwargs)
+            seconds = time.perf_counter() - start
+            atomic_write_text(os.path.join(self.get_trial_dir(trial.trial_id), "time.json"),
+                              json.dumps({"seconds": seconds, "tuner_id": self.tuner_id}) + "\n")
+            print(f"{self.tuner_id}: finished trial {trial.trial_id} in {seconds:.0f}s", flush=True)
+            return result
+
+    Timed.__name__ = f"Timed{tuner_class.__name__}"
+    return Timed
+
+
+def make_tuner(args, hypermodel, strategy):
+    """The keras-tuner tuner ``args`` ask for, resuming unless --overwrite."""
+    import keras_tuner
+
+    common = dict(
+        objective="val_accuracy",
+        directory=args.output_dir,
+        project_name=PROJECT,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        distribution_strategy=strategy,
+    )
+    if args.tuner == "hyperband":
+        return _timed(keras_tuner.Hyperband)(hypermodel, max_epochs=args.epochs, factor=3, **common)
+    cls = keras_tuner.BayesianOptimization if args.tuner == "bayesian" else keras_tuner.RandomSearch
+    return _timed(cls)(hypermodel, max_trials=args.max_trials, **common)
+
+
+def trial_rows(tuner):
+    """One dict per trial: id, status, val_accuracy, seconds, hyperparameters."""
+    rows = []
+    for trial_id, trial in sorted(tuner.oracle.trials.items()):
+        seconds = None
+        time_path = os.path.join(tuner.get_trial_dir(trial_id), "time.json")
+        if os.path.exists(time_path):
+            with open(time_path) as f:
+                seconds = json.load(f)["seconds"]
+        score = trial.score
+        rows.append({"trial": trial_id, "status": trial.status, "val_accuracy": score,
+                     "seconds": seconds, "hyperparameters": dict(trial.hyperparameters.values)})
+    return rows
+
+
+def format_rows(rows):
+    keys = sorted({k for r in rows for k in r["hyperparameters"]} - {"tuner/epochs", "tuner/initial_epoch",
+                                                                      "tuner/bracket", "tuner/round", "tuner/trial_id"})
+    header = ["trial", "status", "val_acc", "seconds"] + keys
+    lines = ["  ".join(f"{h:>12}" for h in header)]
+    for r in rows:
+        values = [r["trial"], r["status"], f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
+                  f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"]
+        for k in keys:
+            v = r["hyperparameters"].get(k, "-")
+            values.append(f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 0.01 else str(v))
+        lines.append("  ".join(f"{str(v):>12}" for v in values))
+    return "\n".join(lines)
+
+
+def run_search(args, print_fn=print):
+    """Search, then write trials.json, best_hparams.json and best_config.json. Returns the best config path."""
+    from nin_keras import distribute
+    from nin_keras.data import load_data
+    from tuning.hypermodel import NinHyperModel
+
+    validate_args(args)
+    base = config_lib.resolve_config({
+        "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
+        "tfds": args.tfds, "val_fraction": args.val_fraction, "test_limit": args.test_limit,
+    })
+    strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
+    kwargs = config_lib.model_kwargs(base)
+    splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
+                       base.test_limit, image_size=kwargs["input_shape"][:2])
+    hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape)
+    tuner = make_tuner(args, hypermodel, strategy)
+
+    import keras
+
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience, restore_best_weights=True),
+        keras.callbacks.TensorBoard(os.path.join(args.output_dir, "tensorboard")),
+    ]
+    print_fn(f"tuning: {args.tuner} search over preset {args.preset!r}, {len(splits.x_train)} train / "
+             f"{len(splits.x_val)} val examples, {args.epochs} epoch(s) per trial, in {args.output_dir}")
+    fit_kwargs = {} if args.tuner == "hyperband" else {"epochs": args.epochs}
+    tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
+                 callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
+
+    import keras_tuner
+
+    if keras_tuner.src.distribute.utils.has_chief_oracle() and not keras_tuner.src.distribute.utils.is_chief_oracle():
+        print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
+        return None
+
+    rows = trial_rows(tuner)
+    done = [r for r in rows if r["val_accuracy"] is not None]
+    if not done:
+        raise NinError("no trial finished; nothing to report")
+    best = max(done, key=lambda r: r["val_accuracy"])
+    best_values = {k: v for k, v in best["hyperparameters"].items() if not k.startswith("tuner/")}
+    best_cfg = hypermodel.config_for(best_values)
+    # Retraining uses the full training set and the preset's epochs.
+    best_cfg.limit = None
+    best_cfg.output_dir = None
+    atomic_write_text(os.path.join(args.output_dir, "trials.json"), json.dumps(rows, indent=2, default=str) + "\n")
+    atomic_write_text(os.path.join(args.output_dir, "best_hparams.json"),
+                      json.dumps({"trial": best["trial"], "val_accuracy": best["val_accuracy"],
+                                  "hyperparameters": best_values}, indent=2) + "\n")
+    best_config_path = os.path.join(args.output_dir, "best_config.json")
+    keep = {k: v for k, v in best_cfg.to_dict().items() if v is not None}
+    atomic_write_text(best_config_path, json.dumps(keep, indent=2, sort_keys=True) + "\n")
+    print_fn(format_rows(rows))
+    print_fn(f"best: trial {best['trial']} val acc {best['val_accuracy']:.4f}; config in {best_config_path}")
+    print_fn(f"retrain it with: python -m nin_keras.fit --config {best_config_path}")
+    return best_config_path
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        best_config = run_search(args)
+        if best_config and args.retrain_best:
+            from nin_keras.fit import train
+
+            train(config_lib.resolve_config({}, best_config))
+    except NinError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
