@@ -88,8 +88,6 @@ def convert(model, fmt, representative_images=None, int8_input="uint8", int8_out
     ``representative_images`` (uint8 NHWC) calibrate the int8 model; its
     input/output types are ``int8_input`` / ``int8_output``.
     """
-    import tensorflow as tf
-
     if fmt not in TFLITE_FORMATS:
         raise ExportError(f"unknown TFLite format. Received: {fmt!r}")
     with tempfile.TemporaryDirectory(prefix="nin_keras-export-") as workdir:

@@ -1,6 +1,5 @@
 """``python -m export``: TFLite/SavedModel export with a verified size/accuracy/latency report."""
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ from export.converter import (
     write_tflite,
 )
 from nin_keras.errors import NinError
-from nin_keras.fit import OneLineParser, add_data_flags
+from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text
 
 EXIT_ACCURACY_GATE = 3
@@ -164,14 +163,9 @@ def run_export(args, print_fn=print):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """CLI entry point; returns the process exit code (3: the int8 accuracy gate failed)."""
     args = build_parser().parse_args(argv)
-    try:
-        _, code = run_export(args)
-    except NinError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return code
+    return run_cli(lambda: run_export(args)[1])
 
 
 if __name__ == "__main__":

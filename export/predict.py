@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from nin_keras.fit import OneLineParser
+from nin_keras.cli import OneLineParser
 
 
 def load_sidecar(model_path):

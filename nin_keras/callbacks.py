@@ -5,6 +5,7 @@ import io
 import math
 import os
 import signal
+import time
 
 import keras
 
@@ -15,10 +16,15 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that writes to a temporary file and renames it.
 
     A crash or a full disk while saving leaves the previous best model intact
-    (the stock callback writes the `.keras` zip in place).
+    (the stock callback writes the `.keras` zip in place). An epoch whose loss
+    is NaN/inf is never saved: after ``TerminateOnNaN`` Keras still validates
+    and could otherwise keep the diverged weights as the "best" model.
     """
 
     def _save_model(self, epoch, batch, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return
         filepath = self._get_file_path(epoch, batch, logs)
         if self._should_save_model(epoch, batch, logs, filepath):
             with atomic_path(filepath) as tmp:
@@ -116,6 +122,26 @@ class StopOnSignal(keras.callbacks.Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class TrainThroughput(keras.callbacks.Callback):
+    """Seconds spent in training batches (validation excluded), for examples/sec."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+        self.epochs = 0
+        self._start = self._last = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds += self._last - self._start
+        self.epochs += 1
 
 
 def first_non_finite(rows, key="loss"):

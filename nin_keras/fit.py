@@ -14,6 +14,7 @@ import sys
 import time
 
 from nin_keras import config as config_lib
+from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ConfigError, NinError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text
 from nin_keras.presets import PRESETS, describe_presets
@@ -29,26 +30,6 @@ RUN_FILES = {
     "logs": "logs",
     "backup": "backup",
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error on one line and exits 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def add_data_flags(parser):
-    """Data-source flags shared by fit, tuning and export."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data-dir", help="folder with Fashion-MNIST IDX files (.gz or raw); default "
-                       "$NIN_KERAS_DATA_DIR, then /usr/share/datasets/fashion-mnist")
-    group.add_argument("--image-dir", help="folder of images, one sub-folder per class")
-    group.add_argument("--tfds", help="name of a prepared tensorflow-datasets dataset")
-    group.add_argument("--limit", type=int, help="use only the first N training examples")
-    group.add_argument("--test-limit", type=int, help="evaluate on only the first N test examples")
-    group.add_argument("--val-fraction", type=float, help="fraction of training data held out for validation")
-    return group
 
 
 def build_parser():
@@ -169,30 +150,6 @@ def compile_model(model, cfg, steps_per_epoch):
     )
 
 
-class _Throughput:
-    """Training examples/sec, excluding validation and evaluation time."""
-
-    def __init__(self):
-        import keras
-
-        outer = self
-
-        class _CB(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                outer._start = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                outer._last = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                outer.seconds += outer._last - outer._start
-                outer.epochs += 1
-
-        self.callback = _CB()
-        self.seconds = 0.0
-        self.epochs = 0
-
-
 def train(cfg, resume=False, overwrite=False, print_fn=print):
     """Run one training job described by a resolved :class:`FitConfig`.
 
@@ -240,7 +197,8 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     import keras
     import tensorflow as tf
 
-    from nin_keras.callbacks import AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, first_non_finite
+    from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TrainThroughput,
+                                     first_non_finite)
     from nin_keras.data import load_data, make_dataset, make_train_dataset
     from nin_keras.model import build_nin
     from nin_keras.plotting import plot_history
@@ -276,7 +234,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     if state == "resume":
         print_fn(f"resuming the run in {run_dir}")
 
-    throughput = _Throughput()
+    throughput = TrainThroughput()
     stopper = StopOnSignal()
     callbacks = [
         # BackupAndRestore first: the history callback reads the epoch it restores.
@@ -285,7 +243,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.TensorBoard(path["logs"]),
         keras.callbacks.TerminateOnNaN(),
-        throughput.callback,
+        throughput,
         stopper,
     ]
     try:
@@ -345,15 +303,13 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
 
 def main(argv=None):
     """CLI entry point; returns the process exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ start-up chatter (e.g. cuInit on CPU)
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         cfg = config_lib.resolve_config(overrides_from_args(args), args.config)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except NinError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

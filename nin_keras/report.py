@@ -9,7 +9,6 @@ place of global average pooling, side by side.
 import argparse
 import json
 import math
-import os
 import sys
 
 from nin_keras.errors import NinError
@@ -117,8 +116,7 @@ def format_report(gap, dense):
 
 def main(argv=None):
     """CLI: print (and optionally save as JSON) the resource report of a preset."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from nin_keras.fit import OneLineParser
+    from nin_keras.cli import OneLineParser, run_cli
     from nin_keras.presets import PRESETS
 
     parser = OneLineParser(prog="python -m nin_keras.report", description=__doc__,
@@ -127,7 +125,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128, help="batch size for training memory")
     parser.add_argument("--json", help="also write the report to this JSON file")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.batch_size < 1:
             raise NinError(f"--batch-size must be >= 1. Received: {args.batch_size}")
         from nin_keras.model import build_nin
@@ -143,10 +142,8 @@ def main(argv=None):
             from nin_keras.io import atomic_write_text
 
             atomic_write_text(args.json, json.dumps({"gap": gap, "dense_head": dense}, indent=2) + "\n")
-    except NinError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

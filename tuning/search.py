@@ -14,7 +14,7 @@ import time
 
 from nin_keras import config as config_lib
 from nin_keras.errors import ConfigError, NinError
-from nin_keras.fit import OneLineParser, add_data_flags
+from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text
 from nin_keras.presets import PRESETS
 
@@ -178,18 +178,17 @@ def run_search(args, print_fn=print):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """CLI entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         best_config = run_search(args)
         if best_config and args.retrain_best:
             from nin_keras.fit import train
 
             train(config_lib.resolve_config({}, best_config))
-    except NinError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""Fault tolerance: kill/resume, signals, divergence, atomic writes, bad output folders."""
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from nin_keras import io as nio
+from nin_keras.callbacks import AtomicModelCheckpoint, read_history
+from nin_keras.errors import NinError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--limit", "12000", "--test-limit", "500", "--verbose", "2"]
+
+
+def start_fit(*args, env=None):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "nin_keras.fit", *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epochs(history_path, n, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(history_path) and len(read_history(history_path)) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} epochs in {history_path}: {proc.communicate()[0][-2000:]}")
+
+
+def test_sigkill_then_rerun_resumes_without_repeating_epochs(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, "--epochs", "5", "--output-dir", str(out)]
+    proc = start_fit(*args)
+    wait_for_epochs(out / "history.csv", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(read_history(out / "history.csv"))
+    assert 2 <= done < 5
+    rerun = start_fit(*args)
+    output = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, output[-2000:]
+    assert "resuming the run" in output
+    assert f"Epoch {done + 1}/5" in output and "Epoch 1/5" not in output
+    assert [row["epoch"] for row in read_history(out / "history.csv")] == [1, 2, 3, 4, 5]
+    assert json.load(open(out / "metrics.json"))["epochs"] == 5
+
+
+def test_sigterm_stops_saves_and_explains_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = start_fit(*TINY, "--epochs", "6", "--output-dir", str(out))
+    wait_for_epochs(out / "history.csv", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in output and f"--output-dir {out}" in output
+    assert os.path.exists(out / "backup") and not os.path.exists(out / "metrics.json")
+
+
+def test_diverging_run_is_caught(tmp_path):
+    proc = start_fit(*TINY, "--epochs", "2", "--optimizer", "sgd", "--lr-schedule", "constant",
+                     "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training diverged: the loss became NaN/inf in epoch 1" in errors[0]
+    assert not os.path.exists(tmp_path / "run" / "best.keras")  # diverged weights are never "best"
+
+
+def test_checkpoint_keeps_best_model_when_loss_turns_nan(tmp_path):
+    from conftest import build_preset
+
+    model = build_preset("tiny")
+    path = str(tmp_path / "best.keras")
+    ckpt = AtomicModelCheckpoint(path, monitor="val_accuracy", mode="max", save_best_only=True)
+    ckpt.set_model(model)
+    ckpt.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    saved = open(path, "rb").read()
+    ckpt.on_epoch_end(1, {"loss": float("nan"), "val_accuracy": 0.9})
+    assert open(path, "rb").read() == saved
+    assert [f for f in os.listdir(tmp_path)] == ["best.keras"]
+
+
+def test_disk_full_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and ".tmp" in str(path):
+            def write(_data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(NinError, match="metrics.json: cannot write \\(No space left on device\\)"):
+        nio.atomic_write_text(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    from nin_keras.fit import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--preset", "tiny", "--output-dir", str(blocker / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output-dir {blocker / 'run'}: cannot write") and err.count("\n") == 1
+    assert blocker.read_text() == "x"
+
+
+def test_malformed_config_cli_and_saved_files_untouched(trained_tiny_run, tmp_path, capsys):
+    from nin_keras.fit import main
+
+    run_dir, _ = trained_tiny_run
+    before = {name: open(os.path.join(run_dir, name), "rb").read() for name in ("metrics.json", "config.json")}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": 3,,}')
+    assert main(["--config", str(bad), "--output-dir", run_dir]) == 1
+    assert "malformed JSON" in capsys.readouterr().err
+    assert main(["--preset", "tiny", "--learning-rate", "-1", "--output-dir", run_dir]) == 1
+    assert "learning rate must be > 0. Received: -1.0" in capsys.readouterr().err
+    assert {name: open(os.path.join(run_dir, name), "rb").read() for name in before} == before
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("truncated", "truncated"),
+    ("magic", "bad IDX magic number"),
+    ("count", "images but"),
+])
+def test_bad_idx_folder_via_cli(tmp_path, capsys, problem, message):
+    from test_data import make_idx_dir, write_idx
+
+    from nin_keras.fit import main
+
+    root = tmp_path / "d"
+    make_idx_dir(root)
+    images = np.zeros((6, 28, 28))
+    if problem == "truncated":
+        write_idx(root / "train-images-idx3-ubyte", images, cut=100)
+    elif problem == "magic":
+        write_idx(root / "train-images-idx3-ubyte", images, magic=0x0E03)
+    else:
+        write_idx(root / "train-images-idx3-ubyte", np.zeros((7, 28, 28)))
+    assert main(["--preset", "tiny", "--data-dir", str(root), "--output-dir", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "train-images-idx3-ubyte" in err and err.count("\n") == 1
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_and_only_the_chief_writes(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    out = tmp_path / "run"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    args = ["--preset", "tiny", "--epochs", "2", "--limit", "4000", "--test-limit", "500", "--verbose", "2",
+            "--strategy", "multi-worker", "--output-dir", str(out)]
+    procs = [start_fit(*args, env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                                   "TMPDIR": str(scratch)}) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-1500:] for o in outputs)
+    assert "2 replica(s) (CollectiveAllReduceStrategy)" in outputs[0]  # MultiWorkerMirroredStrategy's class
+    import keras
+
+    from nin_keras.data import load_data
+
+    model = keras.saving.load_model(out / "model.keras")
+    splits = load_data(test_limit=500)
+    acc = float(np.mean(model.predict(splits.x_test, verbose=0).argmax(1) == splits.y_test))
+    assert acc == pytest.approx(json.load(open(out / "metrics.json"))["test_accuracy"], abs=1e-3)
+    assert [row["epoch"] for row in read_history(out / "history.csv")] == [1, 2]
+    assert os.listdir(scratch) == []  # the non-chief's temporary run folder is gone
