@@ -82,20 +82,24 @@ def _saved_model_converter(model, workdir):
     return tf.lite.TFLiteConverter.from_saved_model(path)
 
 
-def convert(model, fmt, representative_images=None, int8_input="uint8", int8_output="float32"):
+def convert(model, fmt, representative_images=None, int8_input="uint8", int8_output="float32", per_channel=False):
     """Convert ``model`` to TFLite bytes in format ``fmt``.
 
     ``representative_images`` (uint8 NHWC) calibrate the int8 model; its
-    input/output types are ``int8_input`` / ``int8_output``.
+    input/output types are ``int8_input`` / ``int8_output``. The int8 model
+    uses one scale per tensor unless ``per_channel``: on NiN-sized models the
+    per-channel scales and zero points of weights *and* biases are ~10% of
+    the file, and measured here they bought no accuracy (0.9050 vs 0.9051 on
+    the default preset).
     """
     if fmt not in TFLITE_FORMATS:
         raise ExportError(f"unknown TFLite format. Received: {fmt!r}")
     with tempfile.TemporaryDirectory(prefix="nin_keras-export-") as workdir:
         converter = _saved_model_converter(model, workdir)
-        return _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output)
+        return _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel)
 
 
-def _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output):
+def _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel=False):
     import tensorflow as tf
 
     if fmt == "float16":
@@ -116,6 +120,8 @@ def _configure_and_convert(converter, fmt, representative_images, int8_input, in
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = getattr(tf, int8_input)
         converter.inference_output_type = getattr(tf, int8_output)
+        # The converter's documented switch for per-tensor weight scales (no public name yet).
+        converter._experimental_disable_per_channel = not per_channel
     try:
         return converter.convert()
     except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
@@ -137,12 +143,14 @@ def io_details(tflite_bytes):
     return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
 
 
-def sidecar(fmt, tflite_bytes, labels, model):
+def sidecar(fmt, tflite_bytes, labels, model, per_channel=False):
     """The JSON an app needs beside the .tflite: labels, I/O and preprocessing."""
     inp, out = io_details(tflite_bytes)
     height, width, channels = model.input_shape[1:]
     return {
         "format": fmt,
+        "quantization": {"float32": "none", "float16": "float16 weights", "dynamic": "int8 weights, float activations",
+                         "int8": "full integer, " + ("per-channel" if per_channel else "per-tensor")}[fmt],
         "labels": labels,
         "input": inp,
         "output": {**out, "meaning": "class probabilities (softmax)" if out["dtype"] == "float32" else

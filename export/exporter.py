@@ -38,6 +38,8 @@ def build_parser():
                         help="input type of the int8 model (default uint8: raw pixel bytes)")
     parser.add_argument("--int8-output", choices=IO_TYPES, default="float32",
                         help="output type of the int8 model (default float32 probabilities)")
+    parser.add_argument("--per-channel", action="store_true",
+                        help="int8: one scale per output channel (larger file; default one scale per tensor)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="fail (exit 3) if int8 accuracy is more than this many points below Keras (default 1.0)")
     parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT evaluation and report")
@@ -115,8 +117,8 @@ def run_export(args, print_fn=print):
 
             ds = make_dataset(splits.x_train, splits.y_train, args.calibration_samples, shuffle=True, seed=args.seed)
             calibration = next(iter(ds))[0].numpy()
-        tflite = convert(model, fmt, calibration, args.int8_input, args.int8_output)
-        written[fmt] = write_tflite(out_dir, fmt, tflite, sidecar(fmt, tflite, labels, model))
+        tflite = convert(model, fmt, calibration, args.int8_input, args.int8_output, args.per_channel)
+        written[fmt] = write_tflite(out_dir, fmt, tflite, sidecar(fmt, tflite, labels, model, args.per_channel))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
     report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model)}

@@ -66,6 +66,10 @@ def test_int8_with_int8_io(trained_tiny_run, fashion_test):
     assert clf.input["dtype"] == np.int8 and clf.output["dtype"] == np.int8
     probs = clf.predict(fashion_test[0][:20])
     assert probs.shape == (20, 10) and np.all(probs >= 0) and np.allclose(probs.sum(1), 1, atol=0.1)
+    per_channel = convert(model, "int8", fashion_test[0][:50], per_channel=True)
+    scales = TFLiteClassifier(model_content=per_channel).interpreter.get_tensor_details()
+    assert max(len(d["quantization_parameters"]["scales"]) for d in scales) > 1  # one scale per channel
+    assert len(per_channel) > len(convert(model, "int8", fashion_test[0][:50]))
 
 
 def test_accuracy_gate_fails_when_forced(exported, capsys):
