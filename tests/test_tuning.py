@@ -152,3 +152,12 @@ def test_bad_search_settings(tmp_path, capsys, args, message):
     assert search.main(["--output-dir", str(tmp_path / "s"), *args]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"error: {message}"
+
+
+def test_default_tuner_is_bayesian_and_constructs(tmp_path):
+    from nin_keras.distribute import make_strategy
+
+    args = search.build_parser().parse_args(["--output-dir", str(tmp_path / "s")])
+    assert (args.tuner, args.max_trials, args.epochs, args.limit) == ("bayesian", 8, 3, 20000)
+    tuner = search.make_tuner(args, hypermodel(), make_strategy("one-device"))
+    assert isinstance(tuner, keras_tuner.BayesianOptimization) and tuner.oracle.max_trials == 8
