@@ -204,8 +204,6 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     from nin_keras.plotting import plot_history
 
     path = {k: os.path.join(run_dir, v) for k, v in RUN_FILES.items()}
-    if chief:
-        config_lib.save_config(cfg, path["config"])
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -218,7 +216,8 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         raise NinError(f"{splits.source}: label {int(splits.y_train.max())} out of range for {num_classes} classes")
     kwargs = config_lib.model_kwargs(cfg, num_classes, splits.input_shape)
 
-    shard = tf.data.experimental.AutoShardPolicy.DATA if cfg.strategy == "multi-worker" else None
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    shard = tf.data.experimental.AutoShardPolicy.DATA if multi_worker else None
     train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
                                                    augment=cfg.augment)
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard)
@@ -227,6 +226,10 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     with strategy.scope():
         model = build_nin(**kwargs)
         compile_model(model, cfg, steps_per_epoch)
+    if chief:
+        # Written only once the data and model are known good, so a typo in a
+        # flag does not leave a "different run" behind in the folder.
+        config_lib.save_config(cfg, path["config"])
 
     print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, "
              f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch {cfg.batch_size}")

@@ -212,3 +212,18 @@ def test_idx_reader_only_raises_its_own_error(tmp_path, blob):
         except DataError:
             continue
         assert arr.dtype == np.uint8 and arr.size == len(gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload) - 4 - 4 * arr.ndim
+
+
+def test_tfds_source_without_the_package_or_dataset_is_one_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tfds(name, *args, **kwargs):
+        if name == "tensorflow_datasets":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    with pytest.raises(DataError, match="--tfds needs tensorflow-datasets: pip install"):
+        data.load_data(tfds_name="mnist")

@@ -70,6 +70,8 @@ def test_random_search_writes_results_and_a_config_fit_accepts(tmp_path, capsys)
     assert "best: trial" in out and "learning_rate" in out
     trials = json.load(open(tmp_path / "s" / "trials.json"))
     assert len(trials) == 2 and all(t["status"] == "COMPLETED" and t["seconds"] > 0 for t in trials)
+    defaults = hypermodel().declare(keras_tuner.HyperParameters())
+    assert trials[0]["hyperparameters"] == defaults  # the first trial is the untuned preset
     best = json.load(open(tmp_path / "s" / "best_hparams.json"))
     assert best["val_accuracy"] == max(t["val_accuracy"] for t in trials)
     cfg = resolve_config({}, str(tmp_path / "s" / "best_config.json"))
@@ -100,10 +102,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     args = tuning_args(out, "--max-trials", "3")
     proc = run_tuning(args)
     first_time = out / "search" / "trial_0" / "time.json"
+    # trial_1's folder appears once the oracle has recorded trial 0 as finished and started the next one.
+    second = out / "search" / "trial_1"
     deadline = time.time() + 240
-    while not first_time.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert first_time.exists(), proc.communicate()[0][-2000:]
+    while not second.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert second.exists() and first_time.exists(), proc.communicate()[0][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stamp = first_time.read_text()
@@ -130,9 +134,15 @@ def test_chief_and_two_workers_share_a_search(tmp_path):
     chief = run_tuning(args, {**base, "KERASTUNER_TUNER_ID": "chief"})
     time.sleep(3)
     workers = [run_tuning(args, {**base, "KERASTUNER_TUNER_ID": f"tuner{i}"}) for i in range(2)]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    chief_out = chief.communicate(timeout=120)[0]
-    assert chief.returncode == 0 and all(w.returncode == 0 for w in workers), (chief_out + "".join(outputs))[-3000:]
+    try:
+        outputs = [w.communicate(timeout=600)[0] for w in workers]
+        assert all(w.returncode == 0 for w in workers), "".join(outputs)[-3000:]
+        chief_out = chief.communicate(timeout=120)[0]  # the chief exits by itself once the workers are done
+        assert chief.returncode == 0, chief_out[-3000:]
+    finally:
+        for proc in (chief, *workers):
+            if proc.poll() is None:
+                proc.kill()
     finished = [line.split()[3] for o in outputs for line in o.splitlines() if ": finished trial " in line]
     assert sorted(finished) == sorted(set(finished)) and len(finished) == 4  # no trial ran twice
     by_worker = {json.load(open(out / "search" / f"trial_{t}" / "time.json"))["tuner_id"] for t in finished}
@@ -158,6 +168,7 @@ def test_default_tuner_is_bayesian_and_constructs(tmp_path):
     from nin_keras.distribute import make_strategy
 
     args = search.build_parser().parse_args(["--output-dir", str(tmp_path / "s")])
-    assert (args.tuner, args.max_trials, args.epochs, args.limit) == ("bayesian", 8, 3, 20000)
+    assert (args.tuner, args.max_trials, args.epochs, args.limit) == ("bayesian", 10, 3, 20000)
     tuner = search.make_tuner(args, hypermodel(), make_strategy("one-device"))
-    assert isinstance(tuner, keras_tuner.BayesianOptimization) and tuner.oracle.max_trials == 8
+    assert isinstance(tuner, keras_tuner.BayesianOptimization) and tuner.oracle.max_trials == 10
+    assert tuner.oracle.num_initial_points == 3

@@ -40,7 +40,7 @@ class NinHyperModel(keras_tuner.HyperModel):
         """Declare every hyperparameter (with the preset's defaults); return their values."""
         base = self.base
         return {
-            "learning_rate": hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=base.learning_rate),
+            "learning_rate": hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=base.learning_rate),
             "optimizer": hp.Choice("optimizer", ["adam", "adamw", "sgd"], default=base.optimizer),
             "weight_decay": hp.Choice("weight_decay", [0.0, 1e-5, 1e-4, 1e-3], default=base.weight_decay),
             "width_multiplier": hp.Choice("width_multiplier", [0.5, 0.75, 1.0, 1.5], default=1.0),

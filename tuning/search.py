@@ -25,7 +25,7 @@ PROJECT = "search"
 def build_parser():
     parser = OneLineParser(prog="python -m tuning", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuner", default="bayesian", help=f"one of {', '.join(TUNERS)} (default bayesian)")
-    parser.add_argument("--max-trials", type=int, default=8, help="trials to run (bayesian/random; default 8)")
+    parser.add_argument("--max-trials", type=int, default=10, help="trials to run (bayesian/random; default 10)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (hyperband: max epochs; default 3)")
     parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
@@ -70,6 +70,28 @@ def _timed(tuner_class):
     return Timed
 
 
+def start_from_defaults(oracle):
+    """Make the oracle's first trial the hyperparameters' defaults (the untuned preset).
+
+    keras-tuner starts random and Bayesian searches from random points; a
+    first trial at the preset gives every search a known baseline to beat.
+    Later trials (and resumed searches) are left to the oracle. On a
+    distributed worker the oracle is a client of the chief's and is left
+    alone: the chief's oracle picks every trial.
+    """
+    if not hasattr(type(oracle), "populate_space"):  # keras-tuner's OracleClient
+        return oracle
+    populate_space = oracle.populate_space
+
+    def first_defaults(trial_id):
+        if not oracle.trials:
+            return {"status": "RUNNING", "values": {hp.name: hp.default for hp in oracle.hyperparameters.space}}
+        return populate_space(trial_id)
+
+    oracle.populate_space = first_defaults
+    return oracle
+
+
 def make_tuner(args, hypermodel, strategy):
     """The keras-tuner tuner ``args`` ask for, resuming unless --overwrite."""
     import keras_tuner
@@ -83,9 +105,16 @@ def make_tuner(args, hypermodel, strategy):
         distribution_strategy=strategy,
     )
     if args.tuner == "hyperband":
-        return _timed(keras_tuner.Hyperband)(hypermodel, max_epochs=args.epochs, factor=3, **common)
-    cls = keras_tuner.BayesianOptimization if args.tuner == "bayesian" else keras_tuner.RandomSearch
-    return _timed(cls)(hypermodel, max_trials=args.max_trials, **common)
+        tuner = _timed(keras_tuner.Hyperband)(hypermodel, max_epochs=args.epochs, factor=3, **common)
+    elif args.tuner == "bayesian":
+        # 3 random points, not keras-tuner's default 3 x 9 dimensions: with a
+        # CPU-sized budget of ~10 trials the Gaussian process would never run.
+        tuner = _timed(keras_tuner.BayesianOptimization)(hypermodel, max_trials=args.max_trials,
+                                                          num_initial_points=3, **common)
+    else:
+        tuner = _timed(keras_tuner.RandomSearch)(hypermodel, max_trials=args.max_trials, **common)
+    start_from_defaults(tuner.oracle)
+    return tuner
 
 
 def trial_rows(tuner):
@@ -113,7 +142,8 @@ def format_rows(rows):
                   f"{r['seconds']:.0f}" if r["seconds"] is not None else "-"]
         for k in keys:
             v = r["hyperparameters"].get(k, "-")
-            values.append(f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 0.01 else str(v))
+            values.append(f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 0.01 else
+                          f"{v:g}" if isinstance(v, float) else str(v))
         lines.append("  ".join(f"{str(v):>12}" for v in values))
     return "\n".join(lines)
 
