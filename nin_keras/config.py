@@ -8,7 +8,6 @@ passed back with ``--config``.
 
 import dataclasses
 import json
-import os
 
 from nin_keras.errors import ConfigError
 from nin_keras.presets import DEFAULT_PRESET, get_preset
@@ -173,7 +172,3 @@ def config_differences(a, b, ignore=("verbose", "output_dir")):
     keys = (set(a) | set(b)) - set(ignore)
     return sorted(k for k in keys if a.get(k) != b.get(k))
 
-
-def is_writable_dir(path):
-    """True if ``path`` exists as a directory we can write into."""
-    return os.path.isdir(path) and os.access(path, os.W_OK)
