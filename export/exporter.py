@@ -19,6 +19,7 @@ from export.converter import (
     sidecar,
     write_tflite,
 )
+from nin_keras.config import FIT_DEFAULTS
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text
@@ -95,10 +96,12 @@ def run_export(args, print_fn=print):
 
     num_classes = int(model.output.shape[-1])
     labels = load_labels(model_path, num_classes)
-    needs_data = "int8" in formats or not args.no_verify
+    tflite_formats = [f for f in formats if f != "saved_model"]
+    verify = tflite_formats and not args.no_verify
     splits = None
-    if needs_data:
-        splits = load_data(args.data_dir, args.image_dir, args.tfds, val_fraction=args.val_fraction or 1 / 12,
+    if "int8" in formats or verify:
+        splits = load_data(args.data_dir, args.image_dir, args.tfds,
+                           val_fraction=args.val_fraction or FIT_DEFAULTS["val_fraction"],
                            seed=args.seed, limit=args.limit, test_limit=args.test_limit,
                            image_size=model.input_shape[1:3], num_classes=num_classes)
         if list(splits.input_shape) != list(model.input_shape[1:]):
@@ -122,8 +125,7 @@ def run_export(args, print_fn=print):
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
     report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model)}
-    tflite_formats = [f for f in formats if f != "saved_model"]
-    if args.no_verify or not tflite_formats:
+    if not verify:
         return report, 0
 
     x_test, y_test = splits.x_test, splits.y_test

@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 
-from nin_keras.cli import OneLineParser
+from nin_keras.cli import OneLineParser, run_cli
+from nin_keras.errors import NinError
 
 
 def load_sidecar(model_path):
@@ -21,9 +22,9 @@ def load_sidecar(model_path):
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise SystemExit(f"error: {path}: sidecar not found (export the model with `python -m export`)") from None
+        raise NinError(f"{path}: sidecar not found (export the model with `python -m export`)") from None
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {path}: unreadable sidecar ({e})") from None
+        raise NinError(f"{path}: unreadable sidecar ({e})") from None
 
 
 def load_image(path, size, color):
@@ -48,7 +49,7 @@ def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
     try:
         clf = TFLiteClassifier(model_path)
     except (ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {model_path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
+        raise NinError(f"{model_path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
     labels = meta["labels"]
     pre = meta["preprocessing"]
     results = {}
@@ -69,19 +70,22 @@ def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
 
 
 def main(argv=None):
+    """CLI entry point; exit code 1 if any file could not be classified."""
     parser = OneLineParser(prog="python -m export.predict", description=__doc__)
     parser.add_argument("model", help="an exported .tflite file (its .json sidecar must be beside it)")
     parser.add_argument("images", nargs="+", help="PNG/JPEG files")
     parser.add_argument("--top-k", type=int, default=3)
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.model):
-        print(f"error: {args.model}: no such file", file=sys.stderr)
-        return 1
-    if args.top_k < 1:
-        print(f"error: --top-k must be >= 1. Received: {args.top_k}", file=sys.stderr)
-        return 1
-    results = classify(args.model, args.images, args.top_k)
-    return 0 if len(results) == len(args.images) else 1
+
+    def body():
+        if not os.path.isfile(args.model):
+            raise NinError(f"{args.model}: no such file")
+        if args.top_k < 1:
+            raise NinError(f"--top-k must be >= 1. Received: {args.top_k}")
+        results = classify(args.model, args.images, args.top_k)
+        return 0 if len(results) == len(args.images) else 1
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,9 @@ def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, s
     elif tfds_name is not None:
         x_train, y_train, x_test, y_test, class_names = load_tfds(tfds_name)
         source = f"tfds {tfds_name}"
+        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
+        if top >= len(class_names):
+            raise DataError(f"{source}: label {top} out of range for {len(class_names)} classes")
     else:
         directory = find_fashion_mnist_dir(data_dir)
         x_train, y_train = load_idx_split(directory, "train", num_classes)

@@ -15,7 +15,7 @@ import time
 
 from nin_keras import config as config_lib
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
-from nin_keras.errors import ConfigError, NinError, TrainingDiverged
+from nin_keras.errors import ConfigError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text
 from nin_keras.presets import PRESETS, describe_presets
 
@@ -211,10 +211,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     kwargs = config_lib.model_kwargs(cfg)
     splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
                        cfg.test_limit, image_size=kwargs["input_shape"][:2])
-    num_classes = len(splits.class_names)
-    if int(splits.y_train.max()) >= num_classes:
-        raise NinError(f"{splits.source}: label {int(splits.y_train.max())} out of range for {num_classes} classes")
-    kwargs = config_lib.model_kwargs(cfg, num_classes, splits.input_shape)
+    kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
 
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     shard = tf.data.experimental.AutoShardPolicy.DATA if multi_worker else None
@@ -238,11 +235,12 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         print_fn(f"resuming the run in {run_dir}")
 
     throughput = TrainThroughput()
+    history_csv = HistoryCSV(path["history"])
     stopper = StopOnSignal()
     callbacks = [
         # BackupAndRestore first: the history callback reads the epoch it restores.
         keras.callbacks.BackupAndRestore(path["backup"], double_checkpoint=True),
-        HistoryCSV(path["history"]),
+        history_csv,
         AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.TensorBoard(path["logs"]),
         keras.callbacks.TerminateOnNaN(),
@@ -255,7 +253,6 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                   shuffle=False)
     except Interrupted as e:
-        stopper.restore()
         code = 128 + e.signum
         print_fn(f"\ninterrupted by {e}: the last finished epoch is saved in {path['backup']}; "
                  f"resume with: python -m nin_keras.fit --output-dir {final_dir} (same settings)")
@@ -263,7 +260,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     finally:
         stopper.restore()
 
-    history = callbacks[1].rows
+    history = history_csv.rows
     bad_epoch = first_non_finite(history)
     if bad_epoch is not None:
         kept = f"; the best model so far is kept in {path['best']}" if os.path.exists(path["best"]) else ""
@@ -284,7 +281,9 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         "test_loss": float(test_loss),
         "test_accuracy": float(test_acc),
         "test_examples": int(len(splits.x_test)),
-        "examples_per_sec": (len(splits.x_train) * throughput.epochs / throughput.seconds) if throughput.seconds else None,
+        # Full batches only: the pipeline drops the last partial one.
+        "examples_per_sec": (steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
+        if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
     }
     # Every worker must take part in saving (collectives); only the chief's files are kept.

@@ -126,15 +126,14 @@ def trial_rows(tuner):
         if os.path.exists(time_path):
             with open(time_path) as f:
                 seconds = json.load(f)["seconds"]
-        score = trial.score
-        rows.append({"trial": trial_id, "status": trial.status, "val_accuracy": score,
+        rows.append({"trial": trial_id, "status": trial.status, "val_accuracy": trial.score,
                      "seconds": seconds, "hyperparameters": dict(trial.hyperparameters.values)})
     return rows
 
 
 def format_rows(rows):
-    keys = sorted({k for r in rows for k in r["hyperparameters"]} - {"tuner/epochs", "tuner/initial_epoch",
-                                                                      "tuner/bracket", "tuner/round", "tuner/trial_id"})
+    """The trial table printed at the end (hyperband's own "tuner/..." bookkeeping left out)."""
+    keys = sorted({k for r in rows for k in r["hyperparameters"] if not k.startswith("tuner/")})
     header = ["trial", "status", "val_acc", "seconds"] + keys
     lines = ["  ".join(f"{h:>12}" for h in header)]
     for r in rows:
