@@ -43,11 +43,13 @@ def load_keras_model(path):
     """Load a .keras model in Keras safe mode; ExportError for corrupt or unsafe files."""
     import keras
 
+    from nin_keras.precision import float32_copy
+
     path = resolve_model_path(path)
     if not zipfile.is_zipfile(path):
         raise ExportError(f"{path}: not a valid .keras file (not a zip archive; corrupt or truncated?)")
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, safe_mode=True)
     except ValueError as e:
         if "safe_mode" in str(e) or "lambda" in str(e).lower():
             raise ExportError(f"{path}: refused by Keras safe mode (it contains a Lambda layer or other "
@@ -55,6 +57,9 @@ def load_keras_model(path):
         raise ExportError(f"{path}: cannot load ({e})") from None
     except Exception as e:  # Keras raises many types for damaged archives
         raise ExportError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+    # Models trained in mixed bfloat16/float16 are converted and verified as
+    # their float32 graph (same weights): TFLite has no bfloat16 kernels.
+    return float32_copy(model)
 
 
 def load_labels(model_path, num_classes):

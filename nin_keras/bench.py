@@ -30,13 +30,13 @@ def _stats(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": list(values)}
 
 
-def matmul_gflops(size=2048, iterations=10):
-    """float32 matmul GFLOP/s on the default device."""
+def matmul_gflops(size=2048, iterations=10, dtype="float32"):
+    """Matrix-multiply GFLOP/s in ``dtype`` on the default device."""
     import tensorflow as tf
 
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
-    fn = tf.function(lambda a, b: tf.matmul(a, b))
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    b = tf.cast(tf.random.normal((size, size)), dtype)
+    fn = tf.function(tf.linalg.matmul, autograph=False)
     fn(a, b).numpy()
     start = time.perf_counter()
     for _ in range(iterations):
@@ -46,35 +46,74 @@ def matmul_gflops(size=2048, iterations=10):
 
 
 def _timed_fit(model, dataset, steps):
-    """images/s of ``steps`` training steps (after one warm-up call that traces the graph)."""
+    """Seconds for ``steps`` training steps (after one warm-up call that traces the graph)."""
     model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     return time.perf_counter() - start
 
 
+def _configure_threads(intra_op_threads, inter_op_threads):
+    """Set TensorFlow's thread pools (before any op runs); return the values in effect (0 = TF's default)."""
+    import tensorflow as tf
+
+    if intra_op_threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    if inter_op_threads is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
+
+
 def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("float32", "float16", "dynamic", "int8"),
-              data_dir=None, xla=False, print_fn=print):
-    """Run every measurement; return the results dict."""
+              data_dir=None, xla=False, precision="auto", intra_op_threads=None, inter_op_threads=None,
+              data_format="channels_last", resize_in="model", cache=True, inference=True, print_fn=print):
+    """Run every measurement; return the results dict.
+
+    The keyword arguments after ``data_dir`` are the settings the benchmark
+    compares (``--sweep`` runs each in a fresh process): XLA, compute
+    precision, TensorFlow thread pools, tensor layout, where the 28->224
+    resize of resizing presets runs (the model's graph or tf.data), and
+    tf.data caching.
+    """
     import keras
     import tensorflow as tf
 
+    threads = _configure_threads(intra_op_threads, inter_op_threads)
     from nin_keras.config import resolve_config
     from nin_keras.data import load_data, make_train_dataset
     from nin_keras.fit import compile_model
     from nin_keras.model import build_nin
+    from nin_keras.precision import precision_scope, resolve_precision
     from nin_keras.presets import get_preset
     from nin_keras.report import resource_report
 
+    precision = resolve_precision(precision)
     cfg = resolve_config({"preset": preset, "batch_size": batch_size, "xla": xla})
-    kwargs = get_preset(preset)["model"]
+    kwargs = {**get_preset(preset)["model"], "data_format": data_format}
+    raw_shape = list(kwargs["input_shape"])
+    resize_to = kwargs.get("image_size")
+    if resize_in == "pipeline" and resize_to and list(resize_to) != raw_shape[:2]:
+        # The model takes already-resized images; tf.data resizes each batch.
+        kwargs.update(input_shape=[*resize_to, raw_shape[2]], image_size=None)
+    else:
+        resize_in, resize_to = "model", None
+
+    def resize_batch(images, labels):
+        return tf.image.resize(images, resize_to), labels
+
     results = {"preset": preset, "batch_size": batch_size, "steps": steps, "repeats": repeats, "xla": xla,
+               "precision": precision, "intra_op_threads": threads[0], "inter_op_threads": threads[1],
+               "data_format": data_format, "resize_in": resize_in, "cache": cache,
                "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__}
 
     print_fn("1/5 matmul ceiling ...")
     results["matmul_gflops"] = _stats([matmul_gflops() for _ in range(repeats)])
+    if precision != "float32":
+        results["matmul_gflops_compute_dtype"] = _stats([matmul_gflops(dtype=precision) for _ in range(repeats)])
 
-    model = build_nin(**kwargs)
+    with precision_scope(precision):
+        model = build_nin(**kwargs)
     compile_model(model, cfg, steps)
     macs = resource_report(model)["macs"]
     train_flops_per_image = 6 * macs  # forward 2*MACs; backward about twice the forward
@@ -82,43 +121,63 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
                         "train_gflop_per_image": train_flops_per_image / 1e9}
 
     print_fn("2/5 model-only training ...")
-    shape = kwargs["input_shape"]
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (batch_size, *shape), dtype=np.uint8)
+    x = rng.integers(0, 256, (batch_size, *raw_shape), dtype=np.uint8)
     y = rng.integers(0, 10, (batch_size,), dtype=np.int32)
-    in_memory = tf.data.Dataset.from_tensors((x, y)).repeat()
+    in_memory = tf.data.Dataset.from_tensors((x, y))
+    if resize_in == "pipeline":
+        in_memory = in_memory.map(resize_batch).cache()  # resized once: "data already in memory"
+    in_memory = in_memory.repeat()
     model_only = [steps * batch_size / _timed_fit(model, in_memory, steps) for _ in range(repeats)]
     results["model_only_images_per_sec"] = _stats(model_only)
     achieved = statistics.median(model_only) * train_flops_per_image / 1e9
     results["achieved_gflops"] = achieved
     results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["median"]
+    if precision != "float32":
+        results["achieved_fraction_of_compute_dtype_matmul"] = (
+            achieved / results["matmul_gflops_compute_dtype"]["median"])
 
     print_fn("3/5 end-to-end fit through tf.data ...")
-    if shape[:2] == [28, 28] and shape[2] == 1:
+    if raw_shape[:2] == [28, 28] and raw_shape[2] == 1:
         splits = load_data(data_dir=data_dir)
         images, labels = splits.x_train, splits.y_train
     else:  # presets for other inputs: synthetic data of the right shape through the same pipeline
-        images = rng.integers(0, 256, (steps * batch_size * 2, *shape), dtype=np.uint8)
+        images = rng.integers(0, 256, (steps * batch_size * 2, *raw_shape), dtype=np.uint8)
         labels = rng.integers(0, 10, (len(images),), dtype=np.int32)
-    pipeline, _ = make_train_dataset(images, labels, batch_size, seed=0)
-    pipeline = pipeline.repeat()
-    end_to_end = [steps * batch_size / _timed_fit(model, pipeline, steps) for _ in range(repeats)]
+
+    def pipeline():
+        ds, n_steps = make_train_dataset(images, labels, batch_size, seed=0, cache=cache)
+        if resize_in == "pipeline":
+            ds = ds.map(resize_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return ds, n_steps
+
+    end_to_end = [steps * batch_size / _timed_fit(model, pipeline()[0].repeat(), steps) for _ in range(repeats)]
     results["end_to_end_images_per_sec"] = _stats(end_to_end)
     results["end_to_end_fraction_of_model_only"] = statistics.median(end_to_end) / statistics.median(model_only)
 
     print_fn("4/5 tf.data pipeline alone ...")
     pipeline_rates = []
     for _ in range(repeats):
-        ds, n_steps = make_train_dataset(images, labels, batch_size, seed=0)
+        ds, n_steps = pipeline()
+        # Up to an epoch, at most 10x the training steps (d2l's 224x224 resize
+        # in tf.data would otherwise take minutes per repeat).
+        n_steps = min(n_steps, 10 * steps)
         start = time.perf_counter()
-        for _batch in ds:
+        for _batch in ds.take(n_steps):
             pass
         pipeline_rates.append(n_steps * batch_size / (time.perf_counter() - start))
     results["pipeline_images_per_sec"] = _stats(pipeline_rates)
     results["pipeline_fraction_of_model_only"] = statistics.median(pipeline_rates) / statistics.median(model_only)
 
-    print_fn("5/5 inference ...")
-    results["inference"] = _bench_inference(model, images, formats, repeats)
+    if inference:
+        print_fn("5/5 inference ...")
+        sample = images[:200]
+        if resize_in == "pipeline":
+            sample = tf.image.resize(sample, resize_to).numpy()
+        # Deployed models compute in float32 (TFLite has no bfloat16 kernels).
+        from nin_keras.precision import float32_copy
+
+        results["inference"] = _bench_inference(float32_copy(model), sample, formats, repeats)
     return results
 
 
@@ -155,63 +214,200 @@ def _bench_inference(model, images, formats, repeats, n_latency=200):
     return out
 
 
+def _stat_text(stat, fmt="{:,.0f}"):
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
+
+
 def format_results(r):
     """The table printed at the end of a run."""
-    def s(stat, fmt="{:,.0f}"):
-        return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
-
+    s = _stat_text
+    threads = "/".join(str(t or "default") for t in (r["intra_op_threads"], r["inter_op_threads"]))
     lines = [
         f"nin_keras bench: preset {r['preset']}, batch {r['batch_size']}, {r['steps']} steps x {r['repeats']} repeats, "
-        f"{r['cpu_count']} CPUs, TF {r['tensorflow']}, Keras {r['keras']}, XLA {'on' if r['xla'] else 'off'}",
+        f"{r['cpu_count']} CPUs, TF {r['tensorflow']}, Keras {r['keras']}",
+        f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
+        f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}",
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
         f"{r['model']['train_gflop_per_image']:.3f} GFLOP per training image",
         "",
         f"{'measure':<44}{'median (min-max)':>30}",
-        f"{'1 matmul ceiling, GFLOP/s':<44}{s(r['matmul_gflops'], '{:,.1f}'):>30}",
+        f"{'1 matmul ceiling float32, GFLOP/s':<44}{s(r['matmul_gflops'], '{:,.1f}'):>30}",
+    ]
+    if "matmul_gflops_compute_dtype" in r:
+        lines.append(f"{'  matmul ceiling ' + r['precision'] + ', GFLOP/s':<44}"
+                     f"{s(r['matmul_gflops_compute_dtype'], '{:,.1f}'):>30}")
+    lines += [
         f"{'2 model-only training, images/s':<44}{s(r['model_only_images_per_sec']):>30}",
-        f"{'  achieved GFLOP/s (fraction of ceiling)':<44}{r['achieved_gflops']:>20,.1f} ({r['achieved_fraction_of_matmul']:.2f})",
+        f"{'  achieved GFLOP/s (fraction of float32 ceiling)':<44}"
+        f"{r['achieved_gflops']:>20,.1f} ({r['achieved_fraction_of_matmul']:.2f})",
+    ]
+    if "achieved_fraction_of_compute_dtype_matmul" in r:
+        lines.append(f"{'  fraction of the ' + r['precision'] + ' ceiling':<44}"
+                     f"{r['achieved_fraction_of_compute_dtype_matmul']:>30.2f}")
+    lines += [
         f"{'3 end-to-end fit via tf.data, images/s':<44}{s(r['end_to_end_images_per_sec']):>30}",
         f"{'  fraction of model-only':<44}{r['end_to_end_fraction_of_model_only']:>30.2f}",
         f"{'4 tf.data pipeline alone, images/s':<44}{s(r['pipeline_images_per_sec']):>30}",
         f"{'  multiple of model-only training':<44}{r['pipeline_fraction_of_model_only']:>30.1f}",
-        "",
-        f"{'5 inference':<22}{'images/s @64':>26}{'latency ms @1':>26}{'size KB':>10}",
     ]
-    for name, v in r["inference"].items():
-        size = f"{v['size_bytes'] / 1024:,.0f}" if "size_bytes" in v else "-"
-        lines.append(f"  {name:<20}{s(v['images_per_sec_batch64']):>26}"
-                     f"{s(v['latency_ms_batch1'], '{:.3f}'):>26}{size:>10}")
+    if "inference" in r:
+        lines += ["", f"{'5 inference':<22}{'images/s @64':>26}{'latency ms @1':>26}{'size KB':>10}"]
+        for name, v in r["inference"].items():
+            size = f"{v['size_bytes'] / 1024:,.0f}" if "size_bytes" in v else "-"
+            lines.append(f"  {name:<20}{s(v['images_per_sec_batch64']):>26}"
+                         f"{s(v['latency_ms_batch1'], '{:.3f}'):>26}{size:>10}")
     return "\n".join(lines)
 
 
-def main(argv=None):
-    """CLI entry point."""
-    from nin_keras.cli import OneLineParser, run_cli
+# ----------------------------------------------------------------------- sweep
+
+#: Settings ``--sweep`` compares against the defaults, one fresh process each
+#: (thread pools can only be set before TensorFlow starts).
+SWEEP_VARIANTS = [
+    ("xla", ["--xla"]),
+    ("intra-op 1 thread", ["--intra-op-threads", "1"]),
+    ("inter-op 1 thread", ["--inter-op-threads", "1"]),
+    ("intra 1 / inter 2", ["--intra-op-threads", "1", "--inter-op-threads", "2"]),
+    ("channels_first", ["--data-format", "channels_first"]),
+    ("no tf.data cache", ["--no-cache"]),
+]
+
+
+def sweep_variants(preset, default_precision):
+    """(name, extra flags) of every sweep run for ``preset``: defaults first."""
+    from nin_keras.precision import PRECISIONS
+    from nin_keras.presets import get_preset
+
+    variants = [("defaults", [])]
+    variants += [(p, ["--precision", p]) for p in PRECISIONS[1:] if p != default_precision]
+    variants += SWEEP_VARIANTS
+    if get_preset(preset)["model"].get("image_size"):
+        variants.append(("resize in tf.data", ["--resize-in", "pipeline"]))
+    return variants
+
+
+def run_sweep(base_argv, preset, print_fn=print):
+    """Run the benchmark once per setting, each in a fresh process; return [(name, flags, result or error)]."""
+    import subprocess
+    import tempfile
+
+    from nin_keras.precision import resolve_precision
+
+    default_precision = resolve_precision("auto")
+    variants = sweep_variants(preset, default_precision)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nin_keras-sweep-") as tmp:
+        for i, (name, flags) in enumerate(variants, start=1):
+            out = os.path.join(tmp, f"{i}.json")
+            cmd = [sys.executable, "-m", "nin_keras.bench", *base_argv, "--no-inference", "--json", out, *flags]
+            print_fn(f"sweep {i}/{len(variants)}: {name} {' '.join(flags)}".rstrip() + " ...")
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode == 0:
+                with open(out) as f:
+                    result = json.load(f)
+            else:
+                tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
+                result = {"error": tail[-1] if tail else f"exit {proc.returncode}"}
+            result["wall_seconds"] = time.perf_counter() - start
+            rows.append({"name": name, "flags": flags, "result": result})
+    return rows
+
+
+def format_sweep(rows):
+    """Comparison table: each setting's throughput as a multiple of the defaults'."""
+    base = rows[0]["result"]
+    head = (f"{'setting':<22}{'model-only img/s':>18}{'end-to-end img/s':>18}{'pipeline img/s':>16}"
+            f"{'vs defaults':>13}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        r = row["result"]
+        if "error" in r:
+            lines.append(f"{row['name']:<22}  failed: {r['error'][:90]}")
+            continue
+        ratio = (r["end_to_end_images_per_sec"]["median"] / base["end_to_end_images_per_sec"]["median"]
+                 if "error" not in base else float("nan"))
+        lines.append(f"{row['name']:<22}{r['model_only_images_per_sec']['median']:>18,.0f}"
+                     f"{r['end_to_end_images_per_sec']['median']:>18,.0f}"
+                     f"{r['pipeline_images_per_sec']['median']:>16,.0f}{ratio:>12.2f}x")
+    if "error" not in base:
+        lines.append(f"defaults: {base['precision']}, XLA off, TF thread pools, {base['data_format']}, "
+                     f"resize in {base['resize_in']}, cache on; 'vs defaults' compares end-to-end training")
+    return "\n".join(lines)
+
+
+def build_parser():
+    """The ``nin_keras.bench`` command-line parser."""
+    from nin_keras.cli import OneLineParser
+    from nin_keras.model import DATA_FORMATS
+    from nin_keras.precision import PRECISIONS
     from nin_keras.presets import PRESETS
 
-    parser = OneLineParser(prog="python -m nin_keras.bench", description=__doc__.split("\n\n")[0])
+    # No abbreviations: --sweep re-runs this command line minus --sweep/--json.
+    parser = OneLineParser(prog="python -m nin_keras.bench", description=__doc__.split("\n\n")[0],
+                           allow_abbrev=False)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="training steps per measurement (default 30)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--formats", default="float32,float16,dynamic,int8",
                         help="TFLite formats to time, comma-separated ('' for none)")
-    parser.add_argument("--xla", action="store_true", help="compile training with XLA (jit_compile)")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    settings = parser.add_argument_group("settings compared (defaults are the project's)")
+    settings.add_argument("--precision", choices=PRECISIONS, default="auto")
+    settings.add_argument("--xla", action="store_true", help="compile training with XLA (jit_compile)")
+    settings.add_argument("--intra-op-threads", type=int, help="TensorFlow intra-op threads (default: TF's)")
+    settings.add_argument("--inter-op-threads", type=int, help="TensorFlow inter-op threads (default: TF's)")
+    settings.add_argument("--data-format", choices=DATA_FORMATS, default="channels_last")
+    settings.add_argument("--resize-in", choices=("model", "pipeline"), default="model",
+                          help="where resizing presets (d2l) resize: in the model's graph or in tf.data")
+    settings.add_argument("--no-cache", dest="cache", action="store_false", help="tf.data without cache()")
+    settings.add_argument("--no-inference", dest="inference", action="store_false", help="skip step 5")
+    parser.add_argument("--sweep", action="store_true",
+                        help="run once per setting above (fresh process each) and print a comparison table")
+    return parser
+
+
+def main(argv=None):
+    """CLI entry point."""
+    from nin_keras.cli import run_cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
 
     def body():
         for name in ("batch_size", "steps", "repeats"):
             if getattr(args, name) < 1:
                 raise NinError(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(args, name)}")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            value = getattr(args, name)
+            if value is not None and value < 0:
+                raise NinError(f"--{name.replace('_', '-')} must be >= 0 (0: TensorFlow's default). Received: {value}")
+        from nin_keras.io import atomic_write_text
+
+        if args.sweep:
+            base_argv = [a for a in argv if a != "--sweep" and not a.startswith("--json=")]
+            if "--json" in base_argv:
+                at = base_argv.index("--json")
+                del base_argv[at:at + 2]
+            rows = run_sweep(base_argv, args.preset)
+            print(format_sweep(rows))
+            if args.json:
+                atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
+            # A failed alternative is a finding (shown in the table); failed defaults are an error.
+            if "error" in rows[0]["result"]:
+                raise NinError(f"the benchmark with default settings failed: {rows[0]['result']['error']}")
+            return 0
         formats = tuple(f for f in args.formats.split(",") if f)
-        results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats, args.data_dir, args.xla)
+        results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats, args.data_dir, args.xla,
+                            args.precision, args.intra_op_threads, args.inter_op_threads, args.data_format,
+                            args.resize_in, args.cache, args.inference)
         print(format_results(results))
         if args.json:
-            from nin_keras.io import atomic_write_text
-
             atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+        return 0
 
     return run_cli(body)
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 from nin_keras.errors import ConfigError
+from nin_keras.precision import PRECISIONS
 from nin_keras.presets import DEFAULT_PRESET, get_preset
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -41,7 +42,7 @@ class FitConfig:
     output_dir: str = None
     strategy: str = "auto"
     cpu_replicas: int = None
-    mixed_precision: bool = False
+    precision: str = "auto"  # auto | float32 | bfloat16 | float16 (see nin_keras.precision)
     xla: bool = False
     verbose: int = None  # None: progress bar on a terminal, one line per epoch otherwise
     model: dict = dataclasses.field(default_factory=dict)
@@ -145,6 +146,7 @@ def validate_config(cfg):
         "cpu replicas must be an integer >= 1.",
         cfg.cpu_replicas,
     )
+    _require(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}.", cfg.precision)
     sources = [s for s in (cfg.data_dir, cfg.image_dir, cfg.tfds) if s is not None]
     _require(len(sources) <= 1, "give at most one data source (--data-dir, --image-dir, --tfds).", sources)
     _require(isinstance(cfg.model, dict), "model overrides must be a JSON object.", cfg.model)

@@ -260,17 +260,21 @@ def _augment(image, label, pad=3):
     return image, label
 
 
-def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None, augment=False):
+def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None, augment=False,
+                 cache=True):
     """A tf.data pipeline over in-memory arrays: cache, seeded shuffle, augment, batch, prefetch.
 
     ``batch_size`` is the **global** batch (per-replica batch x replicas):
     under a distribution strategy ``model.fit`` splits each batch across
     replicas. ``shard_policy`` (a ``tf.data.experimental.AutoShardPolicy``)
-    decides how multi-worker training shards the data.
+    decides how multi-worker training shards the data. ``cache=False`` is
+    for the benchmark's comparison only.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if cache:
+        ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if augment:
@@ -285,7 +289,7 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
     return ds
 
 
-def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=False):
+def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=False, cache=True):
     """The training pipeline: seeded reshuffle every epoch and only full batches.
 
     Dropping the last partial batch keeps every replica's share the same
@@ -298,4 +302,4 @@ def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=Fals
         raise DataError(f"batch size {batch_size} is larger than the {len(x)} training examples; "
                         f"lower --batch-size or raise --limit")
     return make_dataset(x, y, batch_size, shuffle=True, seed=seed, drop_remainder=True,
-                        shard_policy=shard_policy, augment=augment), steps
+                        shard_policy=shard_policy, augment=augment, cache=cache), steps

@@ -17,6 +17,7 @@ from nin_keras import config as config_lib
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ConfigError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text
+from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
 from nin_keras.presets import PRESETS, describe_presets
 
 RUN_FILES = {
@@ -55,7 +56,8 @@ def build_parser():
     parser.add_argument("--output-dir", help="run directory (default: runs/<preset>-<timestamp>)")
     parser.add_argument("--strategy", choices=config_lib.STRATEGIES)
     parser.add_argument("--cpu-replicas", type=int, help="split the CPU into N logical devices (MirroredStrategy replicas)")
-    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, help="float16 compute (GPU)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="compute precision (default auto: bfloat16 on CPUs with AMX/AVX512-BF16, else float32)")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, help="XLA jit_compile (GPU; slower on CPU)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output")
     mode = parser.add_mutually_exclusive_group()
@@ -163,6 +165,9 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
 
     # The CPU split and strategy must exist before any other TensorFlow work.
     strategy = distribute.make_strategy(cfg.strategy, cfg.cpu_replicas)
+    # Resolved before the run-dir check so config.json records what ran and a
+    # rerun of the same command matches it.
+    cfg.precision = resolve_precision(cfg.precision)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ConfigError(
@@ -187,7 +192,8 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
         state = "new"
 
     try:
-        return _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn)
+        with precision_scope(cfg.precision):
+            return _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -205,8 +211,6 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
 
     path = {k: os.path.join(run_dir, v) for k, v in RUN_FILES.items()}
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
 
     kwargs = config_lib.model_kwargs(cfg)
     splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
@@ -228,7 +232,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         # flag does not leave a "different run" behind in the folder.
         config_lib.save_config(cfg, path["config"])
 
-    print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, "
+    print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, {cfg.precision}, "
              f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch {cfg.batch_size}")
     print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, {len(splits.x_test)} test")
     if state == "resume":

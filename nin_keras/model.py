@@ -17,6 +17,7 @@ from nin_keras.errors import ConfigError
 POOL_TYPES = (None, "max", "avg")
 PADDINGS = ("valid", "same")
 HEADS = ("gap", "dense")
+DATA_FORMATS = ("channels_last", "channels_first")
 
 
 def _check(condition, message, value):
@@ -75,6 +76,7 @@ def mlpconv_block(
     mlp_kernel_size=1,
     batch_norm=False,
     last_activation="relu",
+    data_format="channels_last",
     name="block1",
 ):
     """Apply one NiN mlpconv block to tensor ``x``.
@@ -89,6 +91,7 @@ def mlpconv_block(
             seeds' exercises ask what happens with larger ones).
         batch_norm: insert BatchNormalization between each conv and its ReLU.
         last_activation: activation of the block's last convolution.
+        data_format: "channels_last" (NHWC) or "channels_first" (NCHW) layout of ``x``.
         name: block prefix of every layer (``block2`` gives ``block2_conv0``).
 
     Returns:
@@ -107,20 +110,22 @@ def mlpconv_block(
             # Bias is redundant when BatchNorm follows.
             use_bias=not batch_norm,
             kernel_initializer="glorot_uniform",  # Xavier uniform, as in the d2l recipe
+            data_format=data_format,
             name=f"{name}_conv{i}",
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+            axis = -1 if data_format == "channels_last" else 1
+            x = layers.BatchNormalization(axis=axis, name=f"{name}_bn{i}")(x)
         if activation is not None:
             x = layers.Activation(activation, name=f"{name}_relu{i}" if activation == "relu" else f"{name}_act{i}")(x)
     return x
 
 
-def _pool(x, kind, name):
+def _pool(x, kind, name, data_format):
     if kind == "max":
-        return layers.MaxPooling2D(pool_size=3, strides=2, name=f"{name}_pool")(x)
+        return layers.MaxPooling2D(pool_size=3, strides=2, data_format=data_format, name=f"{name}_pool")(x)
     if kind == "avg":
-        return layers.AveragePooling2D(pool_size=3, strides=2, name=f"{name}_pool")(x)
+        return layers.AveragePooling2D(pool_size=3, strides=2, data_format=data_format, name=f"{name}_pool")(x)
     return x
 
 
@@ -139,6 +144,7 @@ def build_nin(
     dense_units=(4096, 4096),
     head_activation="relu",
     classifier_activation="softmax",
+    data_format=None,
     name="nin",
 ):
     """Build a Network-in-Network classifier as a functional ``keras.Model``.
@@ -175,6 +181,11 @@ def build_nin(
             before global average pooling: "relu" (d2l, the paper) or None
             (linear class scores, which trains faster without BatchNorm).
         classifier_activation: "softmax" (probabilities) or None (logits).
+        data_format: layout of the convolutions, "channels_last" (NHWC) or
+            "channels_first" (NCHW); None takes ``keras.config.image_data_format()``.
+            The input is always (H, W, C) raw pixels; for channels_first the
+            model transposes it after rescaling. (NHWC is the default because
+            it measured 3x faster on CPU; see README.)
         name: model name.
 
     Returns:
@@ -205,6 +216,8 @@ def build_nin(
     _check(head in HEADS, f"`head` must be one of {HEADS}.", head)
     _check(head_activation in ("relu", None), "`head_activation` must be 'relu' or None.", head_activation)
     _check(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
+    data_format = data_format or keras.config.image_data_format()
+    _check(data_format in DATA_FORMATS, f"`data_format` must be one of {DATA_FORMATS}.", data_format)
 
     specs = [_validate_block(spec, i + 1, mlp_layers) for i, spec in enumerate(blocks)]
     head_spec = _validate_block(head_block or {"filters": None, "kernel_size": 3}, 0, mlp_layers, is_head=True)
@@ -220,6 +233,8 @@ def build_nin(
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
         x = layers.Resizing(image_size[0], image_size[1], name="resize")(x)
+    if data_format == "channels_first":
+        x = layers.Permute((3, 1, 2), name="to_channels_first")(x)
 
     for i, spec in enumerate(specs, start=1):
         x = mlpconv_block(
@@ -231,9 +246,10 @@ def build_nin(
             mlp_filters=[scaled(w) for w in spec["mlp_filters"]],
             mlp_kernel_size=mlp_kernel_size,
             batch_norm=batch_norm,
+            data_format=data_format,
             name=f"block{i}",
         )
-        x = _pool(x, spec["pool"], f"block{i}")
+        x = _pool(x, spec["pool"], f"block{i}", data_format)
         if spec["dropout"]:
             x = layers.Dropout(spec["dropout"], name=f"block{i}_dropout")(x)
 
@@ -251,9 +267,10 @@ def build_nin(
             mlp_kernel_size=mlp_kernel_size,
             batch_norm=batch_norm,
             last_activation=head_activation,
+            data_format=data_format,
             name="head",
         )
-        x = layers.GlobalAveragePooling2D(name="head_gap")(x)
+        x = layers.GlobalAveragePooling2D(data_format=data_format, name="head_gap")(x)
     else:
         x = layers.Flatten(name="head_flatten")(x)
         for j, units in enumerate(dense_units, start=1):

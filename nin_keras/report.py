@@ -19,10 +19,10 @@ def layer_macs(layer):
     import keras
 
     if isinstance(layer, keras.layers.Conv2D):
-        out_h, out_w, out_c = layer.output.shape[1:]
+        out_elements = math.prod(layer.output.shape[1:])  # H x W x C_out in either layout
         kh, kw = layer.kernel_size
-        in_c = layer.input.shape[-1]
-        return out_h * out_w * out_c * kh * kw * in_c
+        in_c = layer.input.shape[-1 if layer.data_format == "channels_last" else 1]
+        return out_elements * kh * kw * in_c
     if isinstance(layer, keras.layers.Dense):
         return layer.input.shape[-1] * layer.units
     return 0

@@ -64,6 +64,9 @@ def trained_tiny_run(tmp_path_factory):
     from nin_keras.fit import train
 
     out = str(tmp_path_factory.mktemp("runs") / "tiny")
-    cfg = resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": out, "verbose": 0})
+    # bfloat16 explicitly (whatever "auto" picks on the machine), so the export
+    # tests always cover converting a mixed-precision model's float32 graph.
+    cfg = resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": out, "verbose": 0,
+                          "precision": "bfloat16"})
     metrics = train(cfg, print_fn=lambda *a: None)
     return out, metrics

@@ -110,3 +110,18 @@ def test_block_summary_prints_each_block(capsys):
     block_summary(build_preset("tiny"))
     out = capsys.readouterr().out
     assert "block1" in out and "28x28x16" in out and "total" in out and "10,822" in out
+
+
+def test_channels_first_layout_computes_the_same_function():
+    nhwc = build_preset("tiny", data_format="channels_last")
+    nchw = build_preset("tiny", data_format="channels_first")
+    assert nchw.input_shape == nhwc.input_shape == (None, 28, 28, 1)  # raw HWC pixels either way
+    assert nchw.get_layer("block1_conv0").output.shape[1:] == (16, 28, 28)
+    nchw.set_weights(nhwc.get_weights())  # kernels are (kh, kw, in, out) in both layouts
+    images = random_images(4)
+    np.testing.assert_allclose(nchw.predict(images, verbose=0), nhwc.predict(images, verbose=0), atol=1e-5)
+
+
+def test_bad_data_format_is_refused():
+    with pytest.raises(ConfigError, match="Received: 'NHWC'"):
+        build_preset("tiny", data_format="NHWC")

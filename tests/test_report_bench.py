@@ -56,3 +56,42 @@ def test_bench_runs_and_reports_every_measure(tmp_path, capsys):
 def test_bench_bad_settings(argv, message, capsys):
     assert bench.main(argv) == 1
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_report_counts_channels_first_layers_the_same():
+    assert (report.resource_report(build_preset("tiny", data_format="channels_first"))["macs"]
+            == report.resource_report(build_preset("tiny"))["macs"])
+
+
+def test_bench_resize_in_the_pipeline_and_other_settings(tmp_path):
+    path = tmp_path / "b.json"
+    assert bench.main(["--preset", "d2l", "--batch-size", "2", "--steps", "2", "--repeats", "1", "--no-inference",
+                       "--resize-in", "pipeline", "--precision", "float32", "--no-cache", "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert (r["resize_in"], r["precision"], r["cache"]) == ("pipeline", "float32", False)
+    assert r["model"]["macs_per_image"] == 762_297_352  # same network, fed 224x224 images
+    assert "inference" not in r and r["end_to_end_images_per_sec"]["median"] > 0
+
+
+def test_bench_sweep_runs_each_setting_in_a_fresh_process(tmp_path, monkeypatch, capsys):
+    # Two settings only (the full sweep takes minutes): defaults, and a thread
+    # setting that can only take effect in a new process.
+    monkeypatch.setattr(bench, "sweep_variants", lambda preset, precision: [
+        ("defaults", []), ("intra-op 1 thread", ["--intra-op-threads", "1"])])
+    path = tmp_path / "sweep.json"
+    assert bench.main(["--preset", "tiny", "--steps", "2", "--repeats", "1", "--sweep", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert [row["name"] for row in rows] == ["defaults", "intra-op 1 thread"]
+    assert rows[1]["result"]["intra_op_threads"] == 1 and rows[0]["result"]["intra_op_threads"] == 0
+    out = capsys.readouterr().out
+    assert "vs defaults" in out and "intra-op 1 thread" in out and "1.00x" in out
+
+
+def test_sweep_covers_every_compared_default():
+    names = [name for name, _ in bench.sweep_variants("d2l", "bfloat16")]
+    assert names[0] == "defaults"
+    for expected in ("float32", "float16", "xla", "channels_first", "no tf.data cache", "resize in tf.data",
+                     "intra-op 1 thread", "inter-op 1 thread"):
+        assert expected in names
+    assert "resize in tf.data" not in [name for name, _ in bench.sweep_variants("fashion", "float32")]
+    assert "bfloat16" in [name for name, _ in bench.sweep_variants("fashion", "float32")]

@@ -16,6 +16,7 @@ from nin_keras import config as config_lib
 from nin_keras.errors import ConfigError, NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text
+from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
 from nin_keras.presets import PRESETS
 
 TUNERS = ("bayesian", "random", "hyperband")
@@ -33,6 +34,8 @@ def build_parser():
     parser.add_argument("--output-dir", default="tuning_runs/fashion", help="search directory (shared by workers)")
     parser.add_argument("--strategy", choices=("auto", "mirrored", "one-device"), default="auto")
     parser.add_argument("--cpu-replicas", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="compute precision of every trial (default auto, as in nin_keras.fit)")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --output-dir")
     parser.add_argument("--retrain-best", action="store_true",
                         help="then retrain the best config on the full training set with nin_keras.fit")
@@ -157,6 +160,7 @@ def run_search(args, print_fn=print):
     base = config_lib.resolve_config({
         "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
         "tfds": args.tfds, "val_fraction": args.val_fraction, "test_limit": args.test_limit,
+        "precision": args.precision,
     })
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     kwargs = config_lib.model_kwargs(base)
@@ -171,11 +175,15 @@ def run_search(args, print_fn=print):
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience, restore_best_weights=True),
         keras.callbacks.TensorBoard(os.path.join(args.output_dir, "tensorboard")),
     ]
+    # best_config.json keeps the unresolved choice ("auto"), so a retrain on
+    # another machine picks its own precision.
+    precision = resolve_precision(base.precision)
     print_fn(f"tuning: {args.tuner} search over preset {args.preset!r}, {len(splits.x_train)} train / "
-             f"{len(splits.x_val)} val examples, {args.epochs} epoch(s) per trial, in {args.output_dir}")
+             f"{len(splits.x_val)} val examples, {args.epochs} epoch(s) per trial, {precision}, in {args.output_dir}")
     fit_kwargs = {} if args.tuner == "hyperband" else {"epochs": args.epochs}
-    tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
-                 callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
+    with precision_scope(precision):
+        tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
+                     callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
 
     import keras_tuner
 
