@@ -11,8 +11,12 @@ Measures, for one preset and batch size, in one run:
 5. inference: Keras ``predict`` and each TFLite format, images/s at batch 64
    and latency at batch 1.
 
-Each figure is the median of ``--repeats`` runs, with min and max. Nothing is
-asserted: the numbers are for people and README, not for tests.
+Each figure is reported as the median of ``--repeats`` runs with min and max.
+Ratios (achieved/ceiling, end-to-end/model-only, sweep comparisons) use each
+measure's **best** run: on a shared VM some runs get only part of the CPU
+(this project's host alternates between full and about half speed), and the
+best run is the one closest to what the hardware does, as ``timeit`` advises.
+Nothing is asserted: the numbers are for people and README, not for tests.
 """
 
 import json
@@ -130,12 +134,12 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     in_memory = in_memory.repeat()
     model_only = [steps * batch_size / _timed_fit(model, in_memory, steps) for _ in range(repeats)]
     results["model_only_images_per_sec"] = _stats(model_only)
-    achieved = statistics.median(model_only) * train_flops_per_image / 1e9
+    achieved = max(model_only) * train_flops_per_image / 1e9
     results["achieved_gflops"] = achieved
-    results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["median"]
+    results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["max"]
     if precision != "float32":
         results["achieved_fraction_of_compute_dtype_matmul"] = (
-            achieved / results["matmul_gflops_compute_dtype"]["median"])
+            achieved / results["matmul_gflops_compute_dtype"]["max"])
 
     print_fn("3/5 end-to-end fit through tf.data ...")
     if raw_shape[:2] == [28, 28] and raw_shape[2] == 1:
@@ -153,7 +157,7 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
 
     end_to_end = [steps * batch_size / _timed_fit(model, pipeline()[0].repeat(), steps) for _ in range(repeats)]
     results["end_to_end_images_per_sec"] = _stats(end_to_end)
-    results["end_to_end_fraction_of_model_only"] = statistics.median(end_to_end) / statistics.median(model_only)
+    results["end_to_end_fraction_of_model_only"] = max(end_to_end) / max(model_only)
 
     print_fn("4/5 tf.data pipeline alone ...")
     pipeline_rates = []
@@ -167,7 +171,7 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
             pass
         pipeline_rates.append(n_steps * batch_size / (time.perf_counter() - start))
     results["pipeline_images_per_sec"] = _stats(pipeline_rates)
-    results["pipeline_fraction_of_model_only"] = statistics.median(pipeline_rates) / statistics.median(model_only)
+    results["pipeline_fraction_of_model_only"] = max(pipeline_rates) / max(model_only)
 
     if inference:
         print_fn("5/5 inference ...")
@@ -230,7 +234,7 @@ def format_results(r):
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
         f"{r['model']['train_gflop_per_image']:.3f} GFLOP per training image",
         "",
-        f"{'measure':<44}{'median (min-max)':>30}",
+        f"{'measure (ratios from best runs)':<44}{'median (min-max)':>30}",
         f"{'1 matmul ceiling float32, GFLOP/s':<44}{s(r['matmul_gflops'], '{:,.1f}'):>30}",
     ]
     if "matmul_gflops_compute_dtype" in r:
@@ -286,8 +290,13 @@ def sweep_variants(preset, default_precision):
     return variants
 
 
-def run_sweep(base_argv, preset, print_fn=print):
-    """Run the benchmark once per setting, each in a fresh process; return [(name, flags, result or error)]."""
+def run_sweep(base_argv, preset, timeout=900, print_fn=print):
+    """Run the benchmark once per setting, each in a fresh process.
+
+    Returns [{"name", "flags", "result"}]; a setting that fails or runs past
+    ``timeout`` seconds gets ``{"error": ...}`` as its result (a finding, not
+    a crash: mixed float16 on a CPU, for one, is emulated and very slow).
+    """
     import subprocess
     import tempfile
 
@@ -301,16 +310,24 @@ def run_sweep(base_argv, preset, print_fn=print):
         for i, (name, flags) in enumerate(variants, start=1):
             out = os.path.join(tmp, f"{i}.json")
             cmd = [sys.executable, "-m", "nin_keras.bench", *base_argv, "--no-inference", "--json", out, *flags]
-            print_fn(f"sweep {i}/{len(variants)}: {name} {' '.join(flags)}".rstrip() + " ...")
+            print_fn(f"sweep {i}/{len(variants)}: {name} {' '.join(flags)}".rstrip() + " ...", flush=True)
             start = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode == 0:
-                with open(out) as f:
-                    result = json.load(f)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                result = {"error": f"timed out after {timeout:.0f} s"}
             else:
-                tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
-                result = {"error": tail[-1] if tail else f"exit {proc.returncode}"}
+                if proc.returncode == 0:
+                    with open(out) as f:
+                        result = json.load(f)
+                else:
+                    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+                    errors = [line for line in lines if line.startswith("error:")]
+                    result = {"error": (errors or lines or [f"exit {proc.returncode}"])[-1]}
             result["wall_seconds"] = time.perf_counter() - start
+            summary = result.get("error") or (f"training {result['model_only_images_per_sec']['max']:,.0f} images/s "
+                                              f"model-only, {result['end_to_end_images_per_sec']['max']:,.0f} end-to-end")
+            print_fn(f"  {summary} ({result['wall_seconds']:.0f} s)", flush=True)
             rows.append({"name": name, "flags": flags, "result": result})
     return rows
 
@@ -318,19 +335,20 @@ def run_sweep(base_argv, preset, print_fn=print):
 def format_sweep(rows):
     """Comparison table: each setting's throughput as a multiple of the defaults'."""
     base = rows[0]["result"]
-    head = (f"{'setting':<22}{'model-only img/s':>18}{'end-to-end img/s':>18}{'pipeline img/s':>16}"
-            f"{'vs defaults':>13}")
+    head = (f"{'setting (best runs)':<22}{'model-only img/s':>18}{'end-to-end img/s':>18}{'pipeline img/s':>16}"
+            f"{'of fp32 ceil':>13}{'vs defaults':>13}")
     lines = [head, "-" * len(head)]
     for row in rows:
         r = row["result"]
         if "error" in r:
             lines.append(f"{row['name']:<22}  failed: {r['error'][:90]}")
             continue
-        ratio = (r["end_to_end_images_per_sec"]["median"] / base["end_to_end_images_per_sec"]["median"]
+        ratio = (r["end_to_end_images_per_sec"]["max"] / base["end_to_end_images_per_sec"]["max"]
                  if "error" not in base else float("nan"))
-        lines.append(f"{row['name']:<22}{r['model_only_images_per_sec']['median']:>18,.0f}"
-                     f"{r['end_to_end_images_per_sec']['median']:>18,.0f}"
-                     f"{r['pipeline_images_per_sec']['median']:>16,.0f}{ratio:>12.2f}x")
+        lines.append(f"{row['name']:<22}{r['model_only_images_per_sec']['max']:>18,.0f}"
+                     f"{r['end_to_end_images_per_sec']['max']:>18,.0f}"
+                     f"{r['pipeline_images_per_sec']['max']:>16,.0f}"
+                     f"{r['achieved_fraction_of_matmul']:>13.2f}{ratio:>12.2f}x")
     if "error" not in base:
         lines.append(f"defaults: {base['precision']}, XLA off, TF thread pools, {base['data_format']}, "
                      f"resize in {base['resize_in']}, cache on; 'vs defaults' compares end-to-end training")
@@ -350,7 +368,7 @@ def build_parser():
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="training steps per measurement (default 30)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--formats", default="float32,float16,dynamic,int8",
                         help="TFLite formats to time, comma-separated ('' for none)")
     parser.add_argument("--data-dir")
@@ -367,6 +385,8 @@ def build_parser():
     settings.add_argument("--no-inference", dest="inference", action="store_false", help="skip step 5")
     parser.add_argument("--sweep", action="store_true",
                         help="run once per setting above (fresh process each) and print a comparison table")
+    parser.add_argument("--sweep-timeout", type=float, default=900,
+                        help="seconds before a sweep setting is given up as too slow (default 900)")
     return parser
 
 
@@ -385,14 +405,17 @@ def main(argv=None):
             value = getattr(args, name)
             if value is not None and value < 0:
                 raise NinError(f"--{name.replace('_', '-')} must be >= 0 (0: TensorFlow's default). Received: {value}")
+        if args.sweep_timeout <= 0:
+            raise NinError(f"--sweep-timeout must be > 0 seconds. Received: {args.sweep_timeout}")
         from nin_keras.io import atomic_write_text
 
         if args.sweep:
-            base_argv = [a for a in argv if a != "--sweep" and not a.startswith("--json=")]
-            if "--json" in base_argv:
-                at = base_argv.index("--json")
-                del base_argv[at:at + 2]
-            rows = run_sweep(base_argv, args.preset)
+            base_argv = [a for a in argv if a != "--sweep" and not a.startswith(("--json=", "--sweep-timeout="))]
+            for flag in ("--json", "--sweep-timeout"):
+                if flag in base_argv:
+                    at = base_argv.index(flag)
+                    del base_argv[at:at + 2]
+            rows = run_sweep(base_argv, args.preset, args.sweep_timeout)
             print(format_sweep(rows))
             if args.json:
                 atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")

@@ -6,6 +6,10 @@ import sys
 
 from nin_keras.errors import NinError
 
+# Before TensorFlow is imported (entry points import this module first): hide
+# its C++ start-up chatter (e.g. cuInit on CPU machines).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error on one line and exits 2."""
@@ -33,8 +37,6 @@ def run_cli(body):
     ``body`` returns an exit code (None means 0). A :class:`NinError` is a
     user mistake: printed as one ``error: ...`` line, exit code 1.
     """
-    # Before TensorFlow is imported: hide its C++ start-up chatter (e.g. cuInit on CPU machines).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         code = body()
     except NinError as e:

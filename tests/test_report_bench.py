@@ -74,17 +74,20 @@ def test_bench_resize_in_the_pipeline_and_other_settings(tmp_path):
 
 
 def test_bench_sweep_runs_each_setting_in_a_fresh_process(tmp_path, monkeypatch, capsys):
-    # Two settings only (the full sweep takes minutes): defaults, and a thread
+    # Three settings only (the full sweep takes minutes): defaults, a thread
     # setting that can only take effect in a new process.
+    # setting that can only take effect in a new process, and one that fails.
     monkeypatch.setattr(bench, "sweep_variants", lambda preset, precision: [
-        ("defaults", []), ("intra-op 1 thread", ["--intra-op-threads", "1"])])
+        ("defaults", []), ("intra-op 1 thread", ["--intra-op-threads", "1"]),
+        ("broken", ["--inter-op-threads", "-3"])])
     path = tmp_path / "sweep.json"
     assert bench.main(["--preset", "tiny", "--steps", "2", "--repeats", "1", "--sweep", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())
-    assert [row["name"] for row in rows] == ["defaults", "intra-op 1 thread"]
+    assert [row["name"] for row in rows] == ["defaults", "intra-op 1 thread", "broken"]
     assert rows[1]["result"]["intra_op_threads"] == 1 and rows[0]["result"]["intra_op_threads"] == 0
+    assert rows[2]["result"]["error"] == "error: --inter-op-threads must be >= 0 (0: TensorFlow's default). Received: -3"
     out = capsys.readouterr().out
-    assert "vs defaults" in out and "intra-op 1 thread" in out and "1.00x" in out
+    assert "vs defaults" in out and "intra-op 1 thread" in out and "1.00x" in out and "failed: error:" in out
 
 
 def test_sweep_covers_every_compared_default():
