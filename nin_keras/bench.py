@@ -49,12 +49,20 @@ def matmul_gflops(size=2048, iterations=10, dtype="float32"):
     return 2 * size**3 * iterations / (time.perf_counter() - start) / 1e9
 
 
-def _timed_fit(model, dataset, steps):
-    """Seconds for ``steps`` training steps (after one warm-up call that traces the graph)."""
+def _timed_fit(model, dataset, steps, cores_used=None):
+    """Seconds for ``steps`` training steps (after one warm-up call that traces the graph).
+
+    Appends the cores the process kept busy on average (CPU time / wall time)
+    to ``cores_used``: on a CPU-quota-throttled VM a run that got only one
+    core's worth shows up there, not as noise.
+    """
     model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if cores_used is not None:
+        cores_used.append((time.process_time() - cpu_start) / seconds)
+    return seconds
 
 
 def _configure_threads(intra_op_threads, inter_op_threads):
@@ -124,7 +132,7 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     results["model"] = {"parameters": int(model.count_params()), "macs_per_image": int(macs),
                         "train_gflop_per_image": train_flops_per_image / 1e9}
 
-    print_fn("2/5 model-only training ...")
+    print_fn("2-3/5 model-only and end-to-end training, interleaved ...")
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch_size, *raw_shape), dtype=np.uint8)
     y = rng.integers(0, 10, (batch_size,), dtype=np.int32)
@@ -132,16 +140,7 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     if resize_in == "pipeline":
         in_memory = in_memory.map(resize_batch).cache()  # resized once: "data already in memory"
     in_memory = in_memory.repeat()
-    model_only = [steps * batch_size / _timed_fit(model, in_memory, steps) for _ in range(repeats)]
-    results["model_only_images_per_sec"] = _stats(model_only)
-    achieved = max(model_only) * train_flops_per_image / 1e9
-    results["achieved_gflops"] = achieved
-    results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["max"]
-    if precision != "float32":
-        results["achieved_fraction_of_compute_dtype_matmul"] = (
-            achieved / results["matmul_gflops_compute_dtype"]["max"])
 
-    print_fn("3/5 end-to-end fit through tf.data ...")
     if raw_shape[:2] == [28, 28] and raw_shape[2] == 1:
         splits = load_data(data_dir=data_dir)
         images, labels = splits.x_train, splits.y_train
@@ -155,8 +154,22 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
             ds = ds.map(resize_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         return ds, n_steps
 
-    end_to_end = [steps * batch_size / _timed_fit(model, pipeline()[0].repeat(), steps) for _ in range(repeats)]
+    # Interleaved (A, B, A, B ...) so both measures see the same host
+    # conditions; on a throttled VM back-to-back blocks would not.
+    model_only, end_to_end, model_only_cores, end_to_end_cores = [], [], [], []
+    for _ in range(repeats):
+        model_only.append(steps * batch_size / _timed_fit(model, in_memory, steps, model_only_cores))
+        end_to_end.append(steps * batch_size / _timed_fit(model, pipeline()[0].repeat(), steps, end_to_end_cores))
+    results["model_only_images_per_sec"] = _stats(model_only)
+    results["model_only_cores_used"] = _stats(model_only_cores)
+    achieved = max(model_only) * train_flops_per_image / 1e9
+    results["achieved_gflops"] = achieved
+    results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["max"]
+    if precision != "float32":
+        results["achieved_fraction_of_compute_dtype_matmul"] = (
+            achieved / results["matmul_gflops_compute_dtype"]["max"])
     results["end_to_end_images_per_sec"] = _stats(end_to_end)
+    results["end_to_end_cores_used"] = _stats(end_to_end_cores)
     results["end_to_end_fraction_of_model_only"] = max(end_to_end) / max(model_only)
 
     print_fn("4/5 tf.data pipeline alone ...")
@@ -242,6 +255,7 @@ def format_results(r):
                      f"{s(r['matmul_gflops_compute_dtype'], '{:,.1f}'):>30}")
     lines += [
         f"{'2 model-only training, images/s':<44}{s(r['model_only_images_per_sec']):>30}",
+        f"{'  CPU cores kept busy':<44}{s(r['model_only_cores_used'], '{:.2f}'):>30}",
         f"{'  achieved GFLOP/s (fraction of float32 ceiling)':<44}"
         f"{r['achieved_gflops']:>20,.1f} ({r['achieved_fraction_of_matmul']:.2f})",
     ]
@@ -250,10 +264,16 @@ def format_results(r):
                      f"{r['achieved_fraction_of_compute_dtype_matmul']:>30.2f}")
     lines += [
         f"{'3 end-to-end fit via tf.data, images/s':<44}{s(r['end_to_end_images_per_sec']):>30}",
+        f"{'  CPU cores kept busy':<44}{s(r['end_to_end_cores_used'], '{:.2f}'):>30}",
         f"{'  fraction of model-only':<44}{r['end_to_end_fraction_of_model_only']:>30.2f}",
         f"{'4 tf.data pipeline alone, images/s':<44}{s(r['pipeline_images_per_sec']):>30}",
         f"{'  multiple of model-only training':<44}{r['pipeline_fraction_of_model_only']:>30.1f}",
     ]
+    if r["cpu_count"] > 1:
+        for key, label in (("model_only_cores_used", "model-only"), ("end_to_end_cores_used", "end-to-end")):
+            if r[key]["max"] < 1.3:
+                lines.append(f"warning: every {label} run kept only {r[key]['max']:.2f} of {r['cpu_count']} cores busy "
+                             "(host CPU quota?); ratios that use it are unreliable: rerun with more --repeats")
     if "inference" in r:
         lines += ["", f"{'5 inference':<22}{'images/s @64':>26}{'latency ms @1':>26}{'size KB':>10}"]
         for name, v in r["inference"].items():
