@@ -74,6 +74,10 @@ def load_config_file(path):
         raise ConfigError(f"--config {path}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object. Received: {type(data).__name__}")
+    if "mixed_precision" in data:
+        # Configs written before `precision` existed (e.g. older best_config.json).
+        legacy = data.pop("mixed_precision")
+        data.setdefault("precision", "float16" if legacy else "auto")
     unknown = set(data) - FIELDS
     if unknown:
         raise ConfigError(f"--config {path}: unknown settings {sorted(unknown)}")

@@ -94,6 +94,18 @@ def test_config_file_then_flags_override_the_preset(tmp_path):
     assert (cfg.preset, cfg.epochs, cfg.learning_rate, cfg.batch_size, cfg.model) == ("tiny", 2, 0.01, 128, {"mlp_layers": 1})
 
 
+@pytest.mark.parametrize("legacy, precision", [(False, "auto"), (True, "float16")])
+def test_config_files_from_before_precision_still_load(tmp_path, legacy, precision):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "tiny", "mixed_precision": legacy}))
+    assert resolve_config({}, str(path)).precision == precision
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ConfigError, match="precision must be one of auto, float32, bfloat16, float16. Received: 'fp8'"):
+        resolve_config({"precision": "fp8"})
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
