@@ -11,6 +11,11 @@ Measures, for one preset and batch size, in one run:
 5. inference: Keras ``predict`` and each TFLite format, images/s at batch 64
    and latency at batch 1.
 
+Settings flags (``--precision``, ``--xla``, thread pools, ``--data-format``,
+``--resize-in``, ``--no-cache``) change one default at a time; ``--sweep``
+runs every alternative in a fresh process and prints how each compares with
+the defaults, which is how the project's defaults were chosen (README).
+
 Each figure is reported as the median of ``--repeats`` runs with min and max.
 Ratios (achieved/ceiling, end-to-end/model-only, sweep comparisons) use each
 measure's **best** run: on a shared VM some runs get only part of the CPU
