@@ -383,7 +383,6 @@ def format_sweep(rows):
 def build_parser():
     """The ``nin_keras.bench`` command-line parser."""
     from nin_keras.cli import OneLineParser
-    from nin_keras.model import DATA_FORMATS
     from nin_keras.precision import PRECISIONS
     from nin_keras.presets import PRESETS
 
@@ -403,7 +402,9 @@ def build_parser():
     settings.add_argument("--xla", action="store_true", help="compile training with XLA (jit_compile)")
     settings.add_argument("--intra-op-threads", type=int, help="TensorFlow intra-op threads (default: TF's)")
     settings.add_argument("--inter-op-threads", type=int, help="TensorFlow inter-op threads (default: TF's)")
-    settings.add_argument("--data-format", choices=DATA_FORMATS, default="channels_last")
+    # nin_keras.model.DATA_FORMATS, spelled out: importing the model module
+    # loads TensorFlow, and a usage error should not wait for (or print) that.
+    settings.add_argument("--data-format", choices=("channels_last", "channels_first"), default="channels_last")
     settings.add_argument("--resize-in", choices=("model", "pipeline"), default="model",
                           help="where resizing presets (d2l) resize: in the model's graph or in tf.data")
     settings.add_argument("--no-cache", dest="cache", action="store_false", help="tf.data without cache()")

@@ -98,3 +98,10 @@ def test_sweep_covers_every_compared_default():
         assert expected in names
     assert "resize in tf.data" not in [name for name, _ in bench.sweep_variants("fashion", "float32")]
     assert "bfloat16" in [name for name, _ in bench.sweep_variants("fashion", "float32")]
+
+
+def test_bench_data_format_choices_match_the_model():
+    from nin_keras.model import DATA_FORMATS
+
+    action = next(a for a in bench.build_parser()._actions if a.dest == "data_format")
+    assert tuple(action.choices) == DATA_FORMATS
