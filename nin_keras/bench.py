@@ -244,6 +244,9 @@ def format_results(r):
     """The table printed at the end of a run."""
     s = _stat_text
     threads = "/".join(str(t or "default") for t in (r["intra_op_threads"], r["inter_op_threads"]))
+    def row(label, value):
+        return f"{label:<44}{value:>30}"
+
     lines = [
         f"nin_keras bench: preset {r['preset']}, batch {r['batch_size']}, {r['steps']} steps x {r['repeats']} repeats, "
         f"{r['cpu_count']} CPUs, TF {r['tensorflow']}, Keras {r['keras']}",
@@ -252,27 +255,26 @@ def format_results(r):
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
         f"{r['model']['train_gflop_per_image']:.3f} GFLOP per training image",
         "",
-        f"{'measure (ratios from best runs)':<44}{'median (min-max)':>30}",
-        f"{'1 matmul ceiling float32, GFLOP/s':<44}{s(r['matmul_gflops'], '{:,.1f}'):>30}",
+        row("measure (ratios from best runs)", "median (min-max)"),
+        row("1 matmul ceiling float32, GFLOP/s", s(r["matmul_gflops"], "{:,.1f}")),
     ]
     if "matmul_gflops_compute_dtype" in r:
-        lines.append(f"{'  matmul ceiling ' + r['precision'] + ', GFLOP/s':<44}"
-                     f"{s(r['matmul_gflops_compute_dtype'], '{:,.1f}'):>30}")
+        lines.append(row(f"  matmul ceiling {r['precision']}, GFLOP/s", s(r["matmul_gflops_compute_dtype"], "{:,.1f}")))
     lines += [
-        f"{'2 model-only training, images/s':<44}{s(r['model_only_images_per_sec']):>30}",
-        f"{'  CPU cores kept busy':<44}{s(r['model_only_cores_used'], '{:.2f}'):>30}",
-        f"{'  achieved GFLOP/s (fraction of float32 ceiling)':<44}"
-        f"{r['achieved_gflops']:>20,.1f} ({r['achieved_fraction_of_matmul']:.2f})",
+        row("2 model-only training, images/s", s(r["model_only_images_per_sec"])),
+        row("  CPU cores kept busy", s(r["model_only_cores_used"], "{:.2f}")),
+        row("  achieved GFLOP/s (fraction of float32 ceiling)",
+            f"{r['achieved_gflops']:,.1f} ({r['achieved_fraction_of_matmul']:.2f})"),
     ]
     if "achieved_fraction_of_compute_dtype_matmul" in r:
-        lines.append(f"{'  fraction of the ' + r['precision'] + ' ceiling':<44}"
-                     f"{r['achieved_fraction_of_compute_dtype_matmul']:>30.2f}")
+        lines.append(row(f"  fraction of the {r['precision']} ceiling",
+                         f"{r['achieved_fraction_of_compute_dtype_matmul']:.2f}"))
     lines += [
-        f"{'3 end-to-end fit via tf.data, images/s':<44}{s(r['end_to_end_images_per_sec']):>30}",
-        f"{'  CPU cores kept busy':<44}{s(r['end_to_end_cores_used'], '{:.2f}'):>30}",
-        f"{'  fraction of model-only':<44}{r['end_to_end_fraction_of_model_only']:>30.2f}",
-        f"{'4 tf.data pipeline alone, images/s':<44}{s(r['pipeline_images_per_sec']):>30}",
-        f"{'  multiple of model-only training':<44}{r['pipeline_fraction_of_model_only']:>30.1f}",
+        row("3 end-to-end fit via tf.data, images/s", s(r["end_to_end_images_per_sec"])),
+        row("  CPU cores kept busy", s(r["end_to_end_cores_used"], "{:.2f}")),
+        row("  fraction of model-only", f"{r['end_to_end_fraction_of_model_only']:.2f}"),
+        row("4 tf.data pipeline alone, images/s", s(r["pipeline_images_per_sec"])),
+        row("  multiple of model-only training", f"{r['pipeline_fraction_of_model_only']:.1f}"),
     ]
     if r["cpu_count"] > 1:
         for key, label in (("model_only_cores_used", "model-only"), ("end_to_end_cores_used", "end-to-end")):
