@@ -101,7 +101,7 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     from nin_keras.data import load_data, make_train_dataset
     from nin_keras.fit import compile_model
     from nin_keras.model import build_nin
-    from nin_keras.precision import precision_scope, resolve_precision
+    from nin_keras.precision import float32_copy, precision_scope, resolve_precision
     from nin_keras.presets import get_preset
     from nin_keras.report import resource_report
 
@@ -197,8 +197,6 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
         if resize_in == "pipeline":
             sample = tf.image.resize(sample, resize_to).numpy()
         # Deployed models compute in float32 (TFLite has no bfloat16 kernels).
-        from nin_keras.precision import float32_copy
-
         results["inference"] = _bench_inference(float32_copy(model), sample, formats, repeats)
     return results
 
@@ -244,6 +242,7 @@ def format_results(r):
     """The table printed at the end of a run."""
     s = _stat_text
     threads = "/".join(str(t or "default") for t in (r["intra_op_threads"], r["inter_op_threads"]))
+
     def row(label, value):
         return f"{label:<44}{value:>30}"
 
@@ -322,7 +321,8 @@ def run_sweep(base_argv, preset, timeout=900, print_fn=print):
 
     Returns [{"name", "flags", "result"}]; a setting that fails or runs past
     ``timeout`` seconds gets ``{"error": ...}`` as its result (a finding, not
-    a crash: mixed float16 on a CPU, for one, is emulated and very slow).
+    a crash: mixed float16 on a CPU, for one, hits TensorFlow's very slow
+    float16 convolution-gradient kernels).
     """
     import subprocess
     import tempfile
@@ -331,7 +331,6 @@ def run_sweep(base_argv, preset, timeout=900, print_fn=print):
 
     default_precision = resolve_precision("auto")
     variants = sweep_variants(preset, default_precision)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     rows = []
     with tempfile.TemporaryDirectory(prefix="nin_keras-sweep-") as tmp:
         for i, (name, flags) in enumerate(variants, start=1):
@@ -340,7 +339,7 @@ def run_sweep(base_argv, preset, timeout=900, print_fn=print):
             print_fn(f"sweep {i}/{len(variants)}: {name} {' '.join(flags)}".rstrip() + " ...", flush=True)
             start = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
                 result = {"error": f"timed out after {timeout:.0f} s"}
             else:

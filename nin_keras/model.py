@@ -185,7 +185,7 @@ def build_nin(
             "channels_first" (NCHW); None takes ``keras.config.image_data_format()``.
             The input is always (H, W, C) raw pixels; for channels_first the
             model transposes it after rescaling. (NHWC is the default because
-            it measured 3x faster on CPU; see README.)
+            it measured 2.4-3x faster on CPU; see README.)
         name: model name.
 
     Returns:

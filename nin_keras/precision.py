@@ -4,9 +4,9 @@
 native bfloat16 matrix units (Intel AMX-BF16 or AVX512-BF16, which oneDNN
 uses), and ``float32`` otherwise. On this project's 2-core AMX machine mixed
 bfloat16 trains the ``fashion`` preset about twice as fast as float32 (see
-README, "Defaults chosen with this benchmark"); on CPUs without those units
-TensorFlow emulates bfloat16 and it is slower, hence the detection. GPUs get
-``float32`` unless the user asks for ``float16``/``bfloat16``.
+README, "Defaults chosen by measurement"); CPUs without those units have no
+fast bfloat16 path (not measurable on this machine), hence the detection.
+GPUs get ``float32`` unless the user asks for ``float16``/``bfloat16``.
 
 Variables stay float32 under both mixed policies (Keras' ``mixed_*``), and the
 model's softmax runs in float32, so checkpoints and exports are float32.
