@@ -144,6 +144,49 @@ class TrainThroughput(keras.callbacks.Callback):
         self.epochs += 1
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Choose the number of epochs once the first one is timed, so the run fits ``minutes``.
+
+    ``started`` is when the run began (``time.monotonic()``), so data loading
+    and model building count. After the first epoch (validation included)
+    the callback picks the most epochs that fit, between that one and
+    ``max_epochs``, keeping ``reserve`` of the budget for the test
+    evaluation and saving; it tells ``schedule`` (a
+    :class:`nin_keras.schedules.WarmupCosine`, or None) the new length and
+    stops training after the chosen epoch. A resumed run times its first
+    epoch after the restart and counts the budget from then.
+    """
+
+    def __init__(self, minutes, started, steps_per_epoch, max_epochs, schedule=None, reserve=0.05, print_fn=print):
+        super().__init__()
+        self.seconds = 60.0 * minutes
+        self.started = started
+        self.steps_per_epoch = steps_per_epoch
+        self.max_epochs = max_epochs
+        self.schedule = schedule
+        self.reserve = reserve
+        self.print_fn = print_fn
+        self.chosen = None
+        self._epoch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.chosen is None:
+            now = time.monotonic()
+            epoch_seconds = now - self._epoch_start
+            left = self.seconds * (1 - self.reserve) - (now - self.started)
+            self.chosen = int(min(self.max_epochs, max(epoch + 1, epoch + 1 + left // max(epoch_seconds, 1e-9))))
+            if self.schedule is not None:
+                self.schedule.set_total_steps(self.chosen * self.steps_per_epoch)
+            self.print_fn(f"time budget {self.seconds / 60:g} min: epoch {epoch + 1} took {epoch_seconds:.0f} s "
+                          f"({now - self.started:.0f} s used so far); training {self.chosen} epochs "
+                          f"(at most {self.max_epochs}: raise it with --epochs)")
+        if epoch + 1 >= self.chosen:
+            self.model.stop_training = True
+
+
 def first_non_finite(rows, key="loss"):
     """Epoch number of the first row whose ``key`` is NaN/inf, else None."""
     for row in rows:

@@ -32,6 +32,7 @@ class FitConfig:
     lr_schedule: str = None
     warmup_fraction: float = None
     augment: bool = False  # random flips and shifts in the training pipeline
+    time_budget: float = None  # minutes: pick the epochs (at most `epochs`) from the first epoch's time
     seed: int = 0
     data_dir: str = None
     image_dir: str = None
@@ -130,6 +131,11 @@ def validate_config(cfg):
         _is_number(cfg.warmup_fraction) and 0 <= cfg.warmup_fraction < 1,
         "warmup fraction must be in [0, 1).",
         cfg.warmup_fraction,
+    )
+    _require(
+        cfg.time_budget is None or (_is_number(cfg.time_budget) and cfg.time_budget > 0),
+        "time budget must be a number of minutes > 0.",
+        cfg.time_budget,
     )
     _require(_is_int(cfg.seed), "seed must be an integer.", cfg.seed)
     _require(isinstance(cfg.augment, bool), "augment must be true or false.", cfg.augment)

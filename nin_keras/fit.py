@@ -52,6 +52,9 @@ def build_parser():
     parser.add_argument("--lr-schedule", choices=config_lib.SCHEDULES)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random flips and shifts while training")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="choose the number of epochs (at most --epochs) from the first epoch's time so the "
+                             "whole run, data loading and test evaluation included, fits MINUTES")
     add_data_flags(parser)
     parser.add_argument("--output-dir", help="run directory (default: runs/<preset>-<timestamp>)")
     parser.add_argument("--strategy", choices=config_lib.STRATEGIES)
@@ -121,12 +124,20 @@ def default_output_dir(preset):
 # -------------------------------------------------------------------- training
 
 
-def make_optimizer(cfg, steps_per_epoch):
-    """The optimizer ``cfg`` asks for, with its learning-rate schedule."""
+def make_optimizer(cfg, steps_per_epoch, adjustable_schedule=None):
+    """The optimizer ``cfg`` asks for, with its learning-rate schedule.
+
+    With ``adjustable_schedule`` (a :class:`~nin_keras.schedules.WarmupCosine`
+    callback, used by ``--time-budget``) the optimizer gets a plain learning
+    rate that the callback sets every step; otherwise the schedule is Keras'
+    own ``CosineDecay``.
+    """
     import keras
 
     lr = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
+    if adjustable_schedule is not None:
+        lr = adjustable_schedule.peak
+    elif cfg.lr_schedule == "cosine":
         total = max(1, cfg.epochs * steps_per_epoch)
         warmup = int(total * cfg.warmup_fraction)
         # Linear warm-up then cosine decay: lets Adam/SGD take a large peak
@@ -142,10 +153,20 @@ def make_optimizer(cfg, steps_per_epoch):
     return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
 
 
-def compile_model(model, cfg, steps_per_epoch):
+def make_adjustable_schedule(cfg, steps_per_epoch):
+    """A WarmupCosine callback for ``cfg`` (None for a constant learning rate)."""
+    from nin_keras.schedules import WarmupCosine
+
+    if cfg.lr_schedule != "cosine":
+        return None
+    total = max(1, cfg.epochs * steps_per_epoch)
+    return WarmupCosine(cfg.learning_rate, total, int(total * cfg.warmup_fraction))
+
+
+def compile_model(model, cfg, steps_per_epoch, adjustable_schedule=None):
     """Compile with sparse categorical cross-entropy and accuracy."""
     model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
+        optimizer=make_optimizer(cfg, steps_per_epoch, adjustable_schedule),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=bool(cfg.xla),
@@ -158,6 +179,7 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     Returns the metrics dict (also written to ``metrics.json``). Raises
     :class:`NinError` subclasses for user-facing problems.
     """
+    started = time.monotonic()
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg.preset)
 
@@ -193,18 +215,18 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
 
     try:
         with precision_scope(cfg.precision):
-            return _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn)
+            return _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
+def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started):
     import keras
     import tensorflow as tf
 
-    from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TrainThroughput,
-                                     first_non_finite)
+    from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TimeBudget,
+                                     TrainThroughput, first_non_finite)
     from nin_keras.data import load_data, make_dataset, make_train_dataset
     from nin_keras.model import build_nin
     from nin_keras.plotting import plot_history
@@ -224,9 +246,10 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard)
     test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard)
 
+    schedule = make_adjustable_schedule(cfg, steps_per_epoch) if cfg.time_budget else None
     with strategy.scope():
         model = build_nin(**kwargs)
-        compile_model(model, cfg, steps_per_epoch)
+        compile_model(model, cfg, steps_per_epoch, schedule)
     if chief:
         # Written only once the data and model are known good, so a typo in a
         # flag does not leave a "different run" behind in the folder.
@@ -251,6 +274,10 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn):
         throughput,
         stopper,
     ]
+    if cfg.time_budget:
+        # The schedule first: TimeBudget shortens it once epoch 1 is timed.
+        callbacks += [c for c in (schedule,) if c is not None]
+        callbacks.append(TimeBudget(cfg.time_budget, started, steps_per_epoch, cfg.epochs, schedule, print_fn=print_fn))
     try:
         # shuffle=False: the tf.data pipeline already shuffles (seeded).
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)

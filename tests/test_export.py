@@ -37,12 +37,27 @@ def test_every_format_is_written_with_sidecar_and_report(exported):
 
 def test_float32_tflite_matches_keras(exported, fashion_test):
     run_dir, out, _, _ = exported
-    # The run trained in mixed bfloat16; the exporter converts its float32 graph.
     model = load_keras_model(os.path.join(run_dir, "model.keras"))
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
     x = fashion_test[0][:64]
     tflite = TFLiteClassifier(os.path.join(out, "nin_float32.tflite")).predict(x)
     np.testing.assert_allclose(tflite, model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_a_bfloat16_model_is_exported_as_its_float32_graph(tmp_path, fashion_test):
+    """TFLite has no bfloat16 kernels: the exporter converts the same weights in float32."""
+    from conftest import build_preset
+    from nin_keras.precision import precision_scope
+
+    with precision_scope("bfloat16"):
+        mixed = build_preset("tiny")
+    mixed.save(tmp_path / "model.keras")
+    model = load_keras_model(str(tmp_path / "model.keras"))
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    x = fashion_test[0][:32]
+    tflite = TFLiteClassifier(model_content=convert(model, "float32")).predict(x)
+    np.testing.assert_allclose(tflite, model.predict(x, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(tflite, mixed.predict(x, verbose=0), atol=2e-2)  # bfloat16's ~3 digits
 
 
 def test_int8_model_is_quantized_and_agrees_with_keras(exported):

@@ -74,14 +74,15 @@ def test_saved_model_reloads_and_matches_reported_accuracy(trained_tiny_run, fas
 def test_rerunning_a_finished_run_does_not_retrain(trained_tiny_run, capsys):
     run_dir, _ = trained_tiny_run
     before = os.path.getmtime(os.path.join(run_dir, "model.keras"))
-    code = fit.main(["--preset", "tiny", "--epochs", "3", "--limit", "20000", "--output-dir", run_dir, "--verbose", "0"])
+    code = fit.main(["--preset", "tiny", "--epochs", "3", "--limit", "20000", "--precision", "float32",
+                     "--output-dir", run_dir, "--verbose", "0"])
     assert code == 0 and "already holds this finished run" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(run_dir, "model.keras")) == before
 
 
 def test_run_dir_with_a_different_run_is_refused(trained_tiny_run, capsys):
     run_dir, _ = trained_tiny_run
-    code = fit.main(["--preset", "tiny", "--epochs", "5", "--output-dir", run_dir])
+    code = fit.main(["--preset", "tiny", "--epochs", "5", "--precision", "float32", "--output-dir", run_dir])
     err = capsys.readouterr().err
     assert code == 1 and "holds a different run (settings differ: epochs, limit)" in err
     assert err.count("\n") == 1
@@ -165,3 +166,43 @@ def test_cli_missing_data_folder(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert lines == [f"error: --data-dir {tmp_path / 'missing'}: no such directory"]
     assert "Traceback" not in proc.stderr
+
+
+def test_warmup_cosine_values():
+    from nin_keras.schedules import warmup_cosine
+
+    assert warmup_cosine(0, 1.0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 1.0, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 1.0, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 1.0, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 1.0, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(500, 1.0, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
+    """A short budget stops well before --epochs, and the learning rate has decayed by the last epoch."""
+    import time
+
+    lines = []
+    cfg = resolve_config({"preset": "tiny", "epochs": 200, "limit": 3000, "test_limit": 500, "time_budget": 0.3,
+                          "precision": "float32", "output_dir": str(tmp_path / "r"), "verbose": 0})
+    start = time.monotonic()
+    metrics = fit.train(cfg, print_fn=lines.append)
+    elapsed = time.monotonic() - start
+    chosen = [line for line in lines if line.startswith("time budget 0.3 min")]
+    assert len(chosen) == 1, lines
+    assert 1 <= metrics["epochs"] < 200 and f"training {metrics['epochs']} epochs" in chosen[0]
+    from nin_keras.callbacks import read_history
+
+    history = read_history(str(tmp_path / "r" / "history.csv"))
+    assert [row["epoch"] for row in history] == list(range(1, metrics["epochs"] + 1))
+    if metrics["epochs"] >= 3:
+        # The cosine ran to (nearly) zero over the chosen epochs, not the 200 asked for.
+        assert history[-1]["learning_rate"] < 0.2 * cfg.learning_rate
+    # Generous: the host may be throttled, but a budget ignored would take minutes.
+    assert elapsed < 0.3 * 60 * 2.5
+
+
+def test_time_budget_must_be_positive():
+    with pytest.raises(ConfigError, match="time budget must be a number of minutes > 0. Received: 0"):
+        resolve_config({"time_budget": 0})
