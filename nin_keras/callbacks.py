@@ -58,8 +58,10 @@ class HistoryCSV(keras.callbacks.Callback):
 
     Unlike ``CSVLogger(append=True)``, a resumed run first drops rows of
     epochs that ``BackupAndRestore`` will train again, so every epoch appears
-    exactly once; each write is atomic. Must come after ``BackupAndRestore``
-    in the callback list (it reads the restored initial epoch).
+    exactly once; each write is atomic. It goes *before* ``BackupAndRestore``
+    in the callback list, so an epoch's row is on disk before its backup: a
+    kill between the two retrains that epoch and replaces the row, instead of
+    losing it.
     """
 
     def __init__(self, path):
@@ -68,8 +70,11 @@ class HistoryCSV(keras.callbacks.Callback):
         self.rows = []
 
     def on_train_begin(self, logs=None):
-        initial_epoch = getattr(self.model, "_initial_epoch", None) or 0
-        self.rows = [row for row in read_history(self.path) if row["epoch"] <= initial_epoch]
+        self.rows = read_history(self.path)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # ``epoch`` is the number of epochs already done (restored by BackupAndRestore).
+        self.rows = [row for row in self.rows if row["epoch"] <= epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1}
@@ -92,7 +97,10 @@ class StopOnSignal(keras.callbacks.Callback):
 
     Raising (rather than setting ``stop_training``) keeps Keras from running
     ``on_epoch_end`` for a half-finished epoch, so ``BackupAndRestore`` keeps
-    the last *complete* epoch and a rerun resumes from there.
+    the last *complete* epoch and a rerun resumes from there. The handler
+    stays installed after ``fit`` returns, through the test evaluation and
+    the saving, until the caller calls :meth:`restore`; call :meth:`check`
+    between those steps.
     """
 
     def __init__(self):
@@ -114,11 +122,10 @@ class StopOnSignal(keras.callbacks.Callback):
             raise Interrupted(self.received)
 
     on_train_batch_end = on_test_batch_end = on_epoch_end = _check
-
-    def on_train_end(self, logs=None):
-        self.restore()
+    check = _check
 
     def restore(self):
+        """Put the previous handlers back (the caller does, once the run's files are written)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

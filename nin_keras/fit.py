@@ -79,23 +79,33 @@ def overrides_from_args(args):
 
 
 def prepare_run_dir(cfg, resume=False, overwrite=False):
-    """Create or reuse the run directory; refuse one that holds a different run.
+    """Check the run directory; refuse one that holds a different run or files that are not a run.
 
-    Returns ("new" | "resume" | "done", path). Rerunning the same settings on
-    an unfinished run resumes it; a finished one is reported as done.
+    Returns ("new" | "resume" | "done" | "replace", path). Rerunning the same
+    settings on an unfinished run resumes it; a finished one is reported as
+    done. "replace" (``--overwrite`` on a folder holding a nin_keras run)
+    deletes nothing yet: :func:`replace_old_run` moves the old run aside once
+    the new run's data and model are known good.
     """
     run_dir = cfg.output_dir
     config_path = os.path.join(run_dir, RUN_FILES["config"])
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ConfigError(f"--output-dir {run_dir}: exists and is not a directory")
-    if overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
+    holds_files = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
+    if overwrite and holds_files:
+        if not os.path.isfile(config_path):
+            # Never delete what we did not write: `--output-dir . --overwrite` must not empty the folder.
+            raise ConfigError(f"--overwrite refuses to replace {run_dir}: it holds files but no nin_keras run "
+                              f"(no {RUN_FILES['config']}); choose an empty or new --output-dir")
+        return "replace", _check_writable(run_dir)
     state = "new"
     if os.path.exists(config_path):
         try:
             with open(config_path) as f:
                 saved = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            if not isinstance(saved, dict):
+                raise ValueError(f"expected a JSON object, found {type(saved).__name__}")
+        except (OSError, ValueError) as e:
             raise ConfigError(f"{config_path}: unreadable run config ({e}); use --overwrite to start afresh") from None
         diff = config_lib.config_differences(saved, cfg.to_dict())
         if diff and not resume:
@@ -104,8 +114,12 @@ def prepare_run_dir(cfg, resume=False, overwrite=False):
                 "pass --resume to continue it with the new settings, --overwrite to replace it, or another --output-dir"
             )
         state = "done" if os.path.exists(os.path.join(run_dir, RUN_FILES["metrics"])) else "resume"
-    elif os.path.isdir(run_dir) and os.listdir(run_dir) and not resume:
+    elif holds_files and not resume:
         raise ConfigError(f"--output-dir {run_dir}: not empty and holds no nin_keras run; choose another folder or --overwrite")
+    return state, _check_writable(run_dir)
+
+
+def _check_writable(run_dir):
     try:
         os.makedirs(run_dir, exist_ok=True)
         probe = os.path.join(run_dir, ".write-test")
@@ -114,11 +128,38 @@ def prepare_run_dir(cfg, resume=False, overwrite=False):
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"--output-dir {run_dir}: cannot write ({e.strerror or e})") from None
-    return state, run_dir
+    return run_dir
 
 
-def default_output_dir(preset):
-    return os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+def replace_old_run(run_dir):
+    """Move the run in ``run_dir`` aside (``<run_dir>.replaced-<time>``) and recreate ``run_dir`` empty.
+
+    Returns the aside path; the caller deletes it once the new run has
+    finished its first epoch, so a new run that fails early loses nothing.
+    """
+    aside = f"{run_dir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    try:
+        os.rename(run_dir, aside)
+        os.makedirs(run_dir)
+    except OSError as e:
+        raise ConfigError(f"--overwrite: cannot move the old run in {run_dir} aside ({e.strerror or e})") from None
+    return aside
+
+
+def default_output_dir(preset, root="runs"):
+    """A new, empty ``runs/<preset>-<time>`` folder, created exclusively (two runs started
+    in the same second get ``-2``, ``-3``...)."""
+    stem = os.path.join(root, f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    for n in range(1, 1000):
+        path = stem if n == 1 else f"{stem}-{n}"
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder {path} ({e.strerror or e}); pass --output-dir") from None
+    raise ConfigError(f"cannot find a free run folder name after {stem}; pass --output-dir")
 
 
 # -------------------------------------------------------------------- training
@@ -226,10 +267,9 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
     import tensorflow as tf
 
     from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TimeBudget,
-                                     TrainThroughput, first_non_finite)
+                                     TrainThroughput)
     from nin_keras.data import load_data, make_dataset, make_train_dataset
     from nin_keras.model import build_nin
-    from nin_keras.plotting import plot_history
 
     path = {k: os.path.join(run_dir, v) for k, v in RUN_FILES.items()}
     keras.utils.set_random_seed(cfg.seed)
@@ -250,7 +290,12 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
     with strategy.scope():
         model = build_nin(**kwargs)
         compile_model(model, cfg, steps_per_epoch, schedule)
+    aside = None
     if chief:
+        if state == "replace":
+            # Only now that data and model are good; deleted after the new run's first epoch.
+            aside = replace_old_run(run_dir)
+            print_fn(f"--overwrite: the previous run is kept in {aside} until this run's first epoch is saved")
         # Written only once the data and model are known good, so a typo in a
         # flag does not leave a "different run" behind in the folder.
         config_lib.save_config(cfg, path["config"])
@@ -265,15 +310,21 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
     history_csv = HistoryCSV(path["history"])
     stopper = StopOnSignal()
     callbacks = [
-        # BackupAndRestore first: the history callback reads the epoch it restores.
-        keras.callbacks.BackupAndRestore(path["backup"], double_checkpoint=True),
+        # History first: an epoch's row is written before its backup (see HistoryCSV).
         history_csv,
+        # The backup outlives fit(): it is deleted only once metrics.json is
+        # written, so a kill during the test evaluation or the saving reruns
+        # into a finished training instead of epoch 1.
+        keras.callbacks.BackupAndRestore(path["backup"], double_checkpoint=True, delete_checkpoint=False),
         AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.TensorBoard(path["logs"]),
         keras.callbacks.TerminateOnNaN(),
         throughput,
         stopper,
     ]
+    if aside:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: shutil.rmtree(aside, ignore_errors=True)))
     if cfg.time_budget:
         # The schedule first: TimeBudget shortens it once epoch 1 is timed.
         callbacks += [c for c in (schedule,) if c is not None]
@@ -283,6 +334,8 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
         model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                   shuffle=False)
+        metrics = _finish(cfg, model, strategy, splits, test_ds, history_csv.rows, throughput, steps_per_epoch,
+                          path, chief, stopper)
     except Interrupted as e:
         code = 128 + e.signum
         print_fn(f"\ninterrupted by {e}: the last finished epoch is saved in {path['backup']}; "
@@ -290,8 +343,28 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
         raise SystemExit(code) from None
     finally:
         stopper.restore()
+    if chief:
+        shutil.rmtree(path["backup"], ignore_errors=True)
+    eps = metrics["examples_per_sec"]
+    speed = f"{eps:.1f} examples/sec" if eps else "examples/sec n/a"
+    # One line like the seeds': loss, train acc, test acc, throughput.
+    print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
+             f"test acc {metrics['test_accuracy']:.3f}, {speed} on {strategy.num_replicas_in_sync} replica(s)")
+    if chief:
+        print_fn(f"run saved in {final_dir}")
+    return metrics
 
-    history = history_csv.rows
+
+def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_per_epoch, path, chief, stopper):
+    """After fit: divergence check, test evaluation, model/labels/plot/metrics files.
+
+    Signals still stop the run here (``stopper.check``), between whole files,
+    and the training backup still exists, so a rerun finishes these steps
+    without training again.
+    """
+    from nin_keras.callbacks import first_non_finite
+    from nin_keras.plotting import plot_history
+
     bad_epoch = first_non_finite(history)
     if bad_epoch is not None:
         kept = f"; the best model so far is kept in {path['best']}" if os.path.exists(path["best"]) else ""
@@ -300,7 +373,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
             f"(learning rate {cfg.learning_rate} may be too high){kept}"
         )
 
-    test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+    test_loss, test_acc = model.evaluate(test_ds, verbose=0, callbacks=[stopper])
     last = history[-1] if history else {}
     metrics = {
         "preset": cfg.preset,
@@ -312,25 +385,23 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
         "test_loss": float(test_loss),
         "test_accuracy": float(test_acc),
         "test_examples": int(len(splits.x_test)),
-        # Full batches only: the pipeline drops the last partial one.
+        # Full batches only: the pipeline drops the last partial one. None
+        # when this process trained no epoch (a rerun that only finished up).
         "examples_per_sec": (steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
         if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
     }
+    stopper.check()
     # Every worker must take part in saving (collectives); only the chief's files are kept.
     with atomic_path(path["model"]) as tmp:
         model.save(tmp)
     if chief:
+        stopper.check()
         atomic_write_text(path["labels"], "\n".join(splits.class_names) + "\n")
         plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")
+        stopper.check()
+        # Last: its presence marks the run finished.
         atomic_write_text(path["metrics"], json.dumps(metrics, indent=2) + "\n")
-    eps = metrics["examples_per_sec"]
-    speed = f"{eps:.1f} examples/sec" if eps else "examples/sec n/a"
-    # One line like the seeds': loss, train acc, test acc, throughput.
-    print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
-             f"test acc {metrics['test_accuracy']:.3f}, {speed} on {strategy.num_replicas_in_sync} replica(s)")
-    if chief:
-        print_fn(f"run saved in {final_dir}")
     return metrics
 
 
