@@ -190,3 +190,73 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path):
     assert acc == pytest.approx(json.load(open(out / "metrics.json"))["test_accuracy"], abs=1e-3)
     assert [row["epoch"] for row in read_history(out / "history.csv")] == [1, 2]
     assert os.listdir(scratch) == []  # the non-chief's temporary run folder is gone
+
+
+SMALL = {"preset": "tiny", "epochs": 2, "limit": 2000, "test_limit": 300, "precision": "float32", "verbose": 0}
+
+
+def _train(out, **overrides):
+    from nin_keras.config import resolve_config
+    from nin_keras.fit import train
+
+    lines = []
+    cfg = resolve_config({**SMALL, "output_dir": str(out), **overrides})
+    return train(cfg, print_fn=lines.append), lines
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from nin_keras import fit
+
+    docs = tmp_path / "documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    code = fit.main(["--preset", "tiny", "--output-dir", str(docs), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--overwrite refuses to replace" in err
+    assert os.listdir(docs) == ["thesis.txt"] and (docs / "thesis.txt").read_text() == "years of work"
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_valid(tmp_path, capsys):
+    from nin_keras import fit
+
+    out = tmp_path / "run"
+    _train(out)
+    before = (out / "metrics.json").read_text()
+    # A bad flag value found while loading data: the old run must be untouched.
+    code = fit.main(["--preset", "tiny", "--epochs", "2", "--limit", "2000", "--test-limit", "300",
+                     "--data-dir", str(tmp_path / "missing"), "--output-dir", str(out), "--overwrite"])
+    assert code == 1 and (out / "metrics.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # A good one replaces it, and the moved-aside copy is gone once the new run has an epoch.
+    code = fit.main(["--preset", "tiny", "--epochs", "1", "--limit", "2000", "--test-limit", "300",
+                     "--precision", "float32", "--output-dir", str(out), "--overwrite", "--verbose", "0"])
+    assert code == 0 and json.loads((out / "metrics.json").read_text())["epochs"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_kill_after_training_reruns_without_training_again(tmp_path, monkeypatch):
+    """A crash between fit() and metrics.json keeps the backup; the rerun only evaluates and saves."""
+    import nin_keras.plotting
+
+    out = tmp_path / "run"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # what a Ctrl-C (or any crash) in the saving step looks like
+
+    monkeypatch.setattr(nin_keras.plotting, "plot_history", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _train(out)
+    assert not (out / "metrics.json").exists() and (out / "backup").is_dir()
+    history_before = (out / "history.csv").read_text()
+    monkeypatch.undo()
+    metrics, lines = _train(out)
+    assert metrics["epochs"] == 2 and metrics["examples_per_sec"] is None  # no epoch trained this time
+    assert (out / "history.csv").read_text() == history_before
+    assert not (out / "backup").exists() and (out / "metrics.json").exists()
+
+
+def test_default_run_folders_started_in_the_same_second_differ(tmp_path):
+    from nin_keras.fit import default_output_dir
+
+    paths = {default_output_dir("tiny", root=str(tmp_path)) for _ in range(3)}
+    assert len(paths) == 3 and all(os.path.isdir(p) and not os.listdir(p) for p in paths)
