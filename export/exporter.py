@@ -44,7 +44,8 @@ def build_parser():
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="fail (exit 3) if int8 accuracy is more than this many points below Keras (default 1.0)")
     parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT evaluation and report")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int,
+                        help="data split seed (default: the run's, from its config.json; else 0)")
     add_data_flags(parser)
     return parser
 
@@ -78,6 +79,46 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+SPLIT_SETTINGS = ("seed", "val_fraction", "limit")
+SOURCE_SETTINGS = ("data_dir", "image_dir", "tfds")
+
+
+def data_settings(args, model_path):
+    """Data source and split for calibration and the test accuracy: the run's own.
+
+    Calibration must see only the run's training images and the report only
+    its test images, so the split settings (seed, validation fraction,
+    limit) come from the run's ``config.json``; a flag that contradicts them
+    is refused. Source flags (``--data-dir``...) override the run's (data
+    moved to another folder); without a run config, flags and defaults apply.
+    """
+    config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    run = {}
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path) as f:
+                run = json.load(f)
+            if not isinstance(run, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise NinError(f"{config_path}: unreadable run config ({e})") from None
+    out = {}
+    for key in SPLIT_SETTINGS:
+        flag, saved = getattr(args, key), run.get(key)
+        if key in run and flag is not None and flag != saved:
+            raise NinError(f"--{key.replace('_', '-')} {flag}: the run was trained with {key}={saved!r}; export uses "
+                           "the run's split so calibration never sees its test images (drop the flag)")
+        out[key] = saved if key in run else flag
+    if out["seed"] is None:
+        out["seed"] = 0
+    if out["val_fraction"] is None:
+        out["val_fraction"] = FIT_DEFAULTS["val_fraction"]
+    given = {k: getattr(args, k) for k in SOURCE_SETTINGS if getattr(args, k) is not None}
+    out.update(given or {k: run.get(k) for k in SOURCE_SETTINGS})
+    out["test_limit"] = args.test_limit
+    return out
+
+
 def run_export(args, print_fn=print):
     """Export and verify; returns (report dict, exit code)."""
     from export.evaluator import evaluate_tflite
@@ -100,10 +141,11 @@ def run_export(args, print_fn=print):
     verify = tflite_formats and not args.no_verify
     splits = None
     if "int8" in formats or verify:
-        splits = load_data(args.data_dir, args.image_dir, args.tfds,
-                           val_fraction=args.val_fraction or FIT_DEFAULTS["val_fraction"],
-                           seed=args.seed, limit=args.limit, test_limit=args.test_limit,
-                           image_size=model.input_shape[1:3], num_classes=num_classes)
+        data = data_settings(args, model_path)
+        splits = load_data(data["data_dir"], data["image_dir"], data["tfds"], val_fraction=data["val_fraction"],
+                           seed=data["seed"], limit=data["limit"], test_limit=data["test_limit"],
+                           image_size=model.input_shape[1:3], num_classes=num_classes,
+                           channels=model.input_shape[3])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
 
@@ -118,7 +160,7 @@ def run_export(args, print_fn=print):
             # Calibrate on training images, drawn through the project's own pipeline.
             from nin_keras.data import make_dataset
 
-            ds = make_dataset(splits.x_train, splits.y_train, args.calibration_samples, shuffle=True, seed=args.seed)
+            ds = make_dataset(splits.x_train, splits.y_train, args.calibration_samples, shuffle=True, seed=data["seed"])
             calibration = next(iter(ds))[0].numpy()
         tflite = convert(model, fmt, calibration, args.int8_input, args.int8_output, args.per_channel)
         written[fmt] = write_tflite(out_dir, fmt, tflite, sidecar(fmt, tflite, labels, model, args.per_channel))

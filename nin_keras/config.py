@@ -162,13 +162,26 @@ def validate_config(cfg):
     _require(isinstance(cfg.model, dict), "model overrides must be a JSON object.", cfg.model)
 
 
-def model_kwargs(cfg, num_classes=10, input_shape=None):
-    """build_nin keyword arguments for this config: the preset's, then ``cfg.model``."""
+def model_kwargs(cfg, num_classes=10, data_shape=None):
+    """build_nin keyword arguments for this config: the preset's, then ``cfg.model``.
+
+    ``data_shape`` (H, W, C of the loaded images) must equal the model's
+    ``input_shape``: a preset is never silently rebuilt for other data
+    (``--preset paper-cifar`` on Fashion-MNIST is refused, not turned into a
+    28x28x1 model).
+    """
     kwargs = get_preset(cfg.preset)["model"]
     kwargs.update(cfg.model)
     kwargs["num_classes"] = num_classes
-    if input_shape is not None:
-        kwargs["input_shape"] = list(input_shape)
+    if data_shape is not None and list(data_shape) != list(kwargs["input_shape"]):
+        def shape(s):
+            return "x".join(str(d) for d in s)
+
+        raise ConfigError(
+            f"preset {cfg.preset!r} takes {shape(kwargs['input_shape'])} images but the data has "
+            f"{shape(data_shape)}; choose a preset made for this data, or set model.input_shape in a --config file. "
+            f"Received: input_shape={list(kwargs['input_shape'])}, data shape={list(data_shape)}"
+        )
     return kwargs
 
 

@@ -215,16 +215,21 @@ def _split_validation(x, y, val_fraction, seed):
 
 
 def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, seed=0, limit=None,
-              test_limit=None, image_size=(28, 28), num_classes=10):
+              test_limit=None, image_size=(28, 28), num_classes=10, channels=1):
     """Load the chosen source and split it into train / validation / test arrays.
 
     Sources: ``image_dir`` (class folders; 20% becomes the test set),
     ``tfds_name``, or Fashion-MNIST IDX files (default). ``limit`` keeps the
     first N training examples (before the validation split), ``test_limit``
-    the first N test examples.
+    the first N test examples. Image folders are read at ``image_size`` in
+    the model's colour mode (``channels`` 1: grayscale, 3: RGB).
     """
     if image_dir is not None:
-        x, y, class_names = load_image_folder(image_dir, image_size=image_size)
+        color_mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels)
+        if color_mode is None:
+            raise DataError(f"--image-dir: models with {channels} input channels cannot read image files "
+                            "(1 grayscale, 3 RGB or 4 RGBA)")
+        x, y, class_names = load_image_folder(image_dir, image_size=image_size, color_mode=color_mode)
         x_train, y_train, x_test, y_test = _split_validation(x, y, 0.2, seed + 1)
         source = f"image folder {image_dir}"
     elif tfds_name is not None:

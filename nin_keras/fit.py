@@ -276,7 +276,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
 
     kwargs = config_lib.model_kwargs(cfg)
     splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
-                       cfg.test_limit, image_size=kwargs["input_shape"][:2])
+                       cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
     kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
 
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

@@ -227,3 +227,20 @@ def test_tfds_source_without_the_package_or_dataset_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tfds)
     with pytest.raises(DataError, match="--tfds needs tensorflow-datasets: pip install"):
         data.load_data(tfds_name="mnist")
+
+
+def test_image_folder_follows_the_models_colour_mode(tmp_path):
+    root = make_image_dir(tmp_path / "imgs")
+    splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3, val_fraction=0.25)
+    assert splits.input_shape == [16, 16, 3]
+    with pytest.raises(DataError, match="5 input channels"):
+        data.load_data(image_dir=str(root), channels=5)
+
+
+def test_a_preset_is_not_silently_rebuilt_for_other_data(capsys):
+    from nin_keras import fit
+
+    code = fit.main(["--preset", "paper-cifar", "--epochs", "1", "--limit", "500"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "preset 'paper-cifar' takes 32x32x3 images but the data has 28x28x1" in err

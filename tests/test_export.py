@@ -154,3 +154,39 @@ def test_predict_labels_real_pngs_and_reports_bad_files(exported, fashion_test, 
         assert line.split(": ")[1].startswith(names[y[i]])
     assert f"error: {tmp_path / 'junk.png'}: not a readable image" in captured.err
     assert f"error: {tmp_path / 'missing.png'}: no such file" in captured.err
+
+
+def test_export_uses_the_runs_split(tmp_path):
+    """For an image folder (test images carved from the same pool), calibration draws only from
+    the run's training images and the report only from its test images."""
+    from PIL import Image
+
+    from export.exporter import data_settings
+    from nin_keras.data import load_data
+
+    folder = tmp_path / "imgs"
+    for c in range(2):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(30):  # every image unique: its value identifies it
+            Image.fromarray(np.full((8, 8), 4 * i + 2 * c, np.uint8)).save(folder / f"class{c}" / f"{i}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"seed": 7, "val_fraction": 0.2, "limit": None, "data_dir": None,
+                                                 "image_dir": str(folder), "tfds": None}))
+    args = exporter.build_parser().parse_args([str(run)])
+    settings = data_settings(args, str(run / "model.keras"))
+    assert (settings["seed"], settings["val_fraction"], settings["image_dir"]) == (7, 0.2, str(folder))
+
+    def load(seed):
+        s = load_data(image_dir=settings["image_dir"], val_fraction=settings["val_fraction"], seed=seed,
+                      image_size=(8, 8))
+        return {int(x.mean()) for x in s.x_train}, {int(x.mean()) for x in s.x_test}
+
+    train, test = load(settings["seed"])
+    assert len(train) + len(test) <= 60 and train and test and not train & test
+    other_train, _ = load(0)
+    assert other_train & test  # what re-splitting with the exporter's own seed used to do
+    bad = exporter.build_parser().parse_args([str(run), "--seed", "1"])
+    with pytest.raises(Exception, match="the run was trained with seed=7"):
+        data_settings(bad, str(run / "model.keras"))

@@ -165,7 +165,7 @@ def run_search(args, print_fn=print):
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     kwargs = config_lib.model_kwargs(base)
     splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
-                       base.test_limit, image_size=kwargs["input_shape"][:2])
+                       base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
     hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape)
     tuner = make_tuner(args, hypermodel, strategy)
 
