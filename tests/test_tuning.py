@@ -49,8 +49,7 @@ def test_every_hyperparameter_reaches_the_model():
     assert any(layer.name == "block1_bn0" for layer in build_with(batch_norm=True).layers)
     assert lr_schedule(build_with(learning_rate=0.0005)).warmup_target == pytest.approx(0.0005)
     assert isinstance(build_with(optimizer="sgd").optimizer, keras.optimizers.SGD)
-    assert isinstance(build_with(optimizer="adamw").optimizer, keras.optimizers.AdamW)
-    assert build_with(optimizer="adamw", weight_decay=1e-4).optimizer.weight_decay == pytest.approx(1e-4)
+    assert build_with(optimizer="adam", weight_decay=1e-4).optimizer.weight_decay == pytest.approx(1e-4)
     hm = hypermodel()
     values = hm.declare(keras_tuner.HyperParameters())
     assert hm.config_for({**values, "augment": True}).augment is True  # a pipeline setting, used by fit()
@@ -156,6 +155,7 @@ def test_chief_and_two_workers_share_a_search(tmp_path):
         (["--tuner", "grid"], "--tuner must be one of bayesian, random, hyperband. Received: 'grid'"),
         (["--max-trials", "0"], "--max-trials must be >= 1. Received: 0"),
         (["--epochs", "-2"], "--epochs must be >= 1. Received: -2"),
+        (["--limit", "-5"], "--limit must be an integer >= 2. Received: -5"),
     ],
 )
 def test_bad_search_settings(tmp_path, capsys, args, message):
@@ -168,7 +168,26 @@ def test_default_tuner_is_bayesian_and_constructs(tmp_path):
     from nin_keras.distribute import make_strategy
 
     args = search.build_parser().parse_args(["--output-dir", str(tmp_path / "s")])
+    assert search.build_parser().parse_args(["--preset", "tiny"]).output_dir is None
+    no_dir = search.build_parser().parse_args(["--preset", "tiny"])
+    search.validate_args(no_dir)
+    assert no_dir.output_dir == os.path.join("tuning_runs", "tiny")  # one folder per preset
     assert (args.tuner, args.max_trials, args.epochs, args.limit) == ("bayesian", 10, 3, 20000)
     tuner = search.make_tuner(args, hypermodel(), make_strategy("one-device"))
     assert isinstance(tuner, keras_tuner.BayesianOptimization) and tuner.oracle.max_trials == 10
     assert tuner.oracle.num_initial_points == 3
+
+
+def test_a_search_folder_is_not_resumed_with_other_settings(tmp_path, capsys):
+    """Another preset (or tuner, epochs...) in the same folder is refused; the first search's results stay."""
+    out = tmp_path / "s"
+    assert search.main(tuning_args(out, "--max-trials", "1")) == 0
+    best = (out / "best_config.json").read_text()
+    capsys.readouterr()
+    args = tuning_args(out, "--max-trials", "1")
+    args[args.index("tiny")] = "fashion"
+    assert search.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a different search (settings differ: preset)" in err
+    assert (out / "best_config.json").read_text() == best
+    assert json.load(open(out / "search.json"))["preset"] == "tiny"

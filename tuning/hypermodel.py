@@ -41,7 +41,10 @@ class NinHyperModel(keras_tuner.HyperModel):
         base = self.base
         return {
             "learning_rate": hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=base.learning_rate),
-            "optimizer": hp.Choice("optimizer", ["adam", "adamw", "sgd"], default=base.optimizer),
+            # No "adamw": Keras 3's Adam applies weight decay decoupled, exactly
+            # as AdamW does, so the two choices would be the same trial twice.
+            "optimizer": hp.Choice("optimizer", ["adam", "sgd"],
+                                   default="adam" if base.optimizer == "adamw" else base.optimizer),
             "weight_decay": hp.Choice("weight_decay", [0.0, 1e-5, 1e-4, 1e-3], default=base.weight_decay),
             "width_multiplier": hp.Choice("width_multiplier", [0.5, 0.75, 1.0, 1.5], default=1.0),
             "mlp_layers": hp.Int("mlp_layers", 1, 3, default=2),

@@ -31,7 +31,7 @@ def build_parser():
     parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", default="tuning_runs/fashion", help="search directory (shared by workers)")
+    parser.add_argument("--output-dir", help="search directory, shared by workers (default: tuning_runs/<preset>)")
     parser.add_argument("--strategy", choices=("auto", "mirrored", "one-device"), default="auto")
     parser.add_argument("--cpu-replicas", type=int)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -46,6 +46,7 @@ def build_parser():
 
 
 def validate_args(args):
+    """Check the flags fit's config does not cover; fill in the default output folder."""
     if args.tuner not in TUNERS:
         raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}. Received: {args.tuner!r}")
     for name in ("max_trials", "epochs", "patience"):
@@ -54,6 +55,45 @@ def validate_args(args):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1. Received: {value}")
     if args.tuner == "hyperband" and args.epochs < 2:
         raise ConfigError(f"--epochs (hyperband's max epochs) must be >= 2. Received: {args.epochs}")
+    if args.limit is not None and args.limit < 2:
+        raise ConfigError(f"--limit must be an integer >= 2. Received: {args.limit}")
+    if args.cpu_replicas is not None and args.cpu_replicas < 1:
+        raise ConfigError(f"--cpu-replicas must be >= 1. Received: {args.cpu_replicas}")
+    if args.output_dir is None:
+        args.output_dir = os.path.join("tuning_runs", args.preset)
+
+
+# What defines a search: a folder holding another search is not resumed with these.
+SEARCH_SETTINGS = ("preset", "tuner", "max_trials", "epochs", "patience", "seed", "limit", "data_dir", "image_dir",
+                   "tfds", "val_fraction", "precision")
+SEARCH_FILE = "search.json"
+
+
+def check_search_dir(args):
+    """Refuse to resume a search folder that holds a search with other settings; record ours.
+
+    Called before keras-tuner touches the folder. ``--overwrite`` discards
+    the old search (keras-tuner deletes its project folder).
+    """
+    path = os.path.join(args.output_dir, SEARCH_FILE)
+    settings = {k: getattr(args, k) for k in SEARCH_SETTINGS}
+    if os.path.exists(path) and not args.overwrite:
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: unreadable search settings ({e}); pass --overwrite to start afresh") from None
+        diff = sorted(k for k in SEARCH_SETTINGS if saved.get(k) != settings[k])
+        if diff:
+            raise ConfigError(f"--output-dir {args.output_dir} holds a different search (settings differ: "
+                              f"{', '.join(diff)}); pass --overwrite to replace it, or another --output-dir")
+    elif (os.path.isdir(os.path.join(args.output_dir, PROJECT)) and not args.overwrite
+          and not os.path.exists(path)):
+        raise ConfigError(f"--output-dir {args.output_dir} holds a search without {SEARCH_FILE} (made by an older "
+                          "version); pass --overwrite to replace it, or another --output-dir")
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _timed(tuner_class):
@@ -93,6 +133,17 @@ def start_from_defaults(oracle):
 
     oracle.populate_space = first_defaults
     return oracle
+
+
+def distribute_is_tuning_chief():
+    """False on a keras-tuner worker: a chief oracle is configured and this is not it.
+
+    Read from keras-tuner's documented environment variables rather than its
+    private ``keras_tuner.src.distribute.utils``.
+    """
+    if not os.environ.get("KERASTUNER_ORACLE_IP"):
+        return True
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief"
 
 
 def make_tuner(args, hypermodel, strategy):
@@ -167,6 +218,8 @@ def run_search(args, print_fn=print):
     splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
                        base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
     hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape)
+    if distribute_is_tuning_chief():
+        check_search_dir(args)
     tuner = make_tuner(args, hypermodel, strategy)
 
     import keras
@@ -185,9 +238,7 @@ def run_search(args, print_fn=print):
         tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
                      callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
 
-    import keras_tuner
-
-    if keras_tuner.src.distribute.utils.has_chief_oracle() and not keras_tuner.src.distribute.utils.is_chief_oracle():
+    if not distribute_is_tuning_chief():
         print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
         return None
 
