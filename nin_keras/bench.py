@@ -228,9 +228,13 @@ def _bench_inference(model, images, formats, repeats, n_latency=200):
 
     out["keras"] = measure(lambda b: model.predict_on_batch(b), lambda b: model.predict_on_batch(b))
     for fmt in formats:
-        blob = convert(model, fmt, images[:200])
-        clf = TFLiteClassifier(model_content=blob)
-        out[f"tflite_{fmt}"] = {**measure(clf.predict, clf.predict), "size_bytes": len(blob)}
+        try:
+            blob = convert(model, fmt, images[:200])
+            clf = TFLiteClassifier(model_content=blob)
+            out[f"tflite_{fmt}"] = {**measure(clf.predict, clf.predict), "size_bytes": len(blob)}
+        except Exception as e:  # noqa: BLE001 - e.g. "failed to create XNNPACK runtime" under memory pressure
+            # One failed measure is a row saying so; the rest of the table still prints.
+            out[f"tflite_{fmt}"] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"}
     return out
 
 
@@ -281,11 +285,20 @@ def format_results(r):
                 lines.append(f"warning: every {label} run kept only {r[key]['max']:.2f} of {r['cpu_count']} cores busy "
                              "(host CPU quota?); ratios that use it are unreliable: rerun with more --repeats")
     if "inference" in r:
-        lines += ["", f"{'5 inference':<22}{'images/s @64':>26}{'latency ms @1':>26}{'size KB':>10}"]
-        for name, v in r["inference"].items():
-            size = f"{v['size_bytes'] / 1024:,.0f}" if "size_bytes" in v else "-"
-            lines.append(f"  {name:<20}{s(v['images_per_sec_batch64']):>26}"
-                         f"{s(v['latency_ms_batch1'], '{:.3f}'):>26}{size:>10}")
+        lines += ["", format_inference(r["inference"])]
+    return "\n".join(lines)
+
+
+def format_inference(inference):
+    """The inference part of the table: one row per runtime, or why it failed."""
+    s = _stat_text
+    lines = [f"{'5 inference':<22}{'images/s @64':>26}{'latency ms @1':>26}{'size KB':>10}"]
+    for name, v in inference.items():
+        if "error" in v:
+            lines.append(f"  {name:<20}failed: {v['error']}")
+            continue
+        size = f"{v['size_bytes'] / 1024:,.0f}" if "size_bytes" in v else "-"
+        lines.append(f"  {name:<20}{s(v['images_per_sec_batch64']):>26}{s(v['latency_ms_batch1'], '{:.3f}'):>26}{size:>10}")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from conftest import build_preset
@@ -105,3 +106,24 @@ def test_bench_data_format_choices_match_the_model():
 
     action = next(a for a in bench.build_parser()._actions if a.dest == "data_format")
     assert tuple(action.choices) == DATA_FORMATS
+
+
+def test_a_failing_inference_measure_is_a_row_not_a_crash(monkeypatch):
+    import export.evaluator
+    from conftest import build_preset, random_images
+
+    real = export.evaluator.TFLiteClassifier
+
+    def flaky(*args, **kwargs):
+        clf = real(*args, **kwargs)
+        if clf.input["dtype"] == np.uint8:  # the int8 model
+            raise RuntimeError("failed to create XNNPACK runtime\nTfLiteXNNPackDelegate failed to prepare")
+        return clf
+
+    monkeypatch.setattr(export.evaluator, "TFLiteClassifier", flaky)
+    out = bench._bench_inference(build_preset("tiny"), random_images(20), ["float32", "int8"], repeats=1, n_latency=3)
+    assert "images_per_sec_batch64" in out["tflite_float32"]
+    assert out["tflite_int8"] == {"error": "RuntimeError: failed to create XNNPACK runtime TfLiteXNNPackDelegate "
+                                           "failed to prepare"}
+    table = bench.format_inference(out).splitlines()
+    assert len(table) == 4 and table[3].startswith("  tflite_int8") and "failed: RuntimeError" in table[3]
