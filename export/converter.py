@@ -148,12 +148,20 @@ def io_details(tflite_bytes):
     return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
 
 
-def sidecar(fmt, tflite_bytes, labels, model, per_channel=False):
-    """The JSON an app needs beside the .tflite: labels, I/O and preprocessing."""
+def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False):
+    """The JSON an app needs beside the .tflite: labels, I/O and preprocessing.
+
+    ``model`` is the exported graph (RGB-input when the luminance layer was
+    added). ``model_sha256`` ties the sidecar to its model file.
+    """
+    import hashlib
+
     inp, out = io_details(tflite_bytes)
     height, width, channels = model.input_shape[1:]
     return {
         "format": fmt,
+        "model_sha256": hashlib.sha256(tflite_bytes).hexdigest(),
+        "mediapipe_metadata": bool(metadata),
         "quantization": {"float32": "none", "float16": "float16 weights", "dynamic": "int8 weights, float activations",
                          "int8": "full integer, " + ("per-channel" if per_channel else "per-tensor")}[fmt],
         "labels": labels,
@@ -162,6 +170,7 @@ def sidecar(fmt, tflite_bytes, labels, model, per_channel=False):
                    "quantized class probabilities: p = scale * (q - zero_point)"},
         "preprocessing": {
             "color": "grayscale" if channels == 1 else "RGB",
+            "rgb_to_gray_in_model": any(layer.name == "rgb_to_luminance" for layer in model.layers),
             "resize_to": [int(height), int(width)],
             "pixel_range": [0, 255],
             "note": ("feed raw pixel values 0..255 (no normalisation: the model rescales "
@@ -171,12 +180,48 @@ def sidecar(fmt, tflite_bytes, labels, model, per_channel=False):
 
 
 def write_tflite(out_dir, fmt, tflite_bytes, meta):
-    """Write ``nin_<fmt>.tflite`` and its ``.json`` sidecar atomically; return the model path."""
+    """Write ``nin_<fmt>.tflite`` and its ``.json`` sidecar as a unit; return the model path.
+
+    Both files are staged completely first (a failure while writing leaves
+    the previous pair untouched), then renamed into place. The sidecar
+    carries the model's SHA-256, so the one window left (between the two
+    renames) cannot go unnoticed: :func:`check_sidecar` refuses a pair that
+    does not match.
+    """
     path = os.path.join(out_dir, f"nin_{fmt}.tflite")
-    # The sidecar first: a model file never appears without its sidecar.
-    atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(meta, indent=2) + "\n")
-    atomic_write_bytes(path, tflite_bytes)
+    json_path = os.path.splitext(path)[0] + ".json"
+    staged = []
+    try:
+        for target, data in ((path, tflite_bytes), (json_path, (json.dumps(meta, indent=2) + "\n").encode())):
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=out_dir)
+            staged.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except OSError as e:
+        raise ExportError(f"{path}: cannot write ({e.strerror or e}); the previous files are unchanged") from None
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
+
+
+def check_sidecar(model_path, meta):
+    """ExportError unless ``meta`` (a sidecar) describes the model file at ``model_path``."""
+    import hashlib
+
+    expected = meta.get("model_sha256")
+    if expected is None:
+        return  # written before checksums existed
+    with open(model_path, "rb") as f:
+        actual = hashlib.sha256(f.read()).hexdigest()
+    if actual != expected:
+        raise ExportError(f"{os.path.splitext(model_path)[0]}.json does not describe {model_path} "
+                          "(an export was interrupted?); export again")
 
 
 def export_saved_model(model, out_dir):
@@ -185,9 +230,15 @@ def export_saved_model(model, out_dir):
     tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=out_dir)
     try:
         model.export(os.path.join(tmp, "m"), format="tf_saved_model", verbose=False)
+        # The old export is moved aside, not deleted, until the new one is in place.
         if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(tmp, "m"), target)
+            os.replace(target, os.path.join(tmp, "old"))
+        try:
+            os.replace(os.path.join(tmp, "m"), target)
+        except OSError:
+            if os.path.exists(os.path.join(tmp, "old")):
+                os.replace(os.path.join(tmp, "old"), target)
+            raise
     except Exception as e:
         raise ExportError(f"SavedModel export failed: {e}") from None
     finally:

@@ -43,7 +43,13 @@ class TFLiteClassifier:
         return (raw.astype(np.float32) - zero_point) * scale
 
     def predict(self, images):
-        """Probabilities for a batch of raw images (N, H, W, C) in [0, 255]."""
+        """Probabilities for a batch of raw images (N, H, W, C) in [0, 255].
+
+        Gray images (C = 1) given to an RGB-input model are repeated to
+        R = G = B, which its luminance layer turns back into the same gray.
+        """
+        if images.shape[-1] == 1 and self.input["shape"][-1] == 3:
+            images = np.repeat(images, 3, axis=-1)
         self._resize(len(images))
         self.interpreter.set_tensor(self.input["index"], self.quantize_input(images))
         self.interpreter.invoke()
@@ -69,7 +75,8 @@ def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tfli
     """Classify every image at batch 1, timing each call.
 
     Returns accuracy, agreement with ``reference_top1`` (Keras' predictions),
-    and the mean / p95 latency per image in milliseconds.
+    the mean / p95 latency per image in milliseconds, and ``top1`` (the
+    predictions, a NumPy array: not for the JSON report).
     """
     clf = TFLiteClassifier(model_path, num_threads=1)
     preds = np.empty(len(images), np.int64)
@@ -85,7 +92,36 @@ def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tfli
         "latency_ms_mean": float(times.mean() * 1e3),
         "latency_ms_p95": float(np.percentile(times, 95) * 1e3),
         "examples": int(len(images)),
+        "top1": preds,
     }
     if reference_top1 is not None:
         result["agreement_with_keras"] = float(np.mean(preds == reference_top1))
     return result
+
+
+def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, scale=2, label="mediapipe"):
+    """Classify every image with MediaPipe Tasks' ImageClassifier, fed as an app would feed it.
+
+    Images become RGB frames ``scale`` times the model's size (MediaPipe
+    resizes them). Returns accuracy and top-1 agreement with LiteRT and with
+    Keras, or ``{"mediapipe_error": reason}`` when MediaPipe refuses the model.
+    """
+    from export.phone import MediaPipeClassifier, as_camera_frames
+    from nin_keras.errors import NinError
+
+    try:
+        clf = MediaPipeClassifier(model_path)
+    except NinError as e:
+        return {"mediapipe_error": str(e).split(": ", 2)[-1]}
+    try:
+        preds = np.empty(len(images), np.int64)
+        for start in progress(range(0, len(images), 100), (len(images) + 99) // 100, label):
+            preds[start : start + 100] = clf.top1(as_camera_frames(images[start : start + 100], scale))
+    finally:
+        clf.close()
+    return {
+        "mediapipe_accuracy": float(np.mean(preds == labels)),
+        "mediapipe_agreement_with_litert": float(np.mean(preds == litert_top1)),
+        "mediapipe_agreement_with_keras": float(np.mean(preds == keras_top1)),
+        "mediapipe_frame_size": [int(d * scale) for d in images.shape[1:3]],
+    }

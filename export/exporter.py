@@ -1,5 +1,6 @@
 """``python -m export``: TFLite/SavedModel export with a verified size/accuracy/latency report."""
 
+import argparse
 import json
 import os
 import sys
@@ -43,7 +44,15 @@ def build_parser():
                         help="int8: one scale per output channel (larger file; default one scale per tensor)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="fail (exit 3) if int8 accuracy is more than this many points below Keras (default 1.0)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT evaluation and report")
+    parser.add_argument("--rgb-input", action=argparse.BooleanOptionalAction,
+                        help="TFLite input takes RGB camera frames; a grayscale model gets a fixed luminance layer "
+                             "in front (default: on for grayscale models, so MediaPipe Tasks can load them)")
+    parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
+                        help="embed MediaPipe/TFLite metadata (name, labels, normalisation) in every .tflite "
+                             "(default on; needs: pip install \"nin_keras[phone]\")")
+    parser.add_argument("--mediapipe-scale", type=int, default=2,
+                        help="verification feeds MediaPipe RGB frames this many times the model's size (default 2)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT/MediaPipe evaluation and report")
     parser.add_argument("--seed", type=int,
                         help="data split seed (default: the run's, from its config.json; else 0)")
     add_data_flags(parser)
@@ -65,7 +74,8 @@ def parameter_report(model):
 
 def format_table(rows):
     """Markdown table of the per-format results."""
-    header = ("format", "size KB", "x float32", "accuracy", "agree w/ Keras", "mean ms", "p95 ms", "param bytes")
+    header = ("format", "size KB", "x float32", "accuracy", "agree w/ Keras", "mean ms", "p95 ms", "param bytes",
+              "MediaPipe accuracy", "MediaPipe = LiteRT", "MediaPipe = Keras")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -75,6 +85,7 @@ def format_table(rows):
             f"{r['latency_ms_mean']:.3f}" if "latency_ms_mean" in r else "-",
             f"{r['latency_ms_p95']:.3f}" if "latency_ms_p95" in r else "-",
             f"{r['parameter_bytes']:,}",
+            *_mediapipe_cells(r),
         ]) + " |")
     return "\n".join(lines)
 
@@ -119,6 +130,15 @@ def data_settings(args, model_path):
     return out
 
 
+def _mediapipe_cells(row):
+    if "mediapipe_error" in row:
+        return ["refused: " + row["mediapipe_error"][:60], "-", "-"]
+    if "mediapipe_accuracy" not in row:
+        return ["-", "-", "-"]
+    return [f"{row['mediapipe_accuracy']:.4f}", f"{row['mediapipe_agreement_with_litert']:.4f}",
+            f"{row['mediapipe_agreement_with_keras']:.4f}"]
+
+
 def run_export(args, print_fn=print):
     """Export and verify; returns (report dict, exit code)."""
     from export.evaluator import evaluate_tflite
@@ -132,6 +152,8 @@ def run_export(args, print_fn=print):
     except OSError as e:
         raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
     formats = args.formats or list(TFLITE_FORMATS)
+    if args.mediapipe_scale < 1:
+        raise NinError(f"--mediapipe-scale must be >= 1. Received: {args.mediapipe_scale}")
     if args.calibration_samples < 1:
         raise NinError(f"--calibration-samples must be >= 1. Received: {args.calibration_samples}")
 
@@ -149,6 +171,16 @@ def run_export(args, print_fn=print):
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
 
+    from export.phone import add_metadata, with_rgb_input
+
+    channels = model.input_shape[-1]
+    rgb = args.rgb_input if args.rgb_input is not None else channels == 1
+    deployed = with_rgb_input(model) if rgb else model
+    if args.metadata and tflite_formats:
+        from export.phone import _import_writers
+
+        _import_writers()  # a missing mediapipe is one line now, not after the first conversion
+    run_name = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
     written = {}
     for fmt in formats:
         if fmt == "saved_model":
@@ -162,11 +194,19 @@ def run_export(args, print_fn=print):
 
             ds = make_dataset(splits.x_train, splits.y_train, args.calibration_samples, shuffle=True, seed=data["seed"])
             calibration = next(iter(ds))[0].numpy()
-        tflite = convert(model, fmt, calibration, args.int8_input, args.int8_output, args.per_channel)
-        written[fmt] = write_tflite(out_dir, fmt, tflite, sidecar(fmt, tflite, labels, model, args.per_channel))
+            if deployed.input_shape[-1] == 3 and calibration.shape[-1] == 1:
+                calibration = np.repeat(calibration, 3, axis=-1)
+        tflite = convert(deployed, fmt, calibration, args.int8_input, args.int8_output, args.per_channel)
+        if args.metadata:
+            tflite = add_metadata(tflite, labels, name=f"NiN {run_name} ({fmt})",
+                                  description=f"Network-in-Network image classifier ({len(labels)} classes), "
+                                              f"{fmt} TFLite exported by nin_keras")
+        written[fmt] = write_tflite(out_dir, fmt, tflite,
+                                    sidecar(fmt, tflite, labels, deployed, args.per_channel, args.metadata))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
-    report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model)}
+    report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model),
+              "rgb_input": bool(deployed.input_shape[-1] == 3), "metadata": bool(args.metadata)}
     if not verify:
         return report, 0
 
@@ -177,8 +217,14 @@ def run_export(args, print_fn=print):
     report["test_examples"] = int(len(y_test))
     float32_size = os.path.getsize(written["float32"]) if "float32" in written else None
     rows = []
+    from export.evaluator import evaluate_mediapipe
+
     for fmt in tflite_formats:
         result = evaluate_tflite(written[fmt], x_test, y_test, keras_top1, label=fmt)
+        litert_top1 = result.pop("top1")
+        if args.metadata and deployed.input_shape[-1] == 3:
+            result.update(evaluate_mediapipe(written[fmt], x_test, y_test, litert_top1, keras_top1,
+                                             scale=args.mediapipe_scale, label=f"{fmt} (MP)"))
         size = os.path.getsize(written[fmt])
         rows.append({"format": fmt, "path": written[fmt], "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
@@ -190,7 +236,10 @@ def run_export(args, print_fn=print):
              f"in float32) instead of {report['parameters']:,} ({report['parameter_bytes']['float32'] / 2**20:,.2f} MiB).") \
         if "dense_head_parameters" in report else ""
     summary = (f"Keras accuracy on {len(y_test)} test images: {report['keras_accuracy']:.4f}. "
-               "Latency: LiteRT, batch 1, 1 thread, this CPU.")
+               "Latency: LiteRT, batch 1, 1 thread, this CPU."
+               + (" Input: RGB (a fixed luminance layer feeds the grayscale model)." if rgb and channels == 1 else "")
+               + (f" MediaPipe: Tasks ImageClassifier on {args.mediapipe_scale}x-size RGB frames, as an app feeds it."
+                  if args.metadata and deployed.input_shape[-1] == 3 else ""))
     markdown = f"# Export report\n\n{summary}\n\n{table}\n{dense}\n"
     atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(os.path.join(out_dir, "report.md"), markdown)

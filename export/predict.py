@@ -17,14 +17,27 @@ from nin_keras.errors import NinError
 
 def load_sidecar(model_path):
     """The ``.json`` written beside ``model_path`` by the exporter."""
+    from export.converter import check_sidecar
+
     path = os.path.splitext(model_path)[0] + ".json"
     try:
         with open(path) as f:
-            return json.load(f)
+            meta = json.load(f)
     except FileNotFoundError:
         raise NinError(f"{path}: sidecar not found (export the model with `python -m export`)") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise NinError(f"{path}: unreadable sidecar ({e})") from None
+    pre = meta.get("preprocessing") if isinstance(meta, dict) else None
+    missing = [key for key, ok in (
+        ("labels", isinstance(meta, dict) and isinstance(meta.get("labels"), list)),
+        ("preprocessing.resize_to", isinstance(pre, dict) and isinstance(pre.get("resize_to"), list)),
+        ("preprocessing.color", isinstance(pre, dict) and pre.get("color") in ("grayscale", "RGB")),
+    ) if not ok]
+    if missing:
+        raise NinError(f"{path}: not a nin_keras sidecar (missing or invalid: {', '.join(missing)}); export again")
+    if os.path.exists(model_path):
+        check_sidecar(model_path, meta)
+    return meta
 
 
 def load_image(path, size, color):

@@ -190,3 +190,102 @@ def test_export_uses_the_runs_split(tmp_path):
     bad = exporter.build_parser().parse_args([str(run), "--seed", "1"])
     with pytest.raises(Exception, match="the run was trained with seed=7"):
         data_settings(bad, str(run / "model.keras"))
+
+
+# ---------------------------------------------------------------- phone apps
+
+
+def test_tflite_files_carry_labels_and_mediapipe_loads_them(exported):
+    """MediaPipe Tasks' ImageClassifier loads the float32 and int8 files unchanged and agrees with LiteRT."""
+    from export.phone import read_metadata_labels
+
+    run_dir, out, report, _ = exported
+    labels = open(os.path.join(run_dir, "labels.txt")).read().splitlines()
+    rows = {r["format"]: r for r in report["formats"]}
+    for fmt in ("float32", "int8"):
+        assert read_metadata_labels(os.path.join(out, f"nin_{fmt}.tflite")) == labels
+        row = rows[fmt]
+        assert "mediapipe_error" not in row, row
+        # Fed as RGB frames twice the model's size, the way an app feeds camera frames.
+        assert row["mediapipe_frame_size"] == [56, 56]
+        assert row["mediapipe_agreement_with_litert"] >= 0.99, row
+    assert report["rgb_input"] and TFLiteClassifier(os.path.join(out, "nin_int8.tflite")).input["shape"][-1] == 3
+    assert "MediaPipe = LiteRT" in open(os.path.join(out, "report.md")).read()
+
+
+def test_rgb_input_gives_the_grayscale_models_prediction(trained_tiny_run, fashion_test):
+    from PIL import Image
+
+    from export.phone import with_rgb_input
+
+    model = load_keras_model(trained_tiny_run[0])
+    rgb_model = with_rgb_input(model)
+    assert rgb_model.input_shape == (None, 28, 28, 3) and model.input_shape == (None, 28, 28, 1)
+    gray = fashion_test[0][:64]
+    np.testing.assert_allclose(rgb_model.predict(np.repeat(gray, 3, -1), verbose=0), model.predict(gray, verbose=0),
+                               atol=1e-5)
+    # A colour frame and its grayscale version (PIL's BT.601 conversion, rounded to bytes).
+    tint = np.array([1.0, 0.7, 0.4], np.float32)
+    colour = np.clip(gray.astype(np.float32) * tint, 0, 255).astype(np.uint8)
+    as_gray = np.stack([np.asarray(Image.fromarray(c).convert("L")) for c in colour])[..., None]
+    a, b = rgb_model.predict(colour, verbose=0), model.predict(as_gray, verbose=0)
+    assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.95 and np.abs(a - b).max() < 0.05
+    assert with_rgb_input(rgb_model) is rgb_model  # 3-channel models are left alone
+
+
+def test_missing_mediapipe_is_one_line_naming_the_package(trained_tiny_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
+    code = exporter.main([trained_tiny_run[0], "--output-dir", str(tmp_path / "e"), "--format", "float32"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and 'pip install "nin_keras[phone]"' in err
+    assert exporter.main([trained_tiny_run[0], "--output-dir", str(tmp_path / "e"), "--format", "float32",
+                          "--no-metadata", "--no-verify"]) == 0
+
+
+def test_an_export_interrupted_between_model_and_sidecar_is_detected(exported, tmp_path, monkeypatch):
+    """Staged writes: a failure leaves the old pair, or a pair that predict refuses; never a silent mismatch."""
+    import shutil
+
+    import export.converter as converter
+
+    _, out, _, _ = exported
+    target = tmp_path / "e"
+    shutil.copytree(out, target)
+    old = {name: (target / name).read_bytes() for name in ("nin_float32.tflite", "nin_float32.json")}
+    blob = (target / "nin_int8.tflite").read_bytes()  # any other valid model
+    meta = json.loads((target / "nin_int8.json").read_text())
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == fail_at:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(converter.os, "replace", failing_replace)
+    fail_at = 1  # before anything is renamed: the old pair is intact
+    with pytest.raises(converter.ExportError, match="previous files are unchanged"):
+        converter.write_tflite(str(target), "float32", blob, meta)
+    assert {name: (target / name).read_bytes() for name in old} == old
+    predict.load_sidecar(str(target / "nin_float32.tflite"))
+    calls.clear()
+    fail_at = 2  # between the two renames: new model, old sidecar
+    with pytest.raises(converter.ExportError):
+        converter.write_tflite(str(target), "float32", blob, meta)
+    monkeypatch.undo()
+    assert not [f for f in os.listdir(target) if ".tmp" in f]
+    with pytest.raises(Exception, match="does not describe"):
+        predict.load_sidecar(str(target / "nin_float32.tflite"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"labels": ["a"]}, "missing or invalid: preprocessing.resize_to, preprocessing.color"),
+    ([1, 2], "missing or invalid: labels"),
+])
+def test_predict_refuses_a_sidecar_missing_keys(tmp_path, content, message):
+    (tmp_path / "m.json").write_text(json.dumps(content))
+    with pytest.raises(Exception, match=message.replace(".", r"\.")):
+        predict.load_sidecar(str(tmp_path / "m.tflite"))
