@@ -54,6 +54,44 @@ def matmul_gflops(size=2048, iterations=10, dtype="float32"):
     return 2 * size**3 * iterations / (time.perf_counter() - start) / 1e9
 
 
+ISA_CAPS = ("AVX2", "AVX512_CORE", "AVX512_CORE_BF16", "AVX512_CORE_AMX", "SSE41")
+
+
+def cpu_class():
+    """This CPU's model name and the vector/matrix features that decide its speed class."""
+    from nin_keras.precision import cpu_flags
+
+    flags = cpu_flags()
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    keys = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+    return {"model": model, "features": [k for k in keys if k in flags]}
+
+
+def onednn_isa(env=None):
+    """The instruction set oneDNN picks for a convolution in a fresh TensorFlow process (None if unknown).
+
+    Runs a tiny convolution with ``ONEDNN_VERBOSE=1`` and reads its ``isa:``
+    line, so ``ONEDNN_MAX_CPU_ISA`` caps can be checked, not assumed.
+    """
+    import subprocess
+
+    code = ("import tensorflow as tf; x = tf.random.normal((1, 8, 8, 1)); "
+            "tf.nn.conv2d(x, tf.random.normal((3, 3, 1, 4)), 1, 'SAME').numpy()")
+    full_env = {**os.environ, **(env or {}), "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                             timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    line = next((line for line in out.splitlines() if ",info,cpu,isa:" in line), None)
+    return line.split("isa:", 1)[1].strip() if line else None
+
+
 def _timed_fit(model, dataset, steps, cores_used=None):
     """Seconds for ``steps`` training steps (after one warm-up call that traces the graph).
 
@@ -122,7 +160,8 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     results = {"preset": preset, "batch_size": batch_size, "steps": steps, "repeats": repeats, "xla": xla,
                "precision": precision, "intra_op_threads": threads[0], "inter_op_threads": threads[1],
                "data_format": data_format, "resize_in": resize_in, "cache": cache,
-               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__}
+               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
+               "cpu": cpu_class(), "onednn_isa": onednn_isa(), "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA")}
 
     print_fn("1/5 matmul ceiling ...")
     results["matmul_gflops"] = _stats([matmul_gflops() for _ in range(repeats)])
@@ -253,6 +292,8 @@ def format_results(r):
     lines = [
         f"nin_keras bench: preset {r['preset']}, batch {r['batch_size']}, {r['steps']} steps x {r['repeats']} repeats, "
         f"{r['cpu_count']} CPUs, TF {r['tensorflow']}, Keras {r['keras']}",
+        f"CPU: {r['cpu']['model'] or 'unknown'} ({', '.join(r['cpu']['features']) or 'no AVX2'}); oneDNN ISA in use: "
+        f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: ONEDNN_MAX_CPU_ISA={r['isa_cap']})" if r["isa_cap"] else ""),
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}",
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
@@ -411,6 +452,10 @@ def build_parser():
                         help="TFLite formats to time, comma-separated ('' for none)")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--isa-cap", choices=ISA_CAPS,
+                        help="cap oneDNN's instruction set (sets ONEDNN_MAX_CPU_ISA before TensorFlow starts): "
+                             "AVX2 measures an AMX/AVX-512 machine like an ordinary laptop or VM; add "
+                             "NIN_KERAS_PRECISION=float32 (or --precision float32) for its float32 path")
     settings = parser.add_argument_group("settings compared (defaults are the project's)")
     settings.add_argument("--precision", choices=PRECISIONS, default="auto")
     settings.add_argument("--xla", action="store_true", help="compile training with XLA (jit_compile)")
@@ -436,6 +481,10 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+
+    if args.isa_cap:
+        # Before TensorFlow loads (read once, at oneDNN's start); sweep children inherit it.
+        os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa_cap
 
     def body():
         for name in ("batch_size", "steps", "repeats"):

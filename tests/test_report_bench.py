@@ -49,7 +49,9 @@ def test_bench_runs_and_reports_every_measure(tmp_path, capsys):
         assert r[key]["median"] > 0, key
     assert set(r["inference"]) == {"keras", "tflite_float32", "tflite_int8"}
     assert r["inference"]["tflite_int8"]["size_bytes"] < r["inference"]["tflite_float32"]["size_bytes"]
-    assert "matmul ceiling" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "matmul ceiling" in out and "oneDNN ISA in use:" in out
+    assert r["cpu"]["model"] is not None and isinstance(r["cpu"]["features"], list)
 
 
 @pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps must be >= 1. Received: 0"),
@@ -127,3 +129,11 @@ def test_a_failing_inference_measure_is_a_row_not_a_crash(monkeypatch):
                                            "failed to prepare"}
     table = bench.format_inference(out).splitlines()
     assert len(table) == 4 and table[3].startswith("  tflite_int8") and "failed: RuntimeError" in table[3]
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="oneDNN ISA caps are x86")
+def test_isa_cap_is_honoured_and_reported():
+    """ONEDNN_MAX_CPU_ISA below this CPU's own ISA is what oneDNN then reports (checked, not assumed)."""
+    capped = bench.onednn_isa({"ONEDNN_MAX_CPU_ISA": "SSE41"})
+    assert capped is not None and "SSE4.1" in capped
+    assert bench.build_parser().parse_args(["--isa-cap", "AVX2"]).isa_cap == "AVX2"
