@@ -1,0 +1,48 @@
+"""nin_keras: Network in Network (Lin, Chen & Yan 2013) for Keras 3, from training to a phone.
+
+Use it from Python::
+
+    import nin_keras
+
+    model = nin_keras.create_model("fashion")            # a preset's model, untrained
+    model = nin_keras.create_model("tiny", num_classes=5, width_multiplier=None)  # None: the preset's
+    cfg = nin_keras.resolve_config({"preset": "tiny", "epochs": 1, "limit": 2000})
+    metrics = nin_keras.train(cfg)                       # what `python -m nin_keras.fit` does
+
+Attributes are imported on first use (PEP 562), so ``import nin_keras`` and
+the command-line entry points stay fast and load TensorFlow only when needed.
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_nin": "nin_keras.model",
+    "mlpconv_block": "nin_keras.model",
+    "block_summary": "nin_keras.model",
+    "create_model": "nin_keras.presets",
+    "list_presets": "nin_keras.presets",
+    "get_preset": "nin_keras.presets",
+    "PRESETS": "nin_keras.presets",
+    "load_data": "nin_keras.data",
+    "make_dataset": "nin_keras.data",
+    "train": "nin_keras.fit",
+    "FitConfig": "nin_keras.config",
+    "resolve_config": "nin_keras.config",
+    "NinError": "nin_keras.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nin_keras' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

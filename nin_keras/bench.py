@@ -168,9 +168,14 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     if precision != "float32":
         results["matmul_gflops_compute_dtype"] = _stats([matmul_gflops(dtype=precision) for _ in range(repeats)])
 
-    with precision_scope(precision):
+    from nin_keras.distribute import describe, make_strategy
+
+    # The strategy fit's `--strategy auto` picks, so the bench measures the path fit runs.
+    strategy = make_strategy("auto")
+    results["strategy"] = describe(strategy)
+    with precision_scope(precision), strategy.scope():
         model = build_nin(**kwargs)
-    compile_model(model, cfg, steps)
+        compile_model(model, cfg, steps)
     macs = resource_report(model)["macs"]
     train_flops_per_image = 6 * macs  # forward 2*MACs; backward about twice the forward
     results["model"] = {"parameters": int(model.count_params()), "macs_per_image": int(macs),
@@ -295,7 +300,8 @@ def format_results(r):
         f"CPU: {r['cpu']['model'] or 'unknown'} ({', '.join(r['cpu']['features']) or 'no AVX2'}); oneDNN ISA in use: "
         f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: ONEDNN_MAX_CPU_ISA={r['isa_cap']})" if r["isa_cap"] else ""),
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
-        f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}",
+        f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
+        f"strategy: {r.get('strategy', 'default')}",
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
         f"{r['model']['train_gflop_per_image']:.3f} GFLOP per training image",
         "",

@@ -59,7 +59,12 @@ def make_strategy(name="auto", cpu_replicas=None):
     """Create the tf.distribute strategy called ``name``.
 
     - ``auto``: multi-worker when $TF_CONFIG lists more than one worker,
-      otherwise MirroredStrategy over every local GPU, or the (logical) CPUs.
+      MirroredStrategy when there are several local devices (GPUs, or a CPU
+      split with ``cpu_replicas``), and TensorFlow's default strategy on a
+      single device. (On one CPU device, MirroredStrategy and
+      OneDeviceStrategy trained a 105k-parameter NiN at 338 and 447 images/s
+      against 765 for the default strategy, with 10x the system time: the
+      distributed input iterator's overhead, for nothing with one replica.)
     - ``mirrored``: MirroredStrategy over the local devices.
     - ``one-device``: OneDeviceStrategy on the first GPU or the CPU.
     - ``multi-worker``: MultiWorkerMirroredStrategy configured by $TF_CONFIG.
@@ -72,7 +77,12 @@ def make_strategy(name="auto", cpu_replicas=None):
         split_cpu(cpu_replicas)
     keras_compat.apply()
     if name == "auto":
-        name = "multi-worker" if tf_config_workers() > 1 else "mirrored"
+        if tf_config_workers() > 1:
+            name = "multi-worker"
+        elif len(local_devices()) > 1:
+            name = "mirrored"
+        else:
+            return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = local_devices()
         cross_device_ops = None
@@ -89,6 +99,15 @@ def make_strategy(name="auto", cpu_replicas=None):
             raise ConfigError("--strategy multi-worker needs $TF_CONFIG describing the cluster and this task.")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown strategy. Received: {name!r}")
+
+
+def describe(strategy):
+    """A short name for logs: the strategy's class, or "default (one device)"."""
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
+        return "default strategy, one device"
+    return type(strategy).__name__
 
 
 def is_chief(strategy):

@@ -266,6 +266,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
     import keras
     import tensorflow as tf
 
+    from nin_keras import distribute
     from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TimeBudget,
                                      TrainThroughput)
     from nin_keras.data import load_data, make_dataset, make_train_dataset
@@ -301,7 +302,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
         config_lib.save_config(cfg, path["config"])
 
     print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, {cfg.precision}, "
-             f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch {cfg.batch_size}")
+             f"{strategy.num_replicas_in_sync} replica(s) ({distribute.describe(strategy)}), global batch {cfg.batch_size}")
     print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, {len(splits.x_test)} test")
     if state == "resume":
         print_fn(f"resuming the run in {run_dir}")

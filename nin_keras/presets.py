@@ -11,9 +11,31 @@ from nin_keras.errors import ConfigError
 PRESETS = {
     "fashion": {
         "description": (
-            "CPU-sized NiN for 28x28 Fashion-MNIST (the default): 64 (5x5) and 128 (3x3) "
-            "mlpconv blocks at native resolution, then a 10-class block and global average "
-            "pooling; 128,614 parameters, >= 0.90 test accuracy in under 15 minutes on 2 CPU cores."
+            "The default: a CPU-sized NiN for 28x28 Fashion-MNIST. mlpconv blocks 32 (5x5, one 1x1) "
+            "and 64 (3x3, two 1x1), then a 128 (3x3) + 10 (1x1) class block and global average "
+            "pooling; BatchNorm only at 13x13 and below; 104,840 parameters. 8 epochs: >= 0.92 test "
+            "accuracy in about 10 minutes on a 2-core AVX2 CPU in float32 (README, Measured)."
+        ),
+        "model": {
+            "input_shape": [28, 28, 1],
+            "image_size": None,
+            "blocks": [
+                # Keras' BatchNorm is unfused on TensorFlow: at 28x28 it cost 2.3x the
+                # whole step on an AVX2 CPU, at 13x13 and below about 10% (README).
+                {"filters": 32, "kernel_size": 5, "mlp_filters": [32], "pool": "max", "batch_norm": False},
+                {"filters": 64, "kernel_size": 3, "pool": "max", "batch_norm": True},
+            ],
+            # Linear class maps before GAP (converges faster than d2l's final ReLU).
+            "head_block": {"filters": 128, "kernel_size": 3, "mlp_filters": [None], "batch_norm": True},
+            "head_activation": None,
+        },
+        "fit": {"epochs": 8, "batch_size": 128, "optimizer": "adam", "learning_rate": 0.004},
+    },
+    "fashion-v1": {
+        "description": (
+            "The previous default, kept so README's earlier figures reproduce: 64 (5x5) and 128 (3x3) "
+            "mlpconv blocks, no BatchNorm; 128,614 parameters, 0.906 test accuracy in 10 epochs "
+            "(about 30 minutes on a 2-core AVX2 CPU in float32)."
         ),
         "model": {
             "input_shape": [28, 28, 1],
@@ -93,6 +115,26 @@ def get_preset(name):
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}.")
     return copy.deepcopy(PRESETS[name])
+
+
+def list_presets():
+    """Names of the presets, in definition order (the default first)."""
+    return list(PRESETS)
+
+
+def create_model(preset=DEFAULT_PRESET, **overrides):
+    """Build preset ``preset``'s model; keyword arguments override its ``build_nin`` arguments.
+
+    Overrides whose value is None are dropped (timm's ``create_model``
+    convention), so "not given" always means "the preset's".
+
+    Example: ``create_model("fashion", num_classes=5, input_shape=(28, 28, 3))``.
+    """
+    from nin_keras.model import build_nin
+
+    kwargs = get_preset(preset)["model"]
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return build_nin(**kwargs)
 
 
 def describe_presets():

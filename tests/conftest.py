@@ -26,6 +26,24 @@ def pytest_configure(config):
     split_cpu(TEST_REPLICAS)
 
 
+#: Fixtures that train on real data, and helpers that start processes or train:
+#: a test using any of them is marked ``slow``, so ``pytest -m "not slow"`` is
+#: the quick development loop (CI runs everything).
+SLOW_FIXTURES = {"trained_tiny_run", "exported"}
+SLOW_CALLS = ("start_fit(", "run_tuning(", "run_cli(", "fit.train(", "_train(", "search.main(", "bench.main(",
+              "fit_main(", "mp_worker(", "_bench_inference(", "model.fit(", "evaluate_tflite(")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(call in source for call in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def fashion_dir():
     """The real Fashion-MNIST folder (CI installs Debian's dataset-fashion-mnist)."""

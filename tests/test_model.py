@@ -120,3 +120,24 @@ def test_channels_first_layout_computes_the_same_function():
 def test_bad_data_format_is_refused():
     with pytest.raises(ConfigError, match="Received: 'NHWC'"):
         build_preset("tiny", data_format="NHWC")
+
+
+def test_batch_norm_can_be_set_per_block():
+    """Keras' BatchNorm is unfused on TF: presets put it only where it is cheap (low resolution)."""
+    blocks = [{"filters": 8, "kernel_size": 3, "batch_norm": False}, {"filters": 16, "kernel_size": 3}]
+    model = build_nin(blocks, head_block={"filters": None, "kernel_size": 3, "batch_norm": True}, batch_norm=True)
+    bn = {layer.name.split("_")[0] for layer in model.layers if "_bn" in layer.name}
+    assert bn == {"block2", "head"}
+    with pytest.raises(ConfigError, match="`batch_norm` must be true, false or null. Received: 'yes'"):
+        build_nin([{"filters": 8, "batch_norm": "yes"}])
+
+
+def test_public_api_builds_presets_and_drops_none_overrides():
+    import nin_keras
+
+    assert nin_keras.list_presets()[0] == "fashion" and set(nin_keras.PRESETS) == set(nin_keras.list_presets())
+    model = nin_keras.create_model("tiny", num_classes=5, width_multiplier=None)
+    assert model.output_shape == (None, 5)
+    assert model.count_params() == nin_keras.create_model("tiny", num_classes=5).count_params()
+    with pytest.raises(AttributeError):
+        nin_keras.no_such_thing  # noqa: B018

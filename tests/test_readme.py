@@ -1,0 +1,25 @@
+"""README's code stays true: its Python example runs as written."""
+
+import os
+import re
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_block(heading):
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow  # trains an epoch
+def test_use_it_from_python_example_runs(tmp_path, monkeypatch, capsys):
+    code = readme_block("Use it from Python")
+    assert "nin_keras.train(cfg)" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "['fashion', 'fashion-v1', 'tiny', 'd2l', 'paper-cifar']" in out
+    assert (tmp_path / "runs" / "notebook" / "metrics.json").exists()
