@@ -38,9 +38,15 @@ def read_history(path):
     """Rows of a history CSV as dicts of floats (``epoch`` as int); [] if absent."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+    except (OSError, ValueError, TypeError, csv.Error, UnicodeDecodeError) as e:
+        from nin_keras.errors import DataError
+
+        raise DataError(f"{path}: corrupt training history ({type(e).__name__}: {e}); "
+                        "fix or delete it, or pass --overwrite") from None
 
 
 def write_history(path, rows):

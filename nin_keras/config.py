@@ -81,8 +81,17 @@ def load_config_file(path):
         data.setdefault("precision", "float16" if legacy else "auto")
     unknown = set(data) - FIELDS
     if unknown:
-        raise ConfigError(f"--config {path}: unknown settings {sorted(unknown)}")
+        raise ConfigError(f"--config {path}: unknown settings {sorted(unknown)}{did_you_mean(unknown, FIELDS)}")
     return data
+
+
+def did_you_mean(unknown, known):
+    """'; did you mean ...?' for misspelled keys (empty when nothing is close)."""
+    import difflib
+
+    guesses = {u: difflib.get_close_matches(u, sorted(known), n=1, cutoff=0.6) for u in sorted(unknown)}
+    pairs = [f"{u!r} -> {g[0]!r}" for u, g in guesses.items() if g]
+    return f"; did you mean {', '.join(pairs)}?" if pairs else ""
 
 
 def resolve_config(overrides=None, config_file=None):
@@ -170,6 +179,15 @@ def model_kwargs(cfg, num_classes=10, data_shape=None):
     (``--preset paper-cifar`` on Fashion-MNIST is refused, not turned into a
     28x28x1 model).
     """
+    import inspect
+
+    from nin_keras.model import build_nin
+
+    known = set(inspect.signature(build_nin).parameters)
+    unknown = set(cfg.model) - known
+    if unknown:
+        raise ConfigError(f"unknown model settings {sorted(unknown)} in the config's \"model\" section"
+                          f"{did_you_mean(unknown, known)}")
     kwargs = get_preset(cfg.preset)["model"]
     kwargs.update(cfg.model)
     kwargs["num_classes"] = num_classes

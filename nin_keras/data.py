@@ -82,7 +82,9 @@ def read_idx(path, expected_magic=None):
     dims = struct.unpack(f">{ndim}i", raw[4:header])
     if any(d <= 0 for d in dims):
         raise DataError(f"{path}: invalid IDX dimensions {dims}")
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = 1
+    for d in dims:  # Python ints: a forged header must not overflow int64 into a plausible size
+        expected *= d
     payload = len(raw) - header
     if payload != expected:
         kind = "truncated" if payload < expected else "has trailing bytes"

@@ -110,6 +110,13 @@ def describe(strategy):
     return type(strategy).__name__
 
 
+def is_multi_worker(strategy):
+    """True for MultiWorkerMirroredStrategy (several processes that must act in step)."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def is_chief(strategy):
     """True on the worker that writes the run directory (always true locally)."""
     resolver = getattr(strategy, "cluster_resolver", None)

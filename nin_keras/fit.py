@@ -221,9 +221,6 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     :class:`NinError` subclasses for user-facing problems.
     """
     started = time.monotonic()
-    if cfg.output_dir is None:
-        cfg.output_dir = default_output_dir(cfg.preset)
-
     from nin_keras import distribute
 
     # The CPU split and strategy must exist before any other TensorFlow work.
@@ -238,12 +235,25 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
             f"use a multiple of {replicas}. Received: batch_size={cfg.batch_size}"
         )
     chief = distribute.is_chief(strategy)
+    if cfg.time_budget and distribute.is_multi_worker(strategy):
+        # Each worker would time its own first epoch and could stop after a
+        # different count, leaving the others waiting in a collective.
+        raise ConfigError("--time-budget is not supported with multi-worker training; give --epochs. "
+                          f"Received: time_budget={cfg.time_budget}")
+    if cfg.output_dir is None and chief:
+        cfg.output_dir = default_output_dir(cfg.preset)
     final_dir = cfg.output_dir
     if chief:
         state, run_dir = prepare_run_dir(cfg, resume, overwrite)
         if state == "done":
-            with open(os.path.join(run_dir, RUN_FILES["metrics"])) as f:
-                metrics = json.load(f)
+            metrics_path = os.path.join(run_dir, RUN_FILES["metrics"])
+            try:
+                with open(metrics_path) as f:
+                    metrics = json.load(f)
+                float(metrics["test_accuracy"])
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                raise ConfigError(f"{metrics_path}: unreadable metrics of a finished run ({type(e).__name__}: {e}); "
+                                  "pass --overwrite to train it again") from None
             print_fn(f"{run_dir} already holds this finished run (test acc {metrics['test_accuracy']:.3f}); "
                      "pass --overwrite to train it again.")
             return metrics
@@ -280,8 +290,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
                        cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
     kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
 
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    shard = tf.data.experimental.AutoShardPolicy.DATA if multi_worker else None
+    shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(strategy) else None
     train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
                                                    augment=cfg.augment)
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard)

@@ -244,3 +244,12 @@ def test_a_preset_is_not_silently_rebuilt_for_other_data(capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "preset 'paper-cifar' takes 32x32x3 images but the data has 28x28x1" in err
+
+
+def test_idx_header_whose_size_overflows_int64_is_reported_exactly(tmp_path):
+    import struct
+
+    path = tmp_path / "forged.idx"
+    path.write_bytes(struct.pack(">iiii", 2051, 2**31 - 1, 2**31 - 1, 2**31 - 1))
+    with pytest.raises(DataError, match=f"announces {(2**31 - 1) ** 3} bytes"):
+        data.read_idx(str(path))

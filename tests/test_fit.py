@@ -206,3 +206,47 @@ def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
 def test_time_budget_must_be_positive():
     with pytest.raises(ConfigError, match="time budget must be a number of minutes > 0. Received: 0"):
         resolve_config({"time_budget": 0})
+
+
+def test_unknown_model_key_is_one_line_with_a_suggestion(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "tiny", "model": {"widht_multiplier": 2}}))
+    code = fit.main(["--config", str(path), "--output-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "unknown model settings ['widht_multiplier']" in err and "did you mean 'widht_multiplier' -> 'width_multiplier'" in err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_misspelled_setting_gets_a_suggestion(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochz": 3}))
+    with pytest.raises(ConfigError, match="did you mean 'epochz' -> 'epochs'"):
+        resolve_config({}, str(path))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("metrics.json", "{not json", "unreadable metrics of a finished run"),
+    ("metrics.json", '{"epochs": 3}', "unreadable metrics of a finished run"),
+])
+def test_corrupt_files_in_a_finished_run_are_one_line(tmp_path, capsys, name, content, message):
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = resolve_config({"preset": "tiny", "output_dir": str(run), "precision": "float32"})
+    from nin_keras.config import save_config
+
+    save_config(cfg, str(run / "config.json"))
+    (run / name).write_text(content)
+    code = fit.main(["--preset", "tiny", "--precision", "float32", "--output-dir", str(run)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and message in err
+    assert (run / name).read_text() == content
+
+
+def test_corrupt_history_is_a_data_error(tmp_path):
+    from nin_keras.callbacks import read_history
+    from nin_keras.errors import DataError
+
+    (tmp_path / "history.csv").write_text("epoch,loss\n1,abc\n")
+    with pytest.raises(DataError, match="corrupt training history"):
+        read_history(str(tmp_path / "history.csv"))

@@ -191,3 +191,17 @@ def test_a_search_folder_is_not_resumed_with_other_settings(tmp_path, capsys):
     assert err.count("\n") == 1 and "holds a different search (settings differ: preset)" in err
     assert (out / "best_config.json").read_text() == best
     assert json.load(open(out / "search.json"))["preset"] == "tiny"
+
+
+def test_a_trial_orphaned_by_a_kill_is_retried(tmp_path):
+    """A trial saved as RUNNING but missing from the oracle's ongoing state is queued again, not lost."""
+    from nin_keras.distribute import make_strategy
+
+    args = search.build_parser().parse_args(["--tuner", "random", "--output-dir", str(tmp_path / "s")])
+    tuner = search.make_tuner(args, hypermodel(), make_strategy("one-device"))
+    trial = tuner.oracle.create_trial("tuner0")
+    assert trial.status == "RUNNING"
+    tuner.oracle.ongoing_trials.clear()  # what a kill before keras-tuner saved its state leaves
+    assert search.retry_orphaned_trials(tuner.oracle) == [trial.trial_id]
+    assert tuner.oracle.create_trial("tuner0").trial_id == trial.trial_id
+    assert search.retry_orphaned_trials(tuner.oracle) == []  # ongoing again: nothing to add

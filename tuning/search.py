@@ -168,7 +168,28 @@ def make_tuner(args, hypermodel, strategy):
     else:
         tuner = _timed(keras_tuner.RandomSearch)(hypermodel, max_trials=args.max_trials, **common)
     start_from_defaults(tuner.oracle)
+    retry_orphaned_trials(tuner.oracle)
     return tuner
+
+
+def retry_orphaned_trials(oracle):
+    """Queue for retry the trials a killed search left RUNNING that the oracle has forgotten.
+
+    keras-tuner retries the trials its saved state lists as ongoing, but it
+    writes a new trial's folder (status RUNNING) before it saves that state: a
+    kill in between left the trial RUNNING forever, never retried and never
+    finished (seen here with 1.4.8). Only for the local oracle of keras-tuner
+    1.4.x, whose ``_retry_queue`` this uses; other versions are left alone.
+    """
+    import keras_tuner
+
+    if not keras_tuner.__version__.startswith("1.4.") or not hasattr(oracle, "_retry_queue"):
+        return []
+    ongoing = {trial.trial_id for trial in getattr(oracle, "ongoing_trials", {}).values()}
+    orphans = [trial_id for trial_id, trial in sorted(oracle.trials.items())
+               if trial.status == "RUNNING" and trial_id not in ongoing and trial_id not in oracle._retry_queue]
+    oracle._retry_queue.extend(orphans)
+    return orphans
 
 
 def trial_rows(tuner):
