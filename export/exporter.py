@@ -130,6 +130,23 @@ def data_settings(args, model_path):
     return out
 
 
+def per_class_by_format(y_test, predictions, labels):
+    """Per-class accuracy of Keras and each format: (dict for report.json, markdown table)."""
+    from nin_keras.per_class import per_class_report
+
+    reports = {name: per_class_report(y_test, top1, labels) for name, top1 in predictions.items()}
+    accuracy = {name: {c: r["per_class"][c]["accuracy"] for c in labels} for name, r in reports.items()}
+    names = list(predictions)
+    lines = ["| class | examples | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    support = reports["keras"]["per_class"]
+    for c in labels:
+        cells = ["-" if accuracy[n][c] is None else f"{accuracy[n][c]:.4f}" for n in names]
+        lines.append(f"| {c} | {support[c]['examples']} | " + " | ".join(cells) + " |")
+    pair = reports["keras"]["most_confused"][:3]
+    confused = "; ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in pair)
+    return accuracy, "\n".join(lines) + (f"\n\nMost confused (Keras): {confused}." if confused else "")
+
+
 def _mediapipe_cells(row):
     if "mediapipe_error" in row:
         return ["refused: " + row["mediapipe_error"][:60], "-", "-"]
@@ -219,9 +236,11 @@ def run_export(args, print_fn=print):
     rows = []
     from export.evaluator import evaluate_mediapipe
 
+    predictions = {"keras": keras_top1}
     for fmt in tflite_formats:
         result = evaluate_tflite(written[fmt], x_test, y_test, keras_top1, label=fmt)
         litert_top1 = result.pop("top1")
+        predictions[fmt] = litert_top1
         if args.metadata and deployed.input_shape[-1] == 3:
             result.update(evaluate_mediapipe(written[fmt], x_test, y_test, litert_top1, keras_top1,
                                              scale=args.mediapipe_scale, label=f"{fmt} (MP)"))
@@ -240,7 +259,8 @@ def run_export(args, print_fn=print):
                + (" Input: RGB (a fixed luminance layer feeds the grayscale model)." if rgb and channels == 1 else "")
                + (f" MediaPipe: Tasks ImageClassifier on {args.mediapipe_scale}x-size RGB frames, as an app feeds it."
                   if args.metadata and deployed.input_shape[-1] == 3 else ""))
-    markdown = f"# Export report\n\n{summary}\n\n{table}\n{dense}\n"
+    report["per_class_accuracy"], per_class_table = per_class_by_format(y_test, predictions, labels)
+    markdown = f"# Export report\n\n{summary}\n\n{table}\n{dense}\n\n## Accuracy per class\n\n{per_class_table}\n"
     atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(os.path.join(out_dir, "report.md"), markdown)
     print_fn(markdown)

@@ -28,6 +28,8 @@ RUN_FILES = {
     "metrics": "metrics.json",
     "labels": "labels.txt",
     "plot": "history.png",
+    "per_class": "per_class.json",
+    "confusion": "confusion.png",
     "logs": "logs",
     "backup": "backup",
 }
@@ -344,8 +346,8 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
         model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                   shuffle=False)
-        metrics = _finish(cfg, model, strategy, splits, test_ds, history_csv.rows, throughput, steps_per_epoch,
-                          path, chief, stopper)
+        metrics, per_class = _finish(cfg, model, strategy, splits, test_ds, history_csv.rows, throughput,
+                                     steps_per_epoch, path, chief, stopper)
     except Interrupted as e:
         code = 128 + e.signum
         print_fn(f"\ninterrupted by {e}: the last finished epoch is saved in {path['backup']}; "
@@ -361,17 +363,24 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
     print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
              f"test acc {metrics['test_accuracy']:.3f}, {speed} on {strategy.num_replicas_in_sync} replica(s)")
     if chief:
+        if per_class is not None:
+            from nin_keras.per_class import summary_line
+
+            print_fn(summary_line(per_class))
         print_fn(f"run saved in {final_dir}")
     return metrics
 
 
 def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_per_epoch, path, chief, stopper):
-    """After fit: divergence check, test evaluation, model/labels/plot/metrics files.
+    """After fit: divergence check, test evaluation, per-class results, model/labels/plot/metrics files.
+
+    Returns (metrics, per-class report or None).
 
     Signals still stop the run here (``stopper.check``), between whole files,
     and the training backup still exists, so a rerun finishes these steps
     without training again.
     """
+    from nin_keras import distribute
     from nin_keras.callbacks import first_non_finite
     from nin_keras.plotting import plot_history
 
@@ -405,14 +414,24 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
     # Every worker must take part in saving (collectives); only the chief's files are kept.
     with atomic_path(path["model"]) as tmp:
         model.save(tmp)
+    per_class = None
+    if chief and not distribute.is_multi_worker(strategy):
+        # Per-class results need every test prediction in one place (not sharded across workers).
+        from nin_keras.per_class import per_class_report, plot_confusion
+
+        predicted = model.predict(test_ds, verbose=0, callbacks=[stopper]).argmax(axis=1)
+        per_class = per_class_report(splits.y_test, predicted, splits.class_names)
     if chief:
         stopper.check()
         atomic_write_text(path["labels"], "\n".join(splits.class_names) + "\n")
+        if per_class is not None:
+            atomic_write_text(path["per_class"], json.dumps(per_class, indent=2) + "\n")
+            plot_confusion(per_class, path["confusion"], title=f"NiN ({cfg.preset}) on the test set")
         plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")
         stopper.check()
         # Last: its presence marks the run finished.
         atomic_write_text(path["metrics"], json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return metrics, per_class
 
 
 def main(argv=None):

@@ -210,7 +210,10 @@ def test_tflite_files_carry_labels_and_mediapipe_loads_them(exported):
         assert row["mediapipe_frame_size"] == [56, 56]
         assert row["mediapipe_agreement_with_litert"] >= 0.99, row
     assert report["rgb_input"] and TFLiteClassifier(os.path.join(out, "nin_int8.tflite")).input["shape"][-1] == 3
-    assert "MediaPipe = LiteRT" in open(os.path.join(out, "report.md")).read()
+    markdown = open(os.path.join(out, "report.md")).read()
+    assert "MediaPipe = LiteRT" in markdown and "## Accuracy per class" in markdown
+    assert set(report["per_class_accuracy"]) == {"keras", "float32", "float16", "dynamic", "int8"}
+    assert set(report["per_class_accuracy"]["int8"]) == set(labels)
 
 
 def test_rgb_input_gives_the_grayscale_models_prediction(trained_tiny_run, fashion_test):

@@ -48,7 +48,8 @@ def test_tiny_real_run_beats_chance_and_writes_the_run_dir(trained_tiny_run):
     assert metrics["test_examples"] == 10000
     assert metrics["test_accuracy"] > 0.6  # chance is 0.1
     assert metrics["replicas"] == 2 and metrics["epochs"] == 3
-    for name in ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "labels.txt", "history.png"):
+    for name in ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "labels.txt", "history.png",
+                 "per_class.json", "confusion.png"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     assert os.listdir(os.path.join(run_dir, "logs"))
     assert not os.path.exists(os.path.join(run_dir, "backup"))  # removed once training finished
@@ -56,6 +57,9 @@ def test_tiny_real_run_beats_chance_and_writes_the_run_dir(trained_tiny_run):
         lines = f.read().splitlines()
     assert lines[0].startswith("epoch,") and [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3"]
     assert open(os.path.join(run_dir, "labels.txt")).read().splitlines()[9] == "Ankle boot"
+    per_class = json.load(open(os.path.join(run_dir, "per_class.json")))
+    assert sum(v["examples"] for v in per_class["per_class"].values()) == 10000
+    assert per_class["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-3)  # same predictions
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)
     assert saved["preset"] == "tiny" and saved["epochs"] == 3 and saved["learning_rate"] == 0.003

@@ -137,3 +137,19 @@ def test_isa_cap_is_honoured_and_reported():
     capped = bench.onednn_isa({"ONEDNN_MAX_CPU_ISA": "SSE41"})
     assert capped is not None and "SSE4.1" in capped
     assert bench.build_parser().parse_args(["--isa-cap", "AVX2"]).isa_cap == "AVX2"
+
+
+def test_per_class_report_matches_a_hand_computed_case():
+    from nin_keras.per_class import per_class_report, summary_line
+
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 0, 1, 1, 2, 2, 2, 1, 1]
+    r = per_class_report(y_true, y_pred, ["a", "b", "c"])
+    assert r["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 2, 2]]
+    assert r["per_class"]["a"] == {"accuracy": 2 / 3, "examples": 3}
+    assert r["per_class"]["b"]["accuracy"] == 0.5 and r["per_class"]["c"]["accuracy"] == 0.5
+    assert r["most_confused"][0] == {"true": "c", "predicted": "b", "count": 2}
+    assert r["accuracy"] == pytest.approx(5 / 9)
+    assert summary_line(r).startswith("hardest classes: b 0.500, c 0.500, a 0.667; most confused: c -> b (2)")
+    empty = per_class_report([0], [0], ["a", "b"])
+    assert empty["per_class"]["b"] == {"accuracy": None, "examples": 0}
