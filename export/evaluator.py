@@ -125,3 +125,22 @@ def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, scal
         "mediapipe_agreement_with_keras": float(np.mean(preds == keras_top1)),
         "mediapipe_frame_size": [int(d * scale) for d in images.shape[1:3]],
     }
+
+
+def litert_benchmark(model_path, threads=1, runs=50, timeout=180):
+    """Mean latency in ms from LiteRT's own benchmark tool (as on a device), or None if it fails.
+
+    Runs ``python -m ai_edge_litert.tools.benchmark_litert_model`` (shipped
+    with ai-edge-litert) and reads its ``Inference (avg)`` line.
+    """
+    import re
+    import subprocess
+
+    cmd = [sys.executable, "-m", "ai_edge_litert.tools.benchmark_litert_model", "--model", str(model_path),
+           "--num_threads", str(threads), "--num_runs", str(runs)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"Inference \(avg\):\s*([0-9.]+)\s*ms", proc.stdout + proc.stderr)
+    return float(match.group(1)) if match else None

@@ -52,6 +52,8 @@ def build_parser():
                              "(default on; needs: pip install \"nin_keras[phone]\")")
     parser.add_argument("--mediapipe-scale", type=int, default=2,
                         help="verification feeds MediaPipe RGB frames this many times the model's size (default 2)")
+    parser.add_argument("--litert-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time each file with LiteRT's own benchmark tool, 1 and 2 threads (default on)")
     parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT/MediaPipe evaluation and report")
     parser.add_argument("--seed", type=int,
                         help="data split seed (default: the run's, from its config.json; else 0)")
@@ -74,7 +76,8 @@ def parameter_report(model):
 
 def format_table(rows):
     """Markdown table of the per-format results."""
-    header = ("format", "size KB", "x float32", "accuracy", "agree w/ Keras", "mean ms", "p95 ms", "param bytes",
+    header = ("format", "size KB", "x float32", "accuracy", "agree w/ Keras", "mean ms", "p95 ms",
+              "LiteRT tool ms, 1 / 2 threads", "param bytes",
               "MediaPipe accuracy", "MediaPipe = LiteRT", "MediaPipe = Keras")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -84,6 +87,8 @@ def format_table(rows):
             f"{r['agreement_with_keras']:.4f}" if "agreement_with_keras" in r else "-",
             f"{r['latency_ms_mean']:.3f}" if "latency_ms_mean" in r else "-",
             f"{r['latency_ms_p95']:.3f}" if "latency_ms_p95" in r else "-",
+            " / ".join("-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("litert_tool_ms_1_thread",
+                                                                             "litert_tool_ms_2_threads")),
             f"{r['parameter_bytes']:,}",
             *_mediapipe_cells(r),
         ]) + " |")
@@ -234,7 +239,7 @@ def run_export(args, print_fn=print):
     report["test_examples"] = int(len(y_test))
     float32_size = os.path.getsize(written["float32"]) if "float32" in written else None
     rows = []
-    from export.evaluator import evaluate_mediapipe
+    from export.evaluator import evaluate_mediapipe, litert_benchmark
 
     predictions = {"keras": keras_top1}
     for fmt in tflite_formats:
@@ -244,6 +249,9 @@ def run_export(args, print_fn=print):
         if args.metadata and deployed.input_shape[-1] == 3:
             result.update(evaluate_mediapipe(written[fmt], x_test, y_test, litert_top1, keras_top1,
                                              scale=args.mediapipe_scale, label=f"{fmt} (MP)"))
+        if args.litert_benchmark:
+            result["litert_tool_ms_1_thread"] = litert_benchmark(written[fmt], threads=1)
+            result["litert_tool_ms_2_threads"] = litert_benchmark(written[fmt], threads=2)
         size = os.path.getsize(written[fmt])
         rows.append({"format": fmt, "path": written[fmt], "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
@@ -255,7 +263,8 @@ def run_export(args, print_fn=print):
              f"in float32) instead of {report['parameters']:,} ({report['parameter_bytes']['float32'] / 2**20:,.2f} MiB).") \
         if "dense_head_parameters" in report else ""
     summary = (f"Keras accuracy on {len(y_test)} test images: {report['keras_accuracy']:.4f}. "
-               "Latency: LiteRT, batch 1, 1 thread, this CPU."
+               "Latency: LiteRT from Python, batch 1, 1 thread, this CPU; and LiteRT's own benchmark tool "
+               "(mean of 50 runs, as on a device)."
                + (" Input: RGB (a fixed luminance layer feeds the grayscale model)." if rgb and channels == 1 else "")
                + (f" MediaPipe: Tasks ImageClassifier on {args.mediapipe_scale}x-size RGB frames, as an app feeds it."
                   if args.metadata and deployed.input_shape[-1] == 3 else ""))

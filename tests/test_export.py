@@ -209,6 +209,7 @@ def test_tflite_files_carry_labels_and_mediapipe_loads_them(exported):
         # Fed as RGB frames twice the model's size, the way an app feeds camera frames.
         assert row["mediapipe_frame_size"] == [56, 56]
         assert row["mediapipe_agreement_with_litert"] >= 0.99, row
+        assert row["litert_tool_ms_1_thread"] > 0 and row["litert_tool_ms_2_threads"] > 0  # LiteRT's own tool
     assert report["rgb_input"] and TFLiteClassifier(os.path.join(out, "nin_int8.tflite")).input["shape"][-1] == 3
     markdown = open(os.path.join(out, "report.md")).read()
     assert "MediaPipe = LiteRT" in markdown and "## Accuracy per class" in markdown
