@@ -190,7 +190,7 @@ def write_tflite(out_dir, fmt, tflite_bytes, meta):
     """
     path = os.path.join(out_dir, f"nin_{fmt}.tflite")
     json_path = os.path.splitext(path)[0] + ".json"
-    staged = []
+    staged, renamed = [], 0
     try:
         for target, data in ((path, tflite_bytes), (json_path, (json.dumps(meta, indent=2) + "\n").encode())):
             fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=out_dir)
@@ -201,8 +201,11 @@ def write_tflite(out_dir, fmt, tflite_bytes, meta):
                 os.fsync(f.fileno())
         for tmp, target in staged:
             os.replace(tmp, target)
+            renamed += 1
     except OSError as e:
-        raise ExportError(f"{path}: cannot write ({e.strerror or e}); the previous files are unchanged") from None
+        state = ("the previous files are unchanged" if not renamed else
+                 "the model was replaced but not its sidecar; export again")
+        raise ExportError(f"{path}: cannot write ({e.strerror or e}); {state}") from None
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):

@@ -23,7 +23,7 @@ from export.converter import (
 from nin_keras.config import FIT_DEFAULTS
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
-from nin_keras.io import atomic_write_text
+from nin_keras.io import atomic_write_text, read_json_object
 
 EXIT_ACCURACY_GATE = 3
 
@@ -109,15 +109,7 @@ def data_settings(args, model_path):
     moved to another folder); without a run config, flags and defaults apply.
     """
     config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-    run = {}
-    if os.path.isfile(config_path):
-        try:
-            with open(config_path) as f:
-                run = json.load(f)
-            if not isinstance(run, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            raise NinError(f"{config_path}: unreadable run config ({e})") from None
+    run = read_json_object(config_path, "run config") if os.path.isfile(config_path) else {}
     out = {}
     for key in SPLIT_SETTINGS:
         flag, saved = getattr(args, key), run.get(key)
@@ -199,9 +191,9 @@ def run_export(args, print_fn=print):
     rgb = args.rgb_input if args.rgb_input is not None else channels == 1
     deployed = with_rgb_input(model) if rgb else model
     if args.metadata and tflite_formats:
-        from export.phone import _import_writers
+        from export.phone import import_metadata_writers
 
-        _import_writers()  # a missing mediapipe is one line now, not after the first conversion
+        import_metadata_writers()  # a missing mediapipe is one line now, not after the first conversion
     run_name = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
     written = {}
     for fmt in formats:

@@ -53,7 +53,7 @@ def with_rgb_input(model):
     return keras.Model(inputs, model(gray), name=f"{model.name}_rgb")
 
 
-def _import_writers():
+def import_metadata_writers():
     """MediaPipe's metadata writers, with a narrow shim for the module mediapipe 1.2.x's wheel lacks.
 
     ``metadata.py`` imports ``mediapipe.tasks.cc.metadata.python._pywrap_metadata_version``
@@ -90,7 +90,7 @@ def add_metadata(tflite_bytes, labels, name, description, version="1", author="n
     itself, so apps feed raw 0-255 values to float models and raw bytes to
     uint8 ones.
     """
-    metadata_writer, metadata_info = _import_writers()
+    metadata_writer, metadata_info = import_metadata_writers()
 
     class Writer(metadata_writer.MetadataWriter):
         def __del__(self):
@@ -132,7 +132,7 @@ class MediaPipeClassifier:
     """
 
     def __init__(self, tflite_path, max_results=1):
-        _import_writers()  # same optional-dependency error
+        import_metadata_writers()  # same optional-dependency error
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core import base_options
 

@@ -102,7 +102,7 @@ def make_strategy(name="auto", cpu_replicas=None):
 
 
 def describe(strategy):
-    """A short name for logs: the strategy's class, or "default (one device)"."""
+    """A short name for logs: the strategy's class, or "default strategy, one device"."""
     import tensorflow as tf
 
     if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():

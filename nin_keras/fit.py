@@ -16,7 +16,7 @@ import time
 from nin_keras import config as config_lib
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ConfigError, TrainingDiverged
-from nin_keras.io import atomic_path, atomic_write_text
+from nin_keras.io import atomic_path, atomic_write_text, read_json_object
 from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
 from nin_keras.presets import PRESETS, describe_presets
 
@@ -102,13 +102,7 @@ def prepare_run_dir(cfg, resume=False, overwrite=False):
         return "replace", _check_writable(run_dir)
     state = "new"
     if os.path.exists(config_path):
-        try:
-            with open(config_path) as f:
-                saved = json.load(f)
-            if not isinstance(saved, dict):
-                raise ValueError(f"expected a JSON object, found {type(saved).__name__}")
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{config_path}: unreadable run config ({e}); use --overwrite to start afresh") from None
+        saved = read_json_object(config_path, "run config", "; use --overwrite to start afresh")
         diff = config_lib.config_differences(saved, cfg.to_dict())
         if diff and not resume:
             raise ConfigError(
@@ -339,7 +333,8 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
             on_epoch_end=lambda epoch, logs: shutil.rmtree(aside, ignore_errors=True)))
     if cfg.time_budget:
         # The schedule first: TimeBudget shortens it once epoch 1 is timed.
-        callbacks += [c for c in (schedule,) if c is not None]
+        if schedule is not None:
+            callbacks.append(schedule)
         callbacks.append(TimeBudget(cfg.time_budget, started, steps_per_epoch, cfg.epochs, schedule, print_fn=print_fn))
     try:
         # shuffle=False: the tf.data pipeline already shuffles (seeded).
@@ -392,7 +387,21 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
             f"(learning rate {cfg.learning_rate} may be too high){kept}"
         )
 
-    test_loss, test_acc = model.evaluate(test_ds, verbose=0, callbacks=[stopper])
+    per_class = None
+    if distribute.is_multi_worker(strategy):
+        # Sharded across workers: only evaluate() combines their results.
+        test_loss, test_acc = model.evaluate(test_ds, verbose=0, callbacks=[stopper])
+    else:
+        # One pass gives the loss, the accuracy and the per-class results.
+        import keras
+
+        from nin_keras.per_class import per_class_report
+
+        probs = model.predict(test_ds, verbose=0, callbacks=[stopper])
+        test_loss = float(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+            splits.y_test, probs)).mean())
+        per_class = per_class_report(splits.y_test, probs.argmax(axis=1), splits.class_names)
+        test_acc = per_class["accuracy"]
     last = history[-1] if history else {}
     metrics = {
         "preset": cfg.preset,
@@ -414,17 +423,12 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
     # Every worker must take part in saving (collectives); only the chief's files are kept.
     with atomic_path(path["model"]) as tmp:
         model.save(tmp)
-    per_class = None
-    if chief and not distribute.is_multi_worker(strategy):
-        # Per-class results need every test prediction in one place (not sharded across workers).
-        from nin_keras.per_class import per_class_report, plot_confusion
-
-        predicted = model.predict(test_ds, verbose=0, callbacks=[stopper]).argmax(axis=1)
-        per_class = per_class_report(splits.y_test, predicted, splits.class_names)
     if chief:
         stopper.check()
         atomic_write_text(path["labels"], "\n".join(splits.class_names) + "\n")
         if per_class is not None:
+            from nin_keras.per_class import plot_confusion
+
             atomic_write_text(path["per_class"], json.dumps(per_class, indent=2) + "\n")
             plot_confusion(per_class, path["confusion"], title=f"NiN ({cfg.preset}) on the test set")
         plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")

@@ -45,6 +45,22 @@ def _remove_quietly(path):
         os.remove(path)
 
 
+def read_json_object(path, what, hint=""):
+    """Read a JSON file that must hold an object; ConfigError ``"<path>: unreadable <what> (<why>)<hint>"``."""
+    import json
+
+    from nin_keras.errors import ConfigError
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{path}: unreadable {what} ({e}){hint}") from None
+    return data
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` atomically (fsync'd before the rename)."""
     with atomic_path(path) as tmp:

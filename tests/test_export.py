@@ -277,7 +277,7 @@ def test_an_export_interrupted_between_model_and_sidecar_is_detected(exported, t
     predict.load_sidecar(str(target / "nin_float32.tflite"))
     calls.clear()
     fail_at = 2  # between the two renames: new model, old sidecar
-    with pytest.raises(converter.ExportError):
+    with pytest.raises(converter.ExportError, match="the model was replaced but not its sidecar"):
         converter.write_tflite(str(target), "float32", blob, meta)
     monkeypatch.undo()
     assert not [f for f in os.listdir(target) if ".tmp" in f]

@@ -15,7 +15,7 @@ import time
 from nin_keras import config as config_lib
 from nin_keras.errors import ConfigError, NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
-from nin_keras.io import atomic_write_text
+from nin_keras.io import atomic_write_text, read_json_object
 from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
 from nin_keras.presets import PRESETS
 
@@ -77,20 +77,13 @@ def check_search_dir(args):
     """
     path = os.path.join(args.output_dir, SEARCH_FILE)
     settings = {k: getattr(args, k) for k in SEARCH_SETTINGS}
-    if os.path.exists(path) and not args.overwrite:
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-            if not isinstance(saved, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable search settings ({e}); pass --overwrite to start afresh") from None
+    if not args.overwrite and os.path.exists(path):
+        saved = read_json_object(path, "search settings", "; pass --overwrite to start afresh")
         diff = sorted(k for k in SEARCH_SETTINGS if saved.get(k) != settings[k])
         if diff:
             raise ConfigError(f"--output-dir {args.output_dir} holds a different search (settings differ: "
                               f"{', '.join(diff)}); pass --overwrite to replace it, or another --output-dir")
-    elif (os.path.isdir(os.path.join(args.output_dir, PROJECT)) and not args.overwrite
-          and not os.path.exists(path)):
+    elif not args.overwrite and os.path.isdir(os.path.join(args.output_dir, PROJECT)):
         raise ConfigError(f"--output-dir {args.output_dir} holds a search without {SEARCH_FILE} (made by an older "
                           "version); pass --overwrite to replace it, or another --output-dir")
     atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
