@@ -44,14 +44,37 @@ def local_devices():
 
 
 def tf_config_workers():
-    """Number of workers (chief included) that $TF_CONFIG describes; 0 if unset."""
+    """Number of workers (chief included) that $TF_CONFIG describes; 0 if unset.
+
+    Raises :class:`ConfigError` (one line) for a $TF_CONFIG that
+    MultiWorkerMirroredStrategy could not use: not JSON, no cluster, a task
+    missing or outside the cluster, an address that is not ``host:port``.
+    """
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return 0
+
+    def bad(problem):
+        return f"$TF_CONFIG is not usable for multi-worker training: {problem}. Received: {raw[:120]!r}"
+
     try:
-        cluster = json.loads(raw).get("cluster", {})
-    except (json.JSONDecodeError, AttributeError):
-        raise ConfigError(f"$TF_CONFIG is not valid JSON with a 'cluster' key. Received: {raw[:80]!r}") from None
+        spec = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ConfigError(bad("not valid JSON")) from None
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    if not isinstance(cluster, dict) or not cluster:
+        raise ConfigError(bad("no 'cluster' object"))
+    for job, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(
+                isinstance(a, str) and a.rpartition(":")[2].isdigit() and a.rpartition(":")[0] for a in addresses):
+            raise ConfigError(bad(f"cluster.{job} must be a list of 'host:port' strings"))
+    task = spec.get("task")
+    if task is not None:
+        if not isinstance(task, dict) or task.get("type") not in cluster:
+            raise ConfigError(bad(f"task.type must be one of {sorted(cluster)}"))
+        index = task.get("index", 0)
+        if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+            raise ConfigError(bad(f"task.index must be 0..{len(cluster[task['type']]) - 1}"))
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -95,8 +118,11 @@ def make_strategy(name="auto", cpu_replicas=None):
     if name == "one-device":
         return tf.distribute.OneDeviceStrategy(local_devices()[0])
     if name == "multi-worker":
-        if not os.environ.get("TF_CONFIG"):
+        if not tf_config_workers():
             raise ConfigError("--strategy multi-worker needs $TF_CONFIG describing the cluster and this task.")
+        if not isinstance(json.loads(os.environ["TF_CONFIG"]).get("task"), dict):
+            raise ConfigError("--strategy multi-worker: $TF_CONFIG has no 'task' naming this worker "
+                              '(e.g. {"type": "worker", "index": 0})')
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown strategy. Received: {name!r}")
 
@@ -127,3 +153,108 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+# ------------------------------------------------------------ worker agreement
+
+# How long a worker waits for the others at an agreement point (they may be
+# loading a large image folder); a worker that never arrives ends the wait
+# with a one-line error instead of a hang.
+AGREEMENT_TIMEOUT_SECONDS = 1800
+_MESSAGE_BYTES = 4096
+
+
+def worker_name(strategy):
+    """``chief``, ``worker 1``... for messages; "local" outside multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return "local"
+    return "chief" if resolver.task_type == "chief" else f"{resolver.task_type} {resolver.task_id}"
+
+
+def exchange(strategy, message, timeout=AGREEMENT_TIMEOUT_SECONDS):
+    """Send a small JSON-able ``message`` to every worker; returns all workers' messages, chief first.
+
+    One all-reduce: each replica writes its worker's message (UTF-8 bytes, at
+    most 4 KiB) into its own row of a zero matrix and the rows are summed, so
+    every worker ends with every message. Raises :class:`ConfigError` if a
+    worker does not arrive within ``timeout`` seconds or the cluster fails.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    data = json.dumps(message).encode()
+    if len(data) > _MESSAGE_BYTES:
+        raise ValueError(f"agreement message of {len(data)} bytes exceeds {_MESSAGE_BYTES}")
+    row = np.zeros(_MESSAGE_BYTES, np.float32)  # bytes 0-255 are exact in float32
+    row[: len(data)] = np.frombuffer(data, np.uint8)
+    replicas = strategy.num_replicas_in_sync
+
+    def rows():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.one_hot(replica, replicas)[:, None] * tf.constant(row)[None, :]
+
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    try:
+        total = strategy.extended.reduce_to(tf.distribute.ReduceOp.SUM, strategy.run(rows), "/cpu:0", options=options)
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as e:
+        from nin_keras.errors import ClusterError
+
+        raise ClusterError(f"{cluster_failure(e)} (while the workers agreed on the run's state)") from None
+    messages = []
+    for values in total.numpy().astype(np.uint8):
+        decoded = json.loads(bytes(values).rstrip(b"\0").decode())
+        if not messages or decoded != messages[-1]:  # one row per local replica: keep one per worker
+            messages.append(decoded)
+    return sorted(messages, key=lambda m: m.get("worker") != "chief")
+
+
+def cluster_failure(error):
+    """One line for a collective that failed because a worker stopped, hung or is unreachable."""
+    import tensorflow as tf
+
+    if isinstance(error, tf.errors.DeadlineExceededError):
+        what = f"a worker did not arrive within {AGREEMENT_TIMEOUT_SECONDS} s"
+    else:
+        what = "a worker of the cluster stopped or is unreachable"
+    return f"multi-worker training: {what}; restart every worker with the same command to resume"
+
+
+def agree(strategy, step, share=None):
+    """Run ``step()`` on every worker and make all of them act on the same outcome.
+
+    Outside multi-worker training this is just ``step()``. Under
+    MultiWorkerMirroredStrategy every worker reports whether its step raised a
+    :class:`NinError` (and, with ``share``, a JSON-able summary of its result);
+    if any did, *every* worker raises the same one-line error (the chief's
+    first), so none is left waiting in a collective for a worker that exited.
+    Returns ``(result, shared)``: this worker's own result and the workers'
+    ``share(result)`` dicts, chief first (``[]`` locally).
+    """
+    from nin_keras.errors import NinError
+
+    if not is_multi_worker(strategy):
+        return step(), []
+    result, error = None, None
+    try:
+        result = step()
+    except NinError as e:
+        error = e
+    name = worker_name(strategy)
+    message = {"worker": "chief" if is_chief(strategy) else name,
+               "error": None if error is None else [type(error).__name__, str(error)],
+               "shared": share(result) if share is not None and error is None else None}
+    messages = exchange(strategy, message)
+    for m in messages:
+        if m["error"]:
+            kind, text = m["error"]
+            error_type = _error_types().get(kind, ConfigError)
+            raise error_type(text if m["worker"] == "chief" else f"{m['worker']}: {text}")
+    return result, [m["shared"] for m in messages]
+
+
+def _error_types():
+    from nin_keras import errors
+
+    return {c.__name__: c for c in (errors.NinError, errors.DataError, errors.ConfigError, errors.ClusterError,
+                                           errors.TrainingDiverged)}

@@ -23,5 +23,9 @@ class ConfigError(NinError):
     """A setting, preset, or config file is invalid."""
 
 
+class ClusterError(NinError):
+    """A multi-worker cluster lost a worker or could not agree in time."""
+
+
 class TrainingDiverged(NinError):
     """The loss became NaN or infinite."""

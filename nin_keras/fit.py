@@ -7,6 +7,7 @@ plot are written into the run directory.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import time
 
 from nin_keras import config as config_lib
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
-from nin_keras.errors import ConfigError, TrainingDiverged
+from nin_keras.errors import ClusterError, ConfigError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text, read_json_object
 from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
 from nin_keras.presets import PRESETS, describe_presets
@@ -210,11 +211,42 @@ def compile_model(model, cfg, steps_per_epoch, adjustable_schedule=None):
     )
 
 
+@dataclasses.dataclass
+class Run:
+    """One training job as it moves through :func:`train`'s stages.
+
+    ``run_dir`` is where this process writes: the run folder on the chief, a
+    private temporary folder on other workers (only the chief's files are
+    kept). ``state`` is the chief's decision, shared by every worker:
+    "new", "resume", "done" or "replace" (see :func:`prepare_run_dir`).
+    """
+
+    cfg: config_lib.FitConfig
+    strategy: object
+    chief: bool
+    state: str
+    run_dir: str
+    final_dir: str
+    print_fn: object = print
+    started: float = 0.0
+    finished_metrics: dict = None
+    splits: object = None
+    model_kwargs: dict = None
+
+    @property
+    def path(self):
+        """The run's files (``RUN_FILES``) inside ``run_dir``."""
+        return {k: os.path.join(self.run_dir, v) for k, v in RUN_FILES.items()}
+
+
 def train(cfg, resume=False, overwrite=False, print_fn=print):
     """Run one training job described by a resolved :class:`FitConfig`.
 
-    Returns the metrics dict (also written to ``metrics.json``). Raises
-    :class:`NinError` subclasses for user-facing problems.
+    Stages: strategy, :func:`open_run` (the run folder's state, agreed by
+    every worker), :func:`load_run_data` (agreed too), then build, fit and
+    finish in :func:`fit_run`. Returns the metrics dict (also written to
+    ``metrics.json``). Raises :class:`NinError` subclasses for user-facing
+    problems; under multi-worker training every worker raises the same one.
     """
     started = time.monotonic()
     from nin_keras import distribute
@@ -224,67 +256,135 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     # Resolved before the run-dir check so config.json records what ran and a
     # rerun of the same command matches it.
     cfg.precision = resolve_precision(cfg.precision)
+    run = open_run(cfg, strategy, resume, overwrite, print_fn, started)
+    if run.state == "done":
+        return run.finished_metrics
+    try:
+        load_run_data(run)
+        with precision_scope(cfg.precision):
+            return fit_run(run)
+    finally:
+        if not run.chief:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
+def _check_strategy_settings(cfg, strategy):
+    from nin_keras import distribute
+
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ConfigError(
             f"global batch size {cfg.batch_size} is not divisible by the {replicas} replicas; "
             f"use a multiple of {replicas}. Received: batch_size={cfg.batch_size}"
         )
-    chief = distribute.is_chief(strategy)
     if cfg.time_budget and distribute.is_multi_worker(strategy):
         # Each worker would time its own first epoch and could stop after a
         # different count, leaving the others waiting in a collective.
         raise ConfigError("--time-budget is not supported with multi-worker training; give --epochs. "
                           f"Received: time_budget={cfg.time_budget}")
-    if cfg.output_dir is None and chief:
-        cfg.output_dir = default_output_dir(cfg.preset)
-    final_dir = cfg.output_dir
-    if chief:
+
+
+def read_finished_metrics(run_dir):
+    """The metrics of a finished run, or a one-line error if they cannot be read."""
+    metrics_path = os.path.join(run_dir, RUN_FILES["metrics"])
+    try:
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        float(metrics["test_accuracy"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{metrics_path}: unreadable metrics of a finished run ({type(e).__name__}: {e}); "
+                          "pass --overwrite to train it again") from None
+    return metrics
+
+
+def open_run(cfg, strategy, resume, overwrite, print_fn=print, started=0.0):
+    """Decide the run folder's state on the chief and share it with every worker.
+
+    This is the first agreement point: no worker has built a model or touched
+    a collective yet, so a finished run, a refused folder or a bad setting
+    ends every worker the same way (the finished run's metrics, or the same
+    one-line error) instead of leaving the others hanging.
+    """
+    from nin_keras import distribute
+
+    chief = distribute.is_chief(strategy)
+
+    def decide():
+        _check_strategy_settings(cfg, strategy)
+        if not chief:
+            return None
+        if cfg.output_dir is None:
+            cfg.output_dir = default_output_dir(cfg.preset)
         state, run_dir = prepare_run_dir(cfg, resume, overwrite)
-        if state == "done":
-            metrics_path = os.path.join(run_dir, RUN_FILES["metrics"])
-            try:
-                with open(metrics_path) as f:
-                    metrics = json.load(f)
-                float(metrics["test_accuracy"])
-            except (OSError, ValueError, TypeError, KeyError) as e:
-                raise ConfigError(f"{metrics_path}: unreadable metrics of a finished run ({type(e).__name__}: {e}); "
-                                  "pass --overwrite to train it again") from None
-            print_fn(f"{run_dir} already holds this finished run (test acc {metrics['test_accuracy']:.3f}); "
-                     "pass --overwrite to train it again.")
-            return metrics
-    else:
-        # Non-chief workers must save too (collective ops), but somewhere private.
+        metrics = read_finished_metrics(run_dir) if state == "done" else None
+        return {"state": state, "run_dir": run_dir, "metrics": metrics}
+
+    decision, shared = distribute.agree(strategy, decide, share=lambda d: d)
+    if not chief:
+        decision = shared[0]
+        # The chief may have chosen the default folder: every worker names the same one.
+        cfg.output_dir = decision["run_dir"]
+    run = Run(cfg, strategy, chief, decision["state"], decision["run_dir"], decision["run_dir"], print_fn, started,
+              finished_metrics=decision["metrics"])
+    if run.state == "done":
+        print_fn(f"{run.final_dir} already holds this finished run (test acc "
+                 f"{run.finished_metrics['test_accuracy']:.3f}); pass --overwrite to train it again.")
+    elif not chief:
+        # Non-chief workers must save too (they take part in collectives), but somewhere private.
         import tempfile
 
-        run_dir = tempfile.mkdtemp(prefix="nin_keras-worker-")
-        state = "new"
-
-    try:
-        with precision_scope(cfg.precision):
-            return _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started)
-    finally:
-        if not chief:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        run.run_dir = tempfile.mkdtemp(prefix="nin_keras-worker-")
+    return run
 
 
-def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started):
+def load_run_data(run):
+    """Load and check the data on every worker (the second agreement point).
+
+    A non-chief worker resuming a run also copies the chief's training backup
+    into its private folder here, so every worker restores the same epoch;
+    that needs the run folder on storage all workers see.
+    """
+    from nin_keras import distribute
+    from nin_keras.data import load_data
+
+    cfg = run.cfg
+
+    def load():
+        kwargs = config_lib.model_kwargs(cfg)
+        splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
+                           cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
+        kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
+        if not run.chief and run.state == "resume":
+            _copy_chief_backup(run)
+        return splits, kwargs
+
+    (run.splits, run.model_kwargs), _ = distribute.agree(run.strategy, load)
+
+
+def _copy_chief_backup(run):
+    chief_backup = os.path.join(run.final_dir, RUN_FILES["backup"])
+    if not os.path.isfile(os.path.join(run.final_dir, RUN_FILES["config"])):
+        raise ConfigError(f"cannot see the run folder {run.final_dir} that the chief resumes: resuming a "
+                          "multi-worker run needs --output-dir on storage every worker shares (same path)")
+    if os.path.isdir(chief_backup):
+        shutil.copytree(chief_backup, run.path["backup"])
+
+
+def fit_run(run):
+    """Build and compile the model under the strategy, ``model.fit`` it, then evaluate and save."""
     import keras
-    import tensorflow as tf
 
     from nin_keras import distribute
     from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TimeBudget,
                                      TrainThroughput)
-    from nin_keras.data import load_data, make_dataset, make_train_dataset
+    from nin_keras.data import make_dataset, make_train_dataset
     from nin_keras.model import build_nin
 
-    path = {k: os.path.join(run_dir, v) for k, v in RUN_FILES.items()}
+    cfg, strategy, splits, path, print_fn = run.cfg, run.strategy, run.splits, run.path, run.print_fn
+    state, chief, run_dir, final_dir = run.state, run.chief, run.run_dir, run.final_dir
     keras.utils.set_random_seed(cfg.seed)
 
-    kwargs = config_lib.model_kwargs(cfg)
-    splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
-                       cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
-    kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
+    import tensorflow as tf
 
     shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(strategy) else None
     train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
@@ -294,7 +394,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
 
     schedule = make_adjustable_schedule(cfg, steps_per_epoch) if cfg.time_budget else None
     with strategy.scope():
-        model = build_nin(**kwargs)
+        model = build_nin(**run.model_kwargs)
         compile_model(model, cfg, steps_per_epoch, schedule)
     aside = None
     if chief:
@@ -310,7 +410,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
              f"{strategy.num_replicas_in_sync} replica(s) ({distribute.describe(strategy)}), global batch {cfg.batch_size}")
     print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, {len(splits.x_test)} test")
     if state == "resume":
-        print_fn(f"resuming the run in {run_dir}")
+        print_fn(f"resuming the run in {final_dir}")
 
     throughput = TrainThroughput()
     history_csv = HistoryCSV(path["history"])
@@ -335,7 +435,7 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
         # The schedule first: TimeBudget shortens it once epoch 1 is timed.
         if schedule is not None:
             callbacks.append(schedule)
-        callbacks.append(TimeBudget(cfg.time_budget, started, steps_per_epoch, cfg.epochs, schedule, print_fn=print_fn))
+        callbacks.append(TimeBudget(cfg.time_budget, run.started, steps_per_epoch, cfg.epochs, schedule, print_fn=print_fn))
     try:
         # shuffle=False: the tf.data pipeline already shuffles (seeded).
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
@@ -343,6 +443,13 @@ def _train_in(cfg, strategy, run_dir, state, chief, final_dir, print_fn, started
                   shuffle=False)
         metrics, per_class = _finish(cfg, model, strategy, splits, test_ds, history_csv.rows, throughput,
                                      steps_per_epoch, path, chief, stopper)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
+        if not distribute.is_multi_worker(strategy):
+            raise
+        # A worker was killed or lost: the collectives were aborted. Every
+        # worker's restart resumes from the chief's last saved epoch.
+        raise ClusterError(f"{distribute.cluster_failure(e)} from the last finished epoch "
+                           f"(saved in {os.path.join(final_dir, RUN_FILES['backup'])})") from None
     except Interrupted as e:
         code = 128 + e.signum
         print_fn(f"\ninterrupted by {e}: the last finished epoch is saved in {path['backup']}; "

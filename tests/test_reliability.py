@@ -167,17 +167,31 @@ def free_ports(n):
     return ports
 
 
-def test_two_workers_train_and_only_the_chief_writes(tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    out = tmp_path / "run"
-    scratch = tmp_path / "scratch"
+def start_workers(args, scratch, envs=({}, {})):
+    """Start one ``nin_keras.fit`` process per entry of ``envs``: a cluster of workers on 127.0.0.1."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(len(envs))]}
+    return [start_fit(*args, env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                                  "TMPDIR": str(scratch), **env}) for i, env in enumerate(envs)]
+
+
+def finish(procs, timeout=600):
+    """Wait for every process; returns their outputs (the last lines, for messages)."""
+    return [p.communicate(timeout=timeout)[0] for p in procs]
+
+
+def error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+MULTI = ["--preset", "tiny", "--test-limit", "500", "--verbose", "2", "--strategy", "multi-worker"]
+
+
+def test_two_workers_train_only_the_chief_writes_and_a_rerun_is_done(tmp_path):
+    out, scratch = tmp_path / "run", tmp_path / "scratch"
     scratch.mkdir()
-    args = ["--preset", "tiny", "--epochs", "2", "--limit", "4000", "--test-limit", "500", "--verbose", "2",
-            "--strategy", "multi-worker", "--output-dir", str(out)]
-    procs = [start_fit(*args, env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                                   "TMPDIR": str(scratch)}) for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    args = [*MULTI, "--epochs", "2", "--limit", "4000", "--output-dir", str(out)]
+    procs = start_workers(args, scratch)
+    outputs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-1500:] for o in outputs)
     assert "2 replica(s) (CollectiveAllReduceStrategy)" in outputs[0]  # MultiWorkerMirroredStrategy's class
     import keras
@@ -190,6 +204,110 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path):
     assert acc == pytest.approx(json.load(open(out / "metrics.json"))["test_accuracy"], abs=1e-3)
     assert [row["epoch"] for row in read_history(out / "history.csv")] == [1, 2]
     assert os.listdir(scratch) == []  # the non-chief's temporary run folder is gone
+
+    # The chief finds the finished run: every worker says so and exits 0, none waits in a collective.
+    before = (out / "metrics.json").read_text()
+    procs = start_workers(args, scratch)
+    outputs = finish(procs, timeout=300)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-1500:] for o in outputs)
+    assert all("already holds this finished run" in o and "Epoch" not in o for o in outputs)
+    assert (out / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize("problem", ["chief folder", "worker data"])
+def test_an_error_on_one_worker_stops_every_worker_with_the_same_line(tmp_path, problem):
+    out, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    out.mkdir()
+    envs = ({}, {})
+    if problem == "chief folder":
+        (out / "notes.txt").write_text("mine")  # only the chief looks at the run folder
+        expected = "not empty and holds no nin_keras run"
+    else:
+        envs = ({}, {"NIN_KERAS_DATA_DIR": str(tmp_path / "nowhere")})  # only worker 1 misses its data
+        expected = "worker 1: "
+    procs = start_workers([*MULTI, "--epochs", "1", "--limit", "2000", "--output-dir", str(out)], scratch, envs)
+    outputs = finish(procs, timeout=300)
+    assert [p.returncode for p in procs] == [1, 1], "\n".join(o[-1500:] for o in outputs)
+    lines = [error_lines(o) for o in outputs]
+    assert lines[0] == lines[1] and len(lines[0]) == 1 and expected in lines[0][0], outputs
+    assert "Traceback" not in outputs[0] + outputs[1]
+    assert sorted(os.listdir(out)) == (["notes.txt"] if problem == "chief folder" else [])
+
+
+def test_two_workers_killed_then_restarted_resume_from_the_last_epoch(tmp_path):
+    out, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    args = [*MULTI, "--epochs", "3", "--limit", "2000", "--output-dir", str(out)]
+    chief, worker = start_workers(args, scratch)
+    wait_for_epochs(out / "history.csv", 1, chief)
+    worker.kill()
+    worker.wait()
+    # The chief notices the lost worker (its collectives are aborted) and stops with one line.
+    try:
+        chief_output = chief.communicate(timeout=180)[0]
+    finally:
+        chief.kill()
+    assert chief.returncode == 1 and "restart every worker with the same command" in error_lines(chief_output)[0]
+    done = [row["epoch"] for row in read_history(out / "history.csv")]
+    assert done and done[-1] < 3
+
+    procs = start_workers(args, scratch)
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-1500:] for o in outputs)
+    for output in outputs:
+        assert "resuming the run" in output and f"Epoch {done[-1] + 1}/3" in output and "Epoch 1/3" not in output
+    assert [row["epoch"] for row in read_history(out / "history.csv")] == [1, 2, 3]
+    assert json.load(open(out / "metrics.json"))["epochs"] == 3
+
+
+def test_sharding_gives_each_example_once_per_epoch_across_workers():
+    """What MultiWorkerMirroredStrategy does to fit's training pipeline (AutoShardPolicy.DATA),
+    for 2 workers: the workers' batches together hold every example of an epoch exactly once."""
+    import tensorflow as tf
+    from tensorflow.python.distribute import input_ops
+
+    from nin_keras.data import make_train_dataset
+
+    n, batch = 1000, 64
+    ids = np.arange(n)
+    x = np.zeros((n, 28, 28, 1), np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 1, 0] = ids // 256, ids % 256  # each image carries its index
+    y = (ids % 10).astype(np.int32)
+    seen_epochs = []
+    for worker in range(2):
+        # Each worker process builds its own pipeline from the same seed.
+        dataset, steps = make_train_dataset(x, y, batch, seed=3,
+                                            shard_policy=tf.data.experimental.AutoShardPolicy.DATA)
+        shard = input_ops.auto_shard_dataset(dataset, 2, worker, 2)
+        epochs = []
+        for _ in range(2):
+            images = np.concatenate([b[0].numpy() for b in shard.take(steps)])
+            epochs.append((images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 1, 0].astype(int)).tolist())
+        seen_epochs.append(epochs)
+    for epoch in range(2):
+        together = seen_epochs[0][epoch] + seen_epochs[1][epoch]
+        assert len(together) == len(set(together)) == steps * batch  # no example twice
+        assert len(set(together)) >= n - batch  # all but the dropped partial batch
+    assert seen_epochs[0][0] != seen_epochs[0][1]  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', "no 'cluster' object"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', "'host:port' strings"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "task.index must be 0..1"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "ps", "index": 0}}', "task.type must be one of"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', "has no 'task'"),
+])
+def test_malformed_tf_config_is_one_line(tmp_path, monkeypatch, capsys, tf_config, message):
+    from nin_keras.fit import main
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert main(["--preset", "tiny", "--strategy", "multi-worker", "--output-dir", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
 
 
 SMALL = {"preset": "tiny", "epochs": 2, "limit": 2000, "test_limit": 300, "precision": "float32", "verbose": 0}
