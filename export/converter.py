@@ -13,7 +13,6 @@ import zipfile
 import numpy as np
 
 from nin_keras.errors import NinError
-from nin_keras.io import atomic_write_bytes, atomic_write_text
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
 ALL_FORMATS = TFLITE_FORMATS + ("saved_model",)

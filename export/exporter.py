@@ -20,7 +20,7 @@ from export.converter import (
     sidecar,
     write_tflite,
 )
-from nin_keras.config import FIT_DEFAULTS
+from nin_keras.settings import FALLBACKS
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text, read_json_object
@@ -120,7 +120,7 @@ def data_settings(args, model_path):
     if out["seed"] is None:
         out["seed"] = 0
     if out["val_fraction"] is None:
-        out["val_fraction"] = FIT_DEFAULTS["val_fraction"]
+        out["val_fraction"] = FALLBACKS["val_fraction"]
     given = {k: getattr(args, k) for k in SOURCE_SETTINGS if getattr(args, k) is not None}
     out.update(given or {k: run.get(k) for k in SOURCE_SETTINGS})
     out["test_limit"] = args.test_limit

@@ -26,7 +26,7 @@ _EXPORTS = {
     "load_data": "nin_keras.data",
     "make_dataset": "nin_keras.data",
     "train": "nin_keras.fit",
-    "FitConfig": "nin_keras.config",
+    "FitConfig": "nin_keras.settings",
     "resolve_config": "nin_keras.config",
     "NinError": "nin_keras.errors",
 }

@@ -15,20 +15,20 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error on one line and exits 2."""
 
     def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            from nin_keras.config import did_you_mean
+
+            known = {o for action in self._actions for o in action.option_strings if o.startswith("--")}
+            unknown = {a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")}
+            message += did_you_mean(unknown, known)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def add_data_flags(parser):
     """Data-source flags shared by fit, tuning and export."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--data-dir", help="folder with Fashion-MNIST IDX files (.gz or raw); default "
-                       "$NIN_KERAS_DATA_DIR, then /usr/share/datasets/fashion-mnist")
-    group.add_argument("--image-dir", help="folder of images, one sub-folder per class")
-    group.add_argument("--tfds", help="name of a prepared tensorflow-datasets dataset")
-    group.add_argument("--limit", type=int, help="use only the first N training examples")
-    group.add_argument("--test-limit", type=int, help="evaluate on only the first N test examples")
-    group.add_argument("--val-fraction", type=float, help="fraction of training data held out for validation")
-    return group
+    from nin_keras.settings import DATA_FLAGS, add_flags
+
+    return add_flags(parser, DATA_FLAGS, group=parser.add_argument_group("data"))
 
 
 def run_cli(body):

@@ -6,60 +6,13 @@ resolved config is saved as ``config.json`` in the run directory and can be
 passed back with ``--config``.
 """
 
-import dataclasses
 import json
 
 from nin_keras.errors import ConfigError
-from nin_keras.precision import PRECISIONS
-from nin_keras.presets import DEFAULT_PRESET, get_preset
+from nin_keras.presets import get_preset
+from nin_keras.settings import BY_NAME, FALLBACKS, FitConfig, validate
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-STRATEGIES = ("auto", "mirrored", "one-device", "multi-worker")
-SCHEDULES = ("cosine", "constant")
-
-
-@dataclasses.dataclass
-class FitConfig:
-    """Every setting of a training run. ``None`` fields take the preset's value."""
-
-    preset: str = DEFAULT_PRESET
-    epochs: int = None
-    batch_size: int = None  # global batch: per-replica batch x replicas
-    learning_rate: float = None
-    optimizer: str = None
-    momentum: float = None  # SGD only
-    weight_decay: float = None
-    lr_schedule: str = None
-    warmup_fraction: float = None
-    augment: bool = False  # random flips and shifts in the training pipeline
-    time_budget: float = None  # minutes: pick the epochs (at most `epochs`) from the first epoch's time
-    seed: int = 0
-    data_dir: str = None
-    image_dir: str = None
-    tfds: str = None
-    limit: int = None
-    test_limit: int = None
-    val_fraction: float = None
-    output_dir: str = None
-    strategy: str = "auto"
-    cpu_replicas: int = None
-    precision: str = "auto"  # auto | float32 | bfloat16 | float16 (see nin_keras.precision)
-    xla: bool = False
-    verbose: int = None  # None: progress bar on a terminal, one line per epoch otherwise
-    model: dict = dataclasses.field(default_factory=dict)
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-
-FIT_DEFAULTS = {
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "lr_schedule": "cosine",
-    "warmup_fraction": 0.05,
-    "val_fraction": 1 / 12,  # 5,000 of Fashion-MNIST's 60,000
-}
-FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
+FIELDS = set(BY_NAME)
 
 
 def load_config_file(path):
@@ -106,69 +59,13 @@ def resolve_config(overrides=None, config_file=None):
         if value is not None:
             merged[key] = value
     cfg = FitConfig(**merged)
+    BY_NAME["preset"].validate(cfg.preset)  # before the preset's values are read
     preset = get_preset(cfg.preset)
-    for key, value in {**FIT_DEFAULTS, **preset["fit"]}.items():
+    for key, value in {**FALLBACKS, **preset["fit"]}.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
-    validate_config(cfg)
+    validate(cfg)
     return cfg
-
-
-def _require(condition, message, value):
-    if not condition:
-        raise ConfigError(f"{message} Received: {value!r}")
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def validate_config(cfg):
-    """Check every setting; ConfigError repeats the bad value."""
-    _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs must be an integer >= 1.", cfg.epochs)
-    _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch size must be an integer >= 1.", cfg.batch_size)
-    _require(_is_number(cfg.learning_rate) and cfg.learning_rate > 0, "learning rate must be > 0.", cfg.learning_rate)
-    _require(cfg.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}.", cfg.optimizer)
-    _require(_is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum must be in [0, 1).", cfg.momentum)
-    _require(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight decay must be >= 0.", cfg.weight_decay)
-    _require(cfg.lr_schedule in SCHEDULES, f"lr schedule must be one of {', '.join(SCHEDULES)}.", cfg.lr_schedule)
-    _require(
-        _is_number(cfg.warmup_fraction) and 0 <= cfg.warmup_fraction < 1,
-        "warmup fraction must be in [0, 1).",
-        cfg.warmup_fraction,
-    )
-    _require(
-        cfg.time_budget is None or (_is_number(cfg.time_budget) and cfg.time_budget > 0),
-        "time budget must be a number of minutes > 0.",
-        cfg.time_budget,
-    )
-    _require(_is_int(cfg.seed), "seed must be an integer.", cfg.seed)
-    _require(isinstance(cfg.augment, bool), "augment must be true or false.", cfg.augment)
-    _require(cfg.limit is None or (_is_int(cfg.limit) and cfg.limit >= 2), "limit must be an integer >= 2.", cfg.limit)
-    _require(
-        cfg.test_limit is None or (_is_int(cfg.test_limit) and cfg.test_limit >= 1),
-        "test limit must be an integer >= 1.",
-        cfg.test_limit,
-    )
-    _require(
-        _is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1,
-        "validation fraction must be in (0, 1).",
-        cfg.val_fraction,
-    )
-    _require(cfg.strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}.", cfg.strategy)
-    _require(
-        cfg.cpu_replicas is None or (_is_int(cfg.cpu_replicas) and cfg.cpu_replicas >= 1),
-        "cpu replicas must be an integer >= 1.",
-        cfg.cpu_replicas,
-    )
-    _require(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}.", cfg.precision)
-    sources = [s for s in (cfg.data_dir, cfg.image_dir, cfg.tfds) if s is not None]
-    _require(len(sources) <= 1, "give at most one data source (--data-dir, --image-dir, --tfds).", sources)
-    _require(isinstance(cfg.model, dict), "model overrides must be a JSON object.", cfg.model)
 
 
 def model_kwargs(cfg, num_classes=10, data_shape=None):

@@ -29,3 +29,13 @@ class ClusterError(NinError):
 
 class TrainingDiverged(NinError):
     """The loss became NaN or infinite."""
+
+
+def require(condition, message, value):
+    """Raise :class:`ConfigError` ``"<message> Received: <value>"`` unless ``condition`` holds.
+
+    The one validation helper of the tree (model arguments, settings, CLI
+    flags), in the Keras applications' "Received: ..." form.
+    """
+    if not condition:
+        raise ConfigError(f"{message} Received: {value!r}")

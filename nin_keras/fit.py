@@ -15,11 +15,12 @@ import sys
 import time
 
 from nin_keras import config as config_lib
+from nin_keras import settings
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ClusterError, ConfigError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text, read_json_object
-from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
-from nin_keras.presets import PRESETS, describe_presets
+from nin_keras.precision import precision_scope, resolve_precision
+from nin_keras.presets import describe_presets
 
 RUN_FILES = {
     "config": "config.json",
@@ -44,28 +45,10 @@ def build_parser():
         epilog="presets:\n" + describe_presets(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="model + recipe preset (default: fashion)")
     parser.add_argument("--config", help="JSON file of settings (same names as the flags, with underscores)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="global batch size (split across replicas)")
-    parser.add_argument("--learning-rate", "--lr", type=float)
-    parser.add_argument("--optimizer", choices=config_lib.OPTIMIZERS)
-    parser.add_argument("--momentum", type=float, help="SGD momentum")
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--lr-schedule", choices=config_lib.SCHEDULES)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random flips and shifts while training")
-    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
-                        help="choose the number of epochs (at most --epochs) from the first epoch's time so the "
-                             "whole run, data loading and test evaluation included, fits MINUTES")
+    # Every training setting's flag comes from the one schema (nin_keras.settings).
+    settings.add_flags(parser, [n for n in settings.flag_names() if n not in settings.DATA_FLAGS])
     add_data_flags(parser)
-    parser.add_argument("--output-dir", help="run directory (default: runs/<preset>-<timestamp>)")
-    parser.add_argument("--strategy", choices=config_lib.STRATEGIES)
-    parser.add_argument("--cpu-replicas", type=int, help="split the CPU into N logical devices (MirroredStrategy replicas)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="compute precision (default auto: bfloat16 on CPUs with AMX/AVX512-BF16, else float32)")
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, help="XLA jit_compile (GPU; slower on CPU)")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir even if settings changed")
     mode.add_argument("--overwrite", action="store_true", help="delete what --output-dir holds and start afresh")

@@ -12,17 +12,12 @@ Layer names are block-prefixed (``block2_conv1``, ``block2_pool``,
 import keras
 from keras import layers
 
-from nin_keras.errors import ConfigError
+from nin_keras.errors import require
 
 POOL_TYPES = (None, "max", "avg")
 PADDINGS = ("valid", "same")
 HEADS = ("gap", "dense")
 DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def _check(condition, message, value):
-    if not condition:
-        raise ConfigError(f"{message} Received: {value!r}")
 
 
 def _positive_int(value):
@@ -32,10 +27,10 @@ def _positive_int(value):
 def _validate_block(spec, index, mlp_layers, is_head=False):
     """Normalise one block spec dict; raise ConfigError naming the bad field."""
     where = f"block {index}" if not is_head else "head block"
-    _check(isinstance(spec, dict), f"{where} must be a dict.", spec)
+    require(isinstance(spec, dict), f"{where} must be a dict.", spec)
     known = {"filters", "kernel_size", "strides", "padding", "mlp_filters", "pool", "dropout", "batch_norm"}
     unknown = set(spec) - known
-    _check(not unknown, f"{where} has unknown keys {sorted(unknown)}.", spec)
+    require(not unknown, f"{where} has unknown keys {sorted(unknown)}.", spec)
     out = {
         "filters": spec.get("filters"),
         "kernel_size": spec.get("kernel_size", 3),
@@ -46,25 +41,25 @@ def _validate_block(spec, index, mlp_layers, is_head=False):
         "batch_norm": spec.get("batch_norm"),
     }
     if not (is_head and out["filters"] is None):
-        _check(_positive_int(out["filters"]), f"{where}: `filters` must be a positive int.", out["filters"])
-    _check(_positive_int(out["kernel_size"]), f"{where}: `kernel_size` must be a positive int.", out["kernel_size"])
-    _check(_positive_int(out["strides"]), f"{where}: `strides` must be a positive int.", out["strides"])
-    _check(out["padding"] in PADDINGS, f"{where}: `padding` must be one of {PADDINGS}.", out["padding"])
-    _check(out["pool"] in POOL_TYPES, f"{where}: `pool` must be one of {POOL_TYPES}.", out["pool"])
-    _check(
+        require(_positive_int(out["filters"]), f"{where}: `filters` must be a positive int.", out["filters"])
+    require(_positive_int(out["kernel_size"]), f"{where}: `kernel_size` must be a positive int.", out["kernel_size"])
+    require(_positive_int(out["strides"]), f"{where}: `strides` must be a positive int.", out["strides"])
+    require(out["padding"] in PADDINGS, f"{where}: `padding` must be one of {PADDINGS}.", out["padding"])
+    require(out["pool"] in POOL_TYPES, f"{where}: `pool` must be one of {POOL_TYPES}.", out["pool"])
+    require(
         isinstance(out["dropout"], (int, float)) and 0 <= out["dropout"] < 1,
         f"{where}: `dropout` must be in [0, 1).",
         out["dropout"],
     )
-    _check(out["batch_norm"] in (None, True, False), f"{where}: `batch_norm` must be true, false or null.",
+    require(out["batch_norm"] in (None, True, False), f"{where}: `batch_norm` must be true, false or null.",
            out["batch_norm"])
     mlp = spec.get("mlp_filters")
     if mlp is None:
         mlp = [out["filters"]] * mlp_layers
-    _check(isinstance(mlp, (list, tuple)) and 1 <= len(mlp) <= 3, f"{where}: `mlp_filters` must list 1 to 3 widths.", mlp)
+    require(isinstance(mlp, (list, tuple)) and 1 <= len(mlp) <= 3, f"{where}: `mlp_filters` must list 1 to 3 widths.", mlp)
     for width in mlp:
         if not (is_head and width is None):
-            _check(_positive_int(width), f"{where}: `mlp_filters` entries must be positive ints.", mlp)
+            require(_positive_int(width), f"{where}: `mlp_filters` entries must be positive ints.", mlp)
     out["mlp_filters"] = list(mlp)
     return out
 
@@ -198,33 +193,33 @@ def build_nin(
     Returns:
         A ``keras.Model``.
     """
-    _check(isinstance(blocks, (list, tuple)) and len(blocks) >= 1, "`blocks` must be a non-empty list of block specs.", blocks)
-    _check(_positive_int(num_classes) and num_classes >= 2, "`num_classes` must be an int >= 2.", num_classes)
-    _check(
+    require(isinstance(blocks, (list, tuple)) and len(blocks) >= 1, "`blocks` must be a non-empty list of block specs.", blocks)
+    require(_positive_int(num_classes) and num_classes >= 2, "`num_classes` must be an int >= 2.", num_classes)
+    require(
         isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and all(_positive_int(d) for d in input_shape),
         "`input_shape` must be (height, width, channels) of positive ints.",
         input_shape,
     )
     if image_size is not None:
-        _check(
+        require(
             isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(_positive_int(d) for d in image_size),
             "`image_size` must be (height, width) of positive ints or None.",
             image_size,
         )
-    _check(mlp_layers in (1, 2, 3), "`mlp_layers` must be 1, 2 or 3.", mlp_layers)
-    _check(_positive_int(mlp_kernel_size), "`mlp_kernel_size` must be a positive int.", mlp_kernel_size)
-    _check(
+    require(mlp_layers in (1, 2, 3), "`mlp_layers` must be 1, 2 or 3.", mlp_layers)
+    require(_positive_int(mlp_kernel_size), "`mlp_kernel_size` must be a positive int.", mlp_kernel_size)
+    require(
         isinstance(width_multiplier, (int, float)) and width_multiplier > 0,
         "`width_multiplier` must be > 0.",
         width_multiplier,
     )
     if dropout is not None:
-        _check(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "`dropout` must be in [0, 1).", dropout)
-    _check(head in HEADS, f"`head` must be one of {HEADS}.", head)
-    _check(head_activation in ("relu", None), "`head_activation` must be 'relu' or None.", head_activation)
-    _check(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
+        require(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "`dropout` must be in [0, 1).", dropout)
+    require(head in HEADS, f"`head` must be one of {HEADS}.", head)
+    require(head_activation in ("relu", None), "`head_activation` must be 'relu' or None.", head_activation)
+    require(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
     data_format = data_format or keras.config.image_data_format()
-    _check(data_format in DATA_FORMATS, f"`data_format` must be one of {DATA_FORMATS}.", data_format)
+    require(data_format in DATA_FORMATS, f"`data_format` must be one of {DATA_FORMATS}.", data_format)
 
     specs = [_validate_block(spec, i + 1, mlp_layers) for i, spec in enumerate(blocks)]
     head_spec = _validate_block(head_block or {"filters": None, "kernel_size": 3}, 0, mlp_layers, is_head=True)
@@ -263,7 +258,7 @@ def build_nin(
     if head == "gap":
         filters = head_spec["filters"] or num_classes
         mlp = [num_classes if w is None else w for w in head_spec["mlp_filters"]]
-        _check(mlp[-1] == num_classes, "head block: its last convolution must have `num_classes` filters.", mlp)
+        require(mlp[-1] == num_classes, "head block: its last convolution must have `num_classes` filters.", mlp)
         x = mlpconv_block(
             x,
             filters,

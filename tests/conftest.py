@@ -31,7 +31,7 @@ def pytest_configure(config):
 #: the quick development loop (CI runs everything).
 SLOW_FIXTURES = {"trained_tiny_run", "exported"}
 SLOW_CALLS = ("start_fit(", "run_tuning(", "run_cli(", "fit.train(", "_train(", "search.main(", "bench.main(",
-              "fit_main(", "mp_worker(", "_bench_inference(", "model.fit(", "evaluate_tflite(")
+              "fit_main(", "mp_worker(", "_bench_inference(", "model.fit(", "evaluate_tflite(", "start_workers(")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -197,11 +197,28 @@ def test_image_folder_without_class_folders(tmp_path):
 # --------------------------------------------------------------- property-based
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A valid IDX file (3 images of 4x5) to mutate: magic, dims and body.
+VALID_IDX = struct.pack(">iiii", 0x0803, 3, 4, 5) + bytes(range(60))
+
+
+def _mutate(edits, cut):
+    blob = bytearray(VALID_IDX)
+    for position, value in edits:
+        blob[position % len(blob)] = value
+    return bytes(blob[: len(blob) - cut])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.one_of(
     st.binary(max_size=200),
     st.builds(lambda dims, body: struct.pack(">i", 0x0800 | len(dims)) + struct.pack(f">{len(dims)}i", *dims) + body,
               st.lists(st.integers(-5, 6), min_size=1, max_size=3), st.binary(max_size=80)),
+    # Headers whose dimensions are huge, negative or overflow when multiplied.
+    st.builds(lambda dims: struct.pack(">i", 0x0800 | len(dims)) + struct.pack(f">{len(dims)}i", *dims),
+              st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=4)),
+    # A valid file with a few bytes changed (magic, dtype code, dims or body) and/or cut short.
+    st.builds(_mutate, st.lists(st.tuples(st.integers(0, len(VALID_IDX) - 1), st.integers(0, 255)), max_size=4),
+              st.integers(0, 20)),
 ))
 def test_idx_reader_only_raises_its_own_error(tmp_path, blob):
     path = tmp_path / "fuzz"

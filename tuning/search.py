@@ -13,11 +13,11 @@ import sys
 import time
 
 from nin_keras import config as config_lib
+from nin_keras import settings
 from nin_keras.errors import ConfigError, NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text, read_json_object
-from nin_keras.precision import PRECISIONS, precision_scope, resolve_precision
-from nin_keras.presets import PRESETS
+from nin_keras.precision import precision_scope, resolve_precision
 
 TUNERS = ("bayesian", "random", "hyperband")
 PROJECT = "search"
@@ -29,17 +29,16 @@ def build_parser():
     parser.add_argument("--max-trials", type=int, default=10, help="trials to run (bayesian/random; default 10)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (hyperband: max epochs; default 3)")
     parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
-    parser.add_argument("--seed", type=int, default=0)
+    # Settings shared with fit come from the same schema, with tuning's defaults.
+    settings.add_flags(parser, ("preset", "seed"), defaults={"preset": "fashion", "seed": 0})
     parser.add_argument("--output-dir", help="search directory, shared by workers (default: tuning_runs/<preset>)")
-    parser.add_argument("--strategy", choices=("auto", "mirrored", "one-device"), default="auto")
-    parser.add_argument("--cpu-replicas", type=int)
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="compute precision of every trial (default auto, as in nin_keras.fit)")
+    parser.add_argument("--strategy", choices=[s for s in settings.STRATEGIES if s != "multi-worker"], default="auto",
+                        help=settings.BY_NAME["strategy"].help.replace("multi-worker from $TF_CONFIG, ", ""))
+    settings.add_flags(parser, ("cpu_replicas", "precision"), defaults={"precision": "auto"})
     parser.add_argument("--overwrite", action="store_true", help="discard a previous search in --output-dir")
     parser.add_argument("--retrain-best", action="store_true",
                         help="then retrain the best config on the full training set with nin_keras.fit")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    settings.add_flags(parser, ("verbose",), defaults={"verbose": 2})
     add_data_flags(parser)
     parser.set_defaults(limit=20000)
     return parser

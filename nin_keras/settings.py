@@ -1,0 +1,190 @@
+"""The one schema of training settings: type, default, choices, help and rule, each written once.
+
+Everything else is derived from :data:`SETTINGS`: the :class:`FitConfig`
+dataclass, the fallbacks used when a preset is silent, the validation of a
+resolved config (:func:`validate`), the flags of ``nin_keras.fit`` and the
+shared flags of ``tuning`` (:func:`add_flags`), and unknown-key suggestions.
+``tests/test_settings.py`` fails when the parsers or README's flag table
+drift from it.
+
+A setting whose ``default`` is None takes the preset's value (or
+``fallback`` when the preset has none), so "not given" always means "the
+preset's"; flags default to None for the same reason.
+"""
+
+import argparse
+import dataclasses
+import math
+
+from nin_keras.errors import require
+from nin_keras.precision import PRECISIONS
+from nin_keras.presets import DEFAULT_PRESET, PRESETS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+STRATEGIES = ("auto", "mirrored", "one-device", "multi-worker")
+SCHEDULES = ("cosine", "constant")
+
+
+def is_int(value):
+    """An int that is not a bool (JSON ``true`` must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One training setting.
+
+    ``check`` is a predicate on the resolved value and ``rule`` says it in
+    words for the error ("epochs must be an integer >= 1. Received: 0").
+    ``optional`` settings may stay None after resolution. ``flag`` False
+    keeps a setting out of the command line (``model``: JSON only).
+    """
+
+    name: str
+    type: type
+    help: str
+    default: object = None
+    fallback: object = None
+    choices: tuple = None
+    check: object = None
+    rule: str = ""
+    optional: bool = False
+    flag: bool = True
+    aliases: tuple = ()
+    metavar: str = None
+    label: str = None
+
+    @property
+    def option(self):
+        """The command-line flag: ``--batch-size`` for ``batch_size``."""
+        return "--" + self.name.replace("_", "-")
+
+    def validate(self, value):
+        """Raise a one-line ConfigError unless ``value`` is acceptable."""
+        label = self.label or self.name.replace("_", " ")
+        if self.optional and value is None:
+            return
+        if self.choices is not None:
+            require(value in self.choices, f"{label} must be one of {', '.join(map(str, self.choices))}.", value)
+        if self.check is not None:
+            require(self.check(value), f"{label} must be {self.rule}.", value)
+
+
+def _int_at_least(low):
+    return lambda v: is_int(v) and v >= low
+
+
+SETTINGS = (
+    Setting("preset", str, "model + recipe preset (default: fashion)", default=DEFAULT_PRESET,
+            choices=tuple(sorted(PRESETS))),
+    # The recipe: None takes the preset's value.
+    Setting("epochs", int, "training epochs", check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("batch_size", int, "global batch size (split across replicas)", check=_int_at_least(1),
+            rule="an integer >= 1"),
+    Setting("learning_rate", float, "peak learning rate", check=lambda v: is_number(v) and v > 0, rule="> 0",
+            aliases=("--lr",)),
+    Setting("optimizer", str, "optimizer (adamw: decoupled weight decay)", choices=OPTIMIZERS),
+    Setting("momentum", float, "SGD momentum", fallback=0.9, check=lambda v: is_number(v) and 0 <= v < 1,
+            rule="in [0, 1)"),
+    Setting("weight_decay", float, "weight decay", fallback=0.0, check=lambda v: is_number(v) and v >= 0,
+            rule=">= 0"),
+    Setting("lr_schedule", str, "learning-rate schedule (cosine: linear warm-up, then cosine decay)",
+            fallback="cosine", choices=SCHEDULES, label="lr schedule"),
+    Setting("warmup_fraction", float, "fraction of the steps spent warming up (cosine schedule)", fallback=0.05,
+            check=lambda v: is_number(v) and 0 <= v < 1, rule="in [0, 1)"),
+    Setting("augment", bool, "random flips and shifts while training", default=False,
+            check=lambda v: isinstance(v, bool), rule="true or false"),
+    Setting("time_budget", float, "choose the number of epochs (at most --epochs) from the first epoch's time so "
+            "the whole run, data loading and test evaluation included, fits MINUTES", optional=True,
+            check=lambda v: is_number(v) and v > 0, rule="a number of minutes > 0", metavar="MINUTES"),
+    Setting("seed", int, "random seed (shuffle, split, initial weights)", default=0, check=is_int,
+            rule="an integer"),
+    # Data.
+    Setting("data_dir", str, "folder with Fashion-MNIST IDX files (.gz or raw); default $NIN_KERAS_DATA_DIR, "
+            "then /usr/share/datasets/fashion-mnist", optional=True),
+    Setting("image_dir", str, "folder of images, one sub-folder per class", optional=True),
+    Setting("tfds", str, "name of a prepared tensorflow-datasets dataset", optional=True),
+    Setting("limit", int, "use only the first N training examples", optional=True, check=_int_at_least(2),
+            rule="an integer >= 2"),
+    Setting("test_limit", int, "evaluate on only the first N test examples", optional=True,
+            check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("val_fraction", float, "fraction of training data held out for validation", fallback=1 / 12,
+            check=lambda v: is_number(v) and 0 < v < 1, rule="in (0, 1)", label="validation fraction"),
+    # Where and how it runs.
+    Setting("output_dir", str, "run directory (default: runs/<preset>-<timestamp>)", optional=True),
+    Setting("strategy", str, "distribution strategy (auto: multi-worker from $TF_CONFIG, mirrored over several "
+            "local devices, else TensorFlow's default)", default="auto", choices=STRATEGIES),
+    Setting("cpu_replicas", int, "split the CPU into N logical devices (MirroredStrategy replicas)", optional=True,
+            check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("precision", str, "compute precision (default auto: bfloat16 on CPUs with AMX/AVX512-BF16, else "
+            "float32)", default="auto", choices=PRECISIONS),
+    Setting("xla", bool, "XLA jit_compile (GPU; slower on CPU)", default=False,
+            check=lambda v: isinstance(v, bool), rule="true or false"),
+    Setting("verbose", int, "Keras progress output (default: a bar on a terminal, a line per epoch otherwise)",
+            optional=True, choices=(0, 1, 2)),
+    Setting("model", dict, "build_nin overrides (JSON only; what the tuner writes)", default=None, flag=False,
+            check=lambda v: isinstance(v, dict), rule="a JSON object", label="model overrides"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+DATA_FLAGS = ("data_dir", "image_dir", "tfds", "limit", "test_limit", "val_fraction")
+
+# A setting's value when neither the preset nor the user gives one.
+FALLBACKS = {s.name: s.fallback for s in SETTINGS if s.fallback is not None}
+
+
+def _fit_config_fields():
+    for s in SETTINGS:
+        if s.type is dict:
+            yield s.name, dict, dataclasses.field(default_factory=dict)
+        else:
+            yield s.name, s.type, dataclasses.field(default=s.default)
+
+
+FitConfig = dataclasses.make_dataclass(
+    "FitConfig", list(_fit_config_fields()),
+    namespace={"to_dict": lambda self: dataclasses.asdict(self),
+               "__doc__": "Every setting of a training run (see nin_keras.settings.SETTINGS). "
+                          "None fields take the preset's value."},
+)
+FitConfig.__module__ = __name__
+
+
+def validate(cfg):
+    """Check every setting of a resolved config; ConfigError repeats the bad value."""
+    for setting in SETTINGS:
+        setting.validate(getattr(cfg, setting.name))
+    sources = [s for s in (cfg.data_dir, cfg.image_dir, cfg.tfds) if s is not None]
+    require(len(sources) <= 1, "give at most one data source (--data-dir, --image-dir, --tfds).", sources)
+
+
+def add_flags(parser, names, defaults=None, group=None):
+    """Add the flags for ``names`` to ``parser`` (or an argument ``group``), from the schema.
+
+    Flags default to None (only what the user passes overrides the preset)
+    unless ``defaults`` gives a value, as the tuning CLI does.
+    """
+    target = group or parser
+    defaults = defaults or {}
+    for name in names:
+        s = BY_NAME[name]
+        kwargs = {"help": s.help, "default": defaults.get(name)}
+        if s.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = s.type
+            if s.choices is not None:
+                kwargs["choices"] = s.choices if s.type is not str or name != "preset" else sorted(PRESETS)
+            if s.metavar:
+                kwargs["metavar"] = s.metavar
+        target.add_argument(s.option, *s.aliases, **kwargs)
+    return target
+
+
+def flag_names():
+    """The names of every setting that has a command-line flag."""
+    return [s.name for s in SETTINGS if s.flag]

@@ -1,0 +1,86 @@
+"""The settings schema is the single source: parsers, config loading, validation and README follow it."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nin_keras import settings
+from nin_keras.config import resolve_config
+from nin_keras.errors import ConfigError
+from nin_keras.fit import build_parser as fit_parser
+from tuning.search import build_parser as tuning_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FIT_ONLY_FLAGS = {"--config", "--resume", "--overwrite", "--help"}
+
+
+def options(parser):
+    return {o: action for action in parser._actions for o in action.option_strings if o.startswith("--")}
+
+
+def readme_training_table():
+    text = README.read_text()
+    section = text[text.index("## Training: `python -m nin_keras.fit`"):]
+    table = section[section.index("| flag | meaning |"):]
+    table = table[: table.index("\n\n")]
+    flags = set()
+    for row in table.splitlines()[2:]:
+        first_cell = row.split("|")[1]
+        flags |= set(re.findall(r"--[a-z][a-z0-9-]*", first_cell))
+    return flags
+
+
+def test_fit_flags_are_exactly_the_schema():
+    parser_options = options(fit_parser())
+    expected = {s.option for s in settings.SETTINGS if s.flag} | {a for s in settings.SETTINGS for a in s.aliases}
+    expected |= {"--no-" + s.option[2:] for s in settings.SETTINGS if s.type is bool}
+    assert set(parser_options) - FIT_ONLY_FLAGS == expected
+    for s in settings.SETTINGS:
+        if not s.flag:
+            continue
+        action = parser_options[s.option]
+        assert action.default is None, s.name  # only what the user passes overrides the preset
+        assert action.help == s.help and action.dest == s.name
+        if s.choices is not None:
+            assert list(action.choices) == sorted(s.choices) if s.name == "preset" else list(s.choices)
+
+
+def test_tuning_shares_the_schema_for_common_flags():
+    parser_options = options(tuning_parser())
+    for name in ("preset", "seed", "cpu_replicas", "precision", "verbose", *settings.DATA_FLAGS):
+        s = settings.BY_NAME[name]
+        assert parser_options[s.option].help == s.help and parser_options[s.option].type is s.type, name
+
+
+def test_readme_flag_table_matches_the_fit_parser():
+    parser_flags = set(options(fit_parser())) - {"--help"}
+    assert readme_training_table() == parser_flags
+
+
+@pytest.mark.parametrize("setting", [s for s in settings.SETTINGS if s.check is not None or s.choices is not None],
+                         ids=lambda s: s.name)
+def test_every_checked_setting_refuses_a_bad_value_in_one_line(setting):
+    bad = "not-a-choice" if setting.type is str else ({"x"} if setting.type is dict else "seven")
+    with pytest.raises(ConfigError, match=r"Received: ") as info:
+        resolve_config({setting.name: bad, **({} if setting.name == "preset" else {"preset": "tiny"})})
+    assert "\n" not in str(info.value)
+
+
+def test_fallbacks_apply_when_the_preset_is_silent():
+    from nin_keras.presets import get_preset
+
+    cfg = resolve_config({"preset": "tiny"})
+    preset_fit = get_preset("tiny")["fit"]
+    for name, value in settings.FALLBACKS.items():
+        assert getattr(cfg, name) == preset_fit.get(name, value)
+
+
+def test_a_misspelled_flag_gets_a_suggestion(capsys):
+    from nin_keras.fit import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--learning-rat", "0.1", "--bach-size", "3"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert "did you mean '--bach-size' -> '--batch-size'" in err
