@@ -278,6 +278,18 @@ def run_export(args, print_fn=print):
     return report, code
 
 
+def export(model, print_fn=print, **settings):
+    """Export and verify from Python, as ``python -m export MODEL`` would with the same flags.
+
+    ``model`` is a run directory or a ``.keras`` file; ``settings`` are the
+    CLI's flags by their Python names (``formats=["int8"]``, ``output_dir=...``).
+    Returns the report dict (also written as ``report.json``).
+    """
+    from nin_keras.cli import namespace_from_kwargs
+
+    return run_export(namespace_from_kwargs(build_parser(), [str(model)], **settings), print_fn=print_fn)[0]
+
+
 def main(argv=None):
     """CLI entry point; returns the process exit code (3: the int8 accuracy gate failed)."""
     args = build_parser().parse_args(argv)

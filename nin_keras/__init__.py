@@ -33,16 +33,6 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+from nin_keras.cli import lazy_exports as _lazy_exports  # noqa: E402  (light: no TensorFlow)
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'nin_keras' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -43,3 +43,42 @@ def run_cli(body):
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0 if code is None else code
+
+
+def namespace_from_kwargs(parser, positionals=(), **settings):
+    """The argparse namespace a command line would give, for library calls.
+
+    Starts from the parser's defaults (``positionals`` fill required
+    arguments), then sets ``settings`` by their Python names
+    (``max_trials=4``); an unknown name is a one-line error with a
+    suggestion. So a notebook call and the CLI share defaults and checks.
+    """
+    from nin_keras.config import did_you_mean
+    from nin_keras.errors import ConfigError
+
+    args = parser.parse_args(list(positionals))
+    unknown = set(settings) - set(vars(args))
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)} for {parser.prog}{did_you_mean(unknown, set(vars(args)))}")
+    for key, value in settings.items():
+        setattr(args, key, value)
+    return args
+
+
+def lazy_exports(package, exports):
+    """PEP 562 ``__getattr__`` and ``__dir__`` for a package whose names load on first use.
+
+    ``exports`` maps each public name to the module defining it; the package
+    import stays light (TensorFlow loads only when a name is used).
+    """
+    import importlib
+
+    def __getattr__(name):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    def __dir__():
+        return sorted(exports)
+
+    return __getattr__, __dir__

@@ -23,3 +23,16 @@ def test_use_it_from_python_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "['fashion', 'fashion-v1', 'tiny', 'd2l', 'paper-cifar']" in out
     assert (tmp_path / "runs" / "notebook" / "metrics.json").exists()
+    assert (tmp_path / "runs" / "notebook" / "export" / "nin_int8.tflite").exists()
+    assert (tmp_path / "tuning_runs" / "notebook" / "best_config.json").exists()
+
+
+def test_library_calls_refuse_unknown_settings_in_one_line():
+    import export
+    import tuning
+    from nin_keras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'max_trial' -> 'max_trials'"):
+        tuning.tune("tiny", max_trial=3)
+    with pytest.raises(ConfigError, match="unknown settings \\['format'\\]"):
+        export.export("runs/x", format=["int8"])

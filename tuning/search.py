@@ -278,6 +278,18 @@ def run_search(args, print_fn=print):
     return best_config_path
 
 
+def tune(preset="fashion", print_fn=print, **settings):
+    """Run a search from Python, as ``python -m tuning`` would with the same flags.
+
+    ``settings`` are the CLI's flags by their Python names (``max_trials=4``,
+    ``limit=2000``, ``output_dir=...``); the rest take the CLI's defaults.
+    Returns the path of ``best_config.json`` (None on a keras-tuner worker).
+    """
+    from nin_keras.cli import namespace_from_kwargs
+
+    return run_search(namespace_from_kwargs(build_parser(), preset=preset, **settings), print_fn=print_fn)
+
+
 def main(argv=None):
     """CLI entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
