@@ -1,4 +1,4 @@
-"""Shared test helpers (keras-hub style): tiny preset, save/reload, real data.
+"""Shared fixtures (real data, a trained tiny run) and the ``slow`` tier; helpers live in ``helpers.py``.
 
 The CPU is split into two logical devices for the whole session, so every
 MirroredStrategy built by the tests runs two real replicas.
@@ -12,7 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # need bfloat16 ask for it explicitly; tests of `auto` itself clear this.
 os.environ["NIN_KERAS_PRECISION"] = "float32"
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from nin_keras import data  # noqa: E402
@@ -30,7 +29,7 @@ def pytest_configure(config):
 #: a test using any of them is marked ``slow``, so ``pytest -m "not slow"`` is
 #: the quick development loop (CI runs everything).
 SLOW_FIXTURES = {"trained_tiny_run", "exported"}
-SLOW_CALLS = ("start_fit(", "run_tuning(", "run_cli(", "fit.train(", "_train(", "search.main(", "bench.main(",
+SLOW_CALLS = ("start_fit(", "run_tuning(", "run_cli(", "launch(", "fit.train(", "_train(", "search.main(", "bench.main(",
               "fit_main(", "mp_worker(", "_bench_inference(", "model.fit(", "evaluate_tflite(", "start_workers(")
 
 
@@ -54,29 +53,6 @@ def fashion_dir():
 def fashion_test(fashion_dir):
     """Real test images (uint8 NHWC) and labels."""
     return data.load_idx_split(fashion_dir, "test")
-
-
-def build_preset(name="tiny", **overrides):
-    """Build a preset's model with optional build_nin overrides."""
-    from nin_keras.model import build_nin
-    from nin_keras.presets import get_preset
-
-    kwargs = get_preset(name)["model"]
-    kwargs.update(overrides)
-    return build_nin(**kwargs)
-
-
-def save_and_reload(model, tmp_path, name="model.keras"):
-    """Save a model as .keras and load it back (safe mode)."""
-    import keras
-
-    path = os.path.join(tmp_path, name)
-    model.save(path)
-    return keras.saving.load_model(path)
-
-
-def random_images(n=8, shape=(28, 28, 1), seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
 @pytest.fixture(scope="session")

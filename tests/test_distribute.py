@@ -1,6 +1,6 @@
 import numpy as np
 
-from conftest import build_preset
+from helpers import build_preset
 from nin_keras import keras_compat
 from nin_keras.data import make_dataset
 from nin_keras.distribute import is_chief, make_strategy, tf_config_workers

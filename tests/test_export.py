@@ -46,7 +46,7 @@ def test_float32_tflite_matches_keras(exported, fashion_test):
 
 def test_a_bfloat16_model_is_exported_as_its_float32_graph(tmp_path, fashion_test):
     """TFLite has no bfloat16 kernels: the exporter converts the same weights in float32."""
-    from conftest import build_preset
+    from helpers import build_preset
     from nin_keras.precision import precision_scope
 
     with precision_scope("bfloat16"):

@@ -1,16 +1,15 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from nin_keras import fit
+from helpers import launch
 from nin_keras.config import resolve_config
 from nin_keras.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_mirrored_two_replicas_matches_one_device(fashion_test):
@@ -151,9 +150,9 @@ def test_global_batch_not_divisible_by_replicas(tmp_path, capsys):
 
 
 def run_cli(*args, env=None, timeout=300):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "nin_keras.fit", *args], capture_output=True, text=True,
-                          cwd=REPO, env=full_env, timeout=timeout)
+    proc = launch("nin_keras.fit", *args, env=env, merge_stderr=False)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_cli_bad_flag_exits_2_with_one_line():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_preset, random_images, save_and_reload
+from helpers import build_preset, random_images, save_and_reload
 from nin_keras.errors import ConfigError
 from nin_keras.model import block_summary, build_nin
 from nin_keras.presets import PRESETS, get_preset
@@ -20,12 +20,19 @@ D2L_TABLE = [
 ]
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_builds_and_predicts_probabilities(name):
+def test_every_preset_builds_predicts_and_round_trips(name, tmp_path):
+    """Each preset: probabilities that sum to 1, a .keras save/reload and a float32 copy that predict the same."""
+    from nin_keras.precision import float32_copy
+
     model = build_preset(name)
     shape = tuple(get_preset(name)["model"]["input_shape"])
-    probs = model.predict(random_images(2, shape), verbose=0)
+    images = random_images(2, shape)
+    probs = model.predict(images, verbose=0)
     assert probs.shape == (2, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(save_and_reload(model, tmp_path).predict(images, verbose=0), probs, atol=1e-6)
+    np.testing.assert_allclose(float32_copy(model).predict(images, verbose=0), probs, atol=1e-6)
+
 
 def test_d2l_preset_matches_reference_shapes_and_parameters():
     model = build_preset("d2l")

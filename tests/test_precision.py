@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import build_preset, random_images, save_and_reload
+from helpers import build_preset, random_images, save_and_reload
 from nin_keras.errors import ConfigError
 from nin_keras.precision import (cpu_flags, cpu_has_native_bf16, float32_copy, precision_scope,
                                  resolve_precision)

@@ -5,25 +5,21 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
+from helpers import launch
 from nin_keras import io as nio
 from nin_keras.callbacks import AtomicModelCheckpoint, read_history
 from nin_keras.errors import NinError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--limit", "12000", "--test-limit", "500", "--verbose", "2"]
 
 
 def start_fit(*args, env=None):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "nin_keras.fit", *args], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return launch("nin_keras.fit", *args, env=env)
 
 
 def wait_for_epochs(history_path, n, proc, timeout=240):
@@ -75,7 +71,7 @@ def test_diverging_run_is_caught(tmp_path):
 
 
 def test_checkpoint_keeps_best_model_when_loss_turns_nan(tmp_path):
-    from conftest import build_preset
+    from helpers import build_preset
 
     model = build_preset("tiny")
     path = str(tmp_path / "best.keras")

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import build_preset
+from helpers import build_preset
 from nin_keras import bench, report
 
 
@@ -112,7 +112,7 @@ def test_bench_data_format_choices_match_the_model():
 
 def test_a_failing_inference_measure_is_a_row_not_a_crash(monkeypatch):
     import export.evaluator
-    from conftest import build_preset, random_images
+    from helpers import build_preset, random_images
 
     real = export.evaluator.TFLiteClassifier
 

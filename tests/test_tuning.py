@@ -2,19 +2,17 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import keras
 import keras_tuner
 import pytest
 
+from helpers import launch
 from nin_keras.config import resolve_config
 from tuning import search
 from tuning.hypermodel import NinHyperModel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def hypermodel(preset="tiny"):
@@ -29,7 +27,7 @@ def build_with(**fixed):
 
 
 def test_default_hyperparameters_build_the_untuned_preset():
-    from conftest import build_preset
+    from helpers import build_preset
 
     model = hypermodel().build(keras_tuner.HyperParameters())
     assert model.count_params() == build_preset("tiny").count_params()
@@ -90,10 +88,8 @@ def test_random_search_writes_results_and_a_config_fit_accepts(tmp_path, capsys)
         assert events
 
 
-def run_tuning(args, env=None, **kwargs):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tuning", *args], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def run_tuning(args, env=None):
+    return launch("tuning", *args, env=env)
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests: build a preset, save/reload, sample images, launch a CLI in a subprocess."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_preset(name="tiny", **overrides):
+    """Build a preset's model with optional build_nin overrides."""
+    from nin_keras.model import build_nin
+    from nin_keras.presets import get_preset
+
+    kwargs = get_preset(name)["model"]
+    kwargs.update(overrides)
+    return build_nin(**kwargs)
+
+
+def save_and_reload(model, tmp_path, name="model.keras"):
+    """Save a model as .keras and load it back (safe mode)."""
+    import keras
+
+    path = os.path.join(tmp_path, name)
+    model.save(path)
+    return keras.saving.load_model(path)
+
+
+def random_images(n=8, shape=(28, 28, 1), seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+
+def launch(module, *args, env=None, merge_stderr=True):
+    """Start ``python -m <module> <args>`` from the repository root; stdout (and stderr) piped as text."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
