@@ -124,6 +124,13 @@ def data_settings(args, model_path):
     given = {k: getattr(args, k) for k in SOURCE_SETTINGS if getattr(args, k) is not None}
     out.update(given or {k: run.get(k) for k in SOURCE_SETTINGS})
     out["test_limit"] = args.test_limit
+    # An image-folder run's split file: calibration and test images are exactly the run's.
+    split_file = os.path.join(os.path.dirname(config_path), "split.json")
+    out["split_file"] = split_file if os.path.isfile(split_file) else None
+    for key in ("skip_bad_images", "resize"):
+        out[key] = run.get(key, getattr(args, key)) if getattr(args, key) is None else getattr(args, key)
+    out["skip_bad_images"] = bool(out["skip_bad_images"])
+    out["resize"] = out["resize"] or "stretch"
     return out
 
 
@@ -181,7 +188,8 @@ def run_export(args, print_fn=print):
         splits = load_data(data["data_dir"], data["image_dir"], data["tfds"], val_fraction=data["val_fraction"],
                            seed=data["seed"], limit=data["limit"], test_limit=data["test_limit"],
                            image_size=model.input_shape[1:3], num_classes=num_classes,
-                           channels=model.input_shape[3])
+                           channels=model.input_shape[3], split_file=data["split_file"],
+                           skip_bad_images=data["skip_bad_images"], resize=data["resize"])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
 
@@ -224,7 +232,9 @@ def run_export(args, print_fn=print):
     if not verify:
         return report, 0
 
-    x_test, y_test = splits.x_test, splits.y_test
+    from nin_keras.images import as_array
+
+    x_test, y_test = as_array(splits.x_test), splits.y_test
     keras_probs = model.predict(x_test, batch_size=256, verbose=0)
     keras_top1 = keras_probs.argmax(1)
     report["keras_accuracy"] = float(np.mean(keras_top1 == y_test))

@@ -87,6 +87,8 @@ def model_kwargs(cfg, num_classes=10, data_shape=None):
                           f"{did_you_mean(unknown, known)}")
     kwargs = get_preset(cfg.preset)["model"]
     kwargs.update(cfg.model)
+    if cfg.image_size:
+        kwargs["input_shape"] = [cfg.image_size, cfg.image_size, kwargs["input_shape"][2]]
     kwargs["num_classes"] = num_classes
     if data_shape is not None and list(data_shape) != list(kwargs["input_shape"]):
         def shape(s):
@@ -94,7 +96,8 @@ def model_kwargs(cfg, num_classes=10, data_shape=None):
 
         raise ConfigError(
             f"preset {cfg.preset!r} takes {shape(kwargs['input_shape'])} images but the data has "
-            f"{shape(data_shape)}; choose a preset made for this data, or set model.input_shape in a --config file. "
+            f"{shape(data_shape)}; choose a preset made for this data, pass --image-size for an image folder, or set model.input_shape in a "
+            f"--config file. "
             f"Received: input_shape={list(kwargs['input_shape'])}, data shape={list(data_shape)}"
         )
     return kwargs

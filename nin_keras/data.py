@@ -1,7 +1,8 @@
 """Offline data: Fashion-MNIST IDX files, image folders, tfds; tf.data pipelines.
 
-Everything is loaded into uint8 NumPy arrays (N, H, W, C) and int32 labels,
-then served by :func:`make_dataset`. Rescaling and resizing happen inside the
+IDX files and tfds are loaded into uint8 NumPy arrays (N, H, W, C) and int32
+labels; image folders are listed and streamed from disk (:mod:`nin_keras.images`).
+Both are served by :func:`make_dataset`. Rescaling and resizing happen inside the
 model, so the pipeline only shuffles, batches and prefetches raw pixels.
 """
 
@@ -14,6 +15,7 @@ import zlib
 import numpy as np
 
 from nin_keras.errors import DataError
+from nin_keras.images import as_array  # noqa: F401  (public: decode ImageFiles where an array is needed)
 
 ENV_DATA_DIR = "NIN_KERAS_DATA_DIR"
 DEBIAN_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -26,7 +28,6 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclasses.dataclass
@@ -41,6 +42,8 @@ class Splits:
     y_test: np.ndarray
     class_names: list
     source: str
+    # Image folders: which file went to which split (written into the run as split.json).
+    split_record: dict = None
 
     @property
     def input_shape(self):
@@ -141,55 +144,6 @@ def load_idx_split(directory, split, num_classes=10):
 # ------------------------------------------------------------------ image folder
 
 
-def load_image_folder(directory, image_size=(28, 28), color_mode="grayscale"):
-    """Load a folder with one sub-folder of images per class.
-
-    Every file is checked with Pillow first so a corrupt or non-image file is
-    reported by name (Keras' loader would only fail later, without a name).
-    Returns (images uint8 NHWC, labels int32, class_names).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isdir(directory):
-        raise DataError(f"--image-dir {directory}: no such directory")
-    class_names = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-    if not class_names:
-        raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
-    for name in class_names:
-        folder = os.path.join(directory, name)
-        files = sorted(os.listdir(folder))
-        if not files:
-            raise DataError(f"{folder}: empty class folder")
-        for file in files:
-            path = os.path.join(folder, file)
-            if not file.lower().endswith(IMAGE_EXTENSIONS):
-                raise DataError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-            try:
-                with Image.open(path) as img:
-                    img.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError) as e:
-                raise DataError(f"{path}: corrupt or unreadable image ({e})") from None
-
-    import keras
-
-    ds = keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        label_mode="int",
-        class_names=class_names,
-        color_mode=color_mode,
-        image_size=tuple(image_size),
-        batch_size=None,
-        shuffle=False,
-        verbose=False,
-    )
-    images, labels = [], []
-    for x, y in ds.as_numpy_iterator():
-        images.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
-        labels.append(y)
-    return np.stack(images), np.asarray(labels, np.int32), class_names
-
-
 def load_tfds(name):
     """Load a prepared tensorflow-datasets dataset (train/test) as arrays."""
     try:
@@ -217,24 +171,26 @@ def _split_validation(x, y, val_fraction, seed):
 
 
 def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, seed=0, limit=None,
-              test_limit=None, image_size=(28, 28), num_classes=10, channels=1):
-    """Load the chosen source and split it into train / validation / test arrays.
+              test_limit=None, image_size=(28, 28), num_classes=10, channels=1, split_file=None,
+              skip_bad_images=False, resize="stretch", print_fn=print):
+    """Load the chosen source and split it into train / validation / test sets.
 
-    Sources: ``image_dir`` (class folders; 20% becomes the test set),
-    ``tfds_name``, or Fashion-MNIST IDX files (default). ``limit`` keeps the
-    first N training examples (before the validation split), ``test_limit``
-    the first N test examples. Image folders are read at ``image_size`` in
-    the model's colour mode (``channels`` 1: grayscale, 3: RGB).
+    Sources: ``image_dir`` (class folders, streamed from disk: see
+    :mod:`nin_keras.images`; its split is read from ``split_file`` when that
+    exists), ``tfds_name``, or Fashion-MNIST IDX files (default). ``limit``
+    keeps the first N training examples (before the validation split),
+    ``test_limit`` the first N test examples. Image folders are read at
+    ``image_size`` in the model's colour mode (``channels`` 1: grayscale, 3: RGB).
     """
     if image_dir is not None:
-        color_mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(channels)
-        if color_mode is None:
-            raise DataError(f"--image-dir: models with {channels} input channels cannot read image files "
-                            "(1 grayscale, 3 RGB or 4 RGBA)")
-        x, y, class_names = load_image_folder(image_dir, image_size=image_size, color_mode=color_mode)
-        x_train, y_train, x_test, y_test = _split_validation(x, y, 0.2, seed + 1)
-        source = f"image folder {image_dir}"
-    elif tfds_name is not None:
+        from nin_keras import images
+
+        (x_train, y_train), (x_val, y_val), (x_test, y_test), class_names, record = images.load_folder_splits(
+            image_dir, image_size, channels, val_fraction, seed, limit, test_limit, split_file=split_file,
+            skip_bad=skip_bad_images, resize=resize, print_fn=print_fn)
+        return Splits(x_train, y_train, x_val, y_val, x_test, y_test, class_names, f"image folder {image_dir}",
+                      split_record=record)
+    if tfds_name is not None:
         x_train, y_train, x_test, y_test, class_names = load_tfds(tfds_name)
         source = f"tfds {tfds_name}"
         top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
@@ -269,7 +225,11 @@ def _augment(image, label, pad=3):
 
 def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None, augment=False,
                  cache=True):
-    """A tf.data pipeline over in-memory arrays: cache, seeded shuffle, augment, batch, prefetch.
+    """A tf.data pipeline: cache, seeded shuffle, augment, batch, prefetch.
+
+    ``x`` is an in-memory uint8 array, or :class:`~nin_keras.images.ImageFiles`
+    decoded on the fly (photo augmentation: random resized crop, flip, colour
+    jitter).
 
     ``batch_size`` is the **global** batch (per-replica batch x replicas):
     under a distribution strategy ``model.fit`` splits each batch across
@@ -279,15 +239,21 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if cache:
-        ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        # In the pipeline, not the model: keeps random ops out of exported
-        # models and runs on the CPU threads tf.data already uses.
-        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    from nin_keras.images import ImageFiles, image_pipeline
+
+    if isinstance(x, ImageFiles):
+        # Streamed from disk and never cached: memory stays bounded whatever the folder's size.
+        ds = image_pipeline(x, y, shuffle=shuffle, seed=seed, augment=augment)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if cache:
+            ds = ds.cache()
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            # In the pipeline, not the model: keeps random ops out of exported
+            # models and runs on the CPU threads tf.data already uses.
+            ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     if shard_policy is not None:
         options = tf.data.Options()

@@ -34,6 +34,7 @@ RUN_FILES = {
     "confusion": "confusion.png",
     "logs": "logs",
     "backup": "backup",
+    "split": "split.json",
 }
 
 
@@ -334,8 +335,12 @@ def load_run_data(run):
 
     def load():
         kwargs = config_lib.model_kwargs(cfg)
+        # A resumed run reads its split back (nothing is re-split); a new one writes it with config.json.
+        split_file = os.path.join(run.final_dir, RUN_FILES["split"]) if run.state == "resume" else None
         splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
-                           cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
+                           cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
+                           split_file=split_file, skip_bad_images=cfg.skip_bad_images, resize=cfg.resize,
+                           print_fn=run.print_fn)
         kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
         if not run.chief and run.state == "resume":
             _copy_chief_backup(run)
@@ -387,6 +392,10 @@ def fit_run(run):
             print_fn(f"--overwrite: the previous run is kept in {aside} until this run's first epoch is saved")
         # Written only once the data and model are known good, so a typo in a
         # flag does not leave a "different run" behind in the folder.
+        if splits.split_record is not None and not os.path.exists(path["split"]):
+            from nin_keras.images import write_split
+
+            write_split(path["split"], splits.split_record)
         config_lib.save_config(cfg, path["config"])
 
     print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, {cfg.precision}, "

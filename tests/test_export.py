@@ -162,7 +162,7 @@ def test_export_uses_the_runs_split(tmp_path):
     from PIL import Image
 
     from export.exporter import data_settings
-    from nin_keras.data import load_data
+    from nin_keras.data import as_array, load_data
 
     folder = tmp_path / "imgs"
     for c in range(2):
@@ -181,7 +181,10 @@ def test_export_uses_the_runs_split(tmp_path):
     def load(seed):
         s = load_data(image_dir=settings["image_dir"], val_fraction=settings["val_fraction"], seed=seed,
                       image_size=(8, 8))
-        return {int(x.mean()) for x in s.x_train}, {int(x.mean()) for x in s.x_test}
+        def values(images):
+            return {int(v) for v in as_array(images).reshape(len(images), -1).mean(1)}
+
+        return values(s.x_train), values(s.x_test)
 
     train, test = load(settings["seed"])
     assert len(train) + len(test) <= 60 and train and test and not train & test

@@ -64,7 +64,7 @@ def validate_args(args):
 
 # What defines a search: a folder holding another search is not resumed with these.
 SEARCH_SETTINGS = ("preset", "tuner", "max_trials", "epochs", "patience", "seed", "limit", "data_dir", "image_dir",
-                   "tfds", "val_fraction", "precision")
+                   "tfds", "val_fraction", "precision", "image_size", "resize", "skip_bad_images")
 SEARCH_FILE = "search.json"
 
 
@@ -224,15 +224,26 @@ def run_search(args, print_fn=print):
     base = config_lib.resolve_config({
         "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
         "tfds": args.tfds, "val_fraction": args.val_fraction, "test_limit": args.test_limit,
-        "precision": args.precision,
+        "precision": args.precision, "image_size": args.image_size, "resize": args.resize,
+        "skip_bad_images": args.skip_bad_images,
     })
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     kwargs = config_lib.model_kwargs(base)
-    splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
-                       base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2])
-    hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape)
-    if distribute_is_tuning_chief():
+    chief = distribute_is_tuning_chief()
+    if chief:
+        # Before the split file is read: a folder holding another search is refused first.
         check_search_dir(args)
+    # An image folder's split is kept in the search folder, so a resumed search tunes on the same images.
+    split_file = os.path.join(args.output_dir, "split.json")
+    splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
+                       base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
+                       split_file=None if args.overwrite else split_file, skip_bad_images=base.skip_bad_images,
+                       resize=base.resize, print_fn=print_fn)
+    hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape)
+    if chief and splits.split_record is not None:
+        from nin_keras.images import write_split
+
+        write_split(split_file, splits.split_record)
     tuner = make_tuner(args, hypermodel, strategy)
 
     import keras

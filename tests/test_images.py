@@ -1,0 +1,185 @@
+"""Image folders: streamed RGB/grayscale decoding, splits that stay put, bad folders, a photo run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nin_keras import data, images
+from nin_keras.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Tinted Fashion-MNIST "photos": 4 classes x 25, JPEG and PNG, three sizes and aspect ratios."""
+    root = tmp_path_factory.mktemp("photos")
+    images.write_tinted_folder(str(root), per_class=25, classes=4)
+    return root
+
+
+def copy_folder(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_rgb_folder_streams_into_an_rgb_pipeline(photo_dir):
+    splits = data.load_data(image_dir=str(photo_dir), image_size=(32, 32), channels=3, val_fraction=0.2)
+    assert splits.class_names == ["dress", "pullover", "t-shirt-top", "trouser"]  # sorted folder names
+    assert splits.input_shape == [32, 32, 3] and isinstance(splits.x_train, images.ImageFiles)
+    assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100
+    ds = data.make_dataset(splits.x_train, splits.y_train, 8, drop_remainder=True)
+    spec = ds.element_spec
+    assert spec[0].shape.as_list() == [8, 32, 32, 3] and spec[0].dtype.name == "uint8"
+    assert spec[1].shape.as_list() == [8] and spec[1].dtype.name == "int32"
+    batch, labels = next(iter(ds))
+    # The tints survive: trouser images (green tint) are greener than red-tinted T-shirts.
+    pixels = batch.numpy().astype(float)
+    green = pixels[..., 1].mean((1, 2)) - pixels[..., 0].mean((1, 2))
+    labels = labels.numpy()
+    if (labels == 3).any() and (labels == 2).any():
+        assert green[labels == 3].mean() > green[labels == 2].mean()
+
+
+def test_grayscale_model_reads_an_rgb_folder_as_grayscale(photo_dir):
+    splits = data.load_data(image_dir=str(photo_dir), image_size=(28, 28), channels=1)
+    array = images.as_array(splits.x_test)
+    assert array.shape == (len(splits.x_test), 28, 28, 1) and array.dtype == np.uint8 and array.max() > 0
+
+
+@pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
+def test_resize_modes_give_the_model_size(photo_dir, mode):
+    files = images.ImageFiles([str(p) for p in sorted((photo_dir / "trouser").iterdir())[:3]], (20, 30), 3, mode)
+    array = files.to_array()
+    assert array.shape == (3, 20, 30, 3)
+    if mode == "pad":  # a 40x40 image letterboxed into 20x30 has black side bars
+        assert array[0, :, :3].max() == 0 and array[0, :, 12:18].max() > 0
+
+
+def test_photo_augmentation_keeps_shape_and_changes_pixels(photo_dir):
+    splits = data.load_data(image_dir=str(photo_dir), image_size=(32, 32), channels=3)
+    plain = next(iter(data.make_dataset(splits.x_train, splits.y_train, 16)))[0].numpy()
+    augmented = next(iter(data.make_dataset(splits.x_train, splits.y_train, 16, augment=True)))[0].numpy()
+    assert augmented.shape == plain.shape and augmented.dtype == np.uint8
+    assert np.abs(augmented.astype(int) - plain.astype(int)).mean() > 1
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class(photo_dir):
+    a = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=3)
+    b = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=3)
+    assert a.split_record == b.split_record
+    for y in (a.y_train, a.y_val, a.y_test):
+        assert sorted(set(y.tolist())) == [0, 1, 2, 3]
+    names = [set(p for p, _ in a.split_record[s]) for s in images.SPLIT_NAMES]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+
+
+def test_a_folder_with_train_and_test_subfolders_is_used_as_given(tmp_path, photo_dir):
+    root = tmp_path / "given"
+    for split, keep in (("train", slice(0, 8)), ("test", slice(8, 12))):
+        for cls in ("trouser", "dress"):
+            os.makedirs(root / split / cls)
+            for f in sorted((photo_dir / cls).iterdir())[keep]:
+                (root / split / cls / f.name).write_bytes(f.read_bytes())
+    splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3, val_fraction=0.25)
+    assert splits.class_names == ["dress", "trouser"]
+    assert len(splits.x_test) == 8 and all("/test/" in p for p in splits.x_test.paths)
+    assert len(splits.x_train) + len(splits.x_val) == 16 and all("/train/" in p for p in splits.x_val.paths)
+
+
+def test_split_file_is_read_back_instead_of_resplitting(tmp_path, photo_dir):
+    first = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=1)
+    path = tmp_path / "split.json"
+    images.write_split(str(path), first.split_record)
+    again = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=99, split_file=str(path))
+    assert list(again.x_test.paths) == list(first.x_test.paths)  # another seed, same split: the file wins
+    record = json.loads(path.read_text())
+    record["test"][0][0] = "dress/missing.jpg"
+    path.write_text(json.dumps(record))
+    with pytest.raises(DataError, match="lists dress/missing.jpg \\(test\\), which is no longer in"):
+        data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, split_file=str(path))
+
+
+def _break(root, problem):
+    if problem == "corrupt":
+        (root / "dress" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif problem == "cut jpeg":
+        jpeg = root / "dress" / "00000.jpg"
+        jpeg.write_bytes(jpeg.read_bytes()[:-200])
+    elif problem == "not an image":
+        (root / "dress" / "notes.txt").write_text("hello")
+    elif problem == "empty class":
+        os.makedirs(root / "empty")
+    elif problem == "one class":
+        import shutil
+
+        for cls in ("t-shirt-top", "trouser", "pullover"):  # leaves "dress"
+            shutil.rmtree(root / cls)
+    elif problem == "no class folders":
+        import shutil
+
+        for cls in os.listdir(root):
+            shutil.rmtree(root / cls)
+        (root / "a.png").write_bytes(b"")
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("corrupt", "00001.png: corrupt or unreadable image"),
+    ("cut jpeg", "00000.jpg: corrupt or unreadable image (JPEG cut short"),
+    ("not an image", "notes.txt: not an image file"),
+    ("empty class", "empty: empty class folder"),
+    ("one class", "only one class folder ('dress')"),
+    ("no class folders", "no class folders"),
+])
+def test_bad_folders_are_one_line_and_the_run_writes_nothing(tmp_path, photo_dir, capsys, problem, message):
+    from nin_keras.fit import main
+
+    root = copy_folder(photo_dir, tmp_path / "photos")
+    _break(root, problem)
+    out = tmp_path / "run"
+    assert main(["--preset", "tiny", "--image-dir", str(root), "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_skip_bad_images_counts_and_skips(tmp_path, photo_dir, capsys):
+    root = copy_folder(photo_dir, tmp_path / "photos")
+    _break(root, "corrupt")
+    _break(root, "not an image")
+    splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3, skip_bad_images=True)
+    assert "skipped 2 bad file(s)" in capsys.readouterr().out
+    assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100 - 1
+
+
+def test_photo_run_beats_chance_writes_its_split_and_resume_reuses_it(tmp_path, photo_dir):
+    """The photo preset (at 48 px to stay quick) on the generated folder; the split file is written once."""
+    from nin_keras.config import resolve_config
+    from nin_keras.fit import train
+
+    out = tmp_path / "run"
+    settings = {"preset": "photo", "image_dir": str(photo_dir), "image_size": 48, "epochs": 6, "batch_size": 8, "strategy": "one-device",
+                "output_dir": str(out), "verbose": 0}
+    metrics = train(resolve_config(settings))
+    split = json.loads((out / "split.json").read_text())
+    assert split["classes"] == ["dress", "pullover", "t-shirt-top", "trouser"]
+    assert metrics["test_examples"] == len(split["test"])
+    assert metrics["test_accuracy"] >= 0.6  # chance is 0.25
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert per_class["classes"] == split["classes"]
+
+    # A resumed run reads the file back: with another seed (and --resume) the images are not re-split.
+    # (fit's first two stages are what a resume runs before training.)
+    from nin_keras.distribute import make_strategy
+    from nin_keras.fit import load_run_data, open_run
+
+    os.remove(out / "metrics.json")
+    cfg = resolve_config({**settings, "seed": 5})
+    run = open_run(cfg, make_strategy("one-device"), resume=True, overwrite=False)
+    assert run.state == "resume"
+    load_run_data(run)
+    assert sorted(run.splits.x_test.paths) == sorted(str(photo_dir / p) for p, _ in split["test"])
+    fresh = data.load_data(image_dir=str(photo_dir), image_size=(48, 48), channels=3, seed=5)
+    assert sorted(fresh.x_test.paths) != sorted(run.splits.x_test.paths)  # what re-splitting would have given
