@@ -122,14 +122,17 @@ def _configure_threads(intra_op_threads, inter_op_threads):
 
 def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("float32", "float16", "dynamic", "int8"),
               data_dir=None, xla=False, precision="auto", intra_op_threads=None, inter_op_threads=None,
-              data_format="channels_last", resize_in="model", cache=True, inference=True, print_fn=print):
+              data_format="channels_last", resize_in="model", cache=True, inference=True, print_fn=print,
+              image_dir=None, image_size=None):
     """Run every measurement; return the results dict.
 
     The keyword arguments after ``data_dir`` are the settings the benchmark
     compares (``--sweep`` runs each in a fresh process): XLA, compute
     precision, TensorFlow thread pools, tensor layout, where the 28->224
     resize of resizing presets runs (the model's graph or tf.data), and
-    tf.data caching.
+    tf.data caching. With ``image_dir`` the pipeline streams that folder's
+    images (decoded and resized in tf.data, at ``image_size`` if given) and
+    the model is the preset's at that size.
     """
     import keras
     import tensorflow as tf
@@ -144,8 +147,16 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
     from nin_keras.report import resource_report
 
     precision = resolve_precision(precision)
-    cfg = resolve_config({"preset": preset, "batch_size": batch_size, "xla": xla})
+    cfg = resolve_config({"preset": preset, "batch_size": batch_size, "xla": xla, "image_size": image_size})
     kwargs = {**get_preset(preset)["model"], "data_format": data_format}
+    folder = None
+    if image_dir is not None:
+        from nin_keras.config import model_kwargs
+
+        kwargs = {**model_kwargs(cfg), "data_format": data_format}
+        folder = load_data(image_dir=image_dir, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
+                           print_fn=print_fn)
+        kwargs["num_classes"] = len(folder.class_names)
     raw_shape = list(kwargs["input_shape"])
     resize_to = kwargs.get("image_size")
     if resize_in == "pipeline" and resize_to and list(resize_to) != raw_shape[:2]:
@@ -161,7 +172,8 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
                "precision": precision, "intra_op_threads": threads[0], "inter_op_threads": threads[1],
                "data_format": data_format, "resize_in": resize_in, "cache": cache,
                "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
-               "cpu": cpu_class(), "onednn_isa": onednn_isa(), "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+               "cpu": cpu_class(), "onednn_isa": onednn_isa(), "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+               "image_dir": image_dir, "images": len(folder.x_train) if folder else None}
 
     print_fn("1/5 matmul ceiling ...")
     results["matmul_gflops"] = _stats([matmul_gflops() for _ in range(repeats)])
@@ -190,7 +202,9 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
         in_memory = in_memory.map(resize_batch).cache()  # resized once: "data already in memory"
     in_memory = in_memory.repeat()
 
-    if raw_shape[:2] == [28, 28] and raw_shape[2] == 1:
+    if folder is not None:  # streamed from disk: decode, resize (and augment) in tf.data
+        images, labels = folder.x_train, folder.y_train
+    elif raw_shape[:2] == [28, 28] and raw_shape[2] == 1:
         splits = load_data(data_dir=data_dir)
         images, labels = splits.x_train, splits.y_train
     else:  # presets for other inputs: synthetic data of the right shape through the same pipeline
@@ -198,7 +212,8 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
         labels = rng.integers(0, 10, (len(images),), dtype=np.int32)
 
     def pipeline():
-        ds, n_steps = make_train_dataset(images, labels, batch_size, seed=0, cache=cache)
+        ds, n_steps = make_train_dataset(images, labels, batch_size, seed=0, cache=cache,
+                                         augment=folder is not None and cfg.augment)
         if resize_in == "pipeline":
             ds = ds.map(resize_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
         return ds, n_steps
@@ -237,11 +252,17 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("f
 
     if inference:
         print_fn("5/5 inference ...")
-        sample = images[:200]
+        from nin_keras.images import as_array
+
+        sample = as_array(images[:200])
         if resize_in == "pipeline":
             sample = tf.image.resize(sample, resize_to).numpy()
         # Deployed models compute in float32 (TFLite has no bfloat16 kernels).
         results["inference"] = _bench_inference(float32_copy(model), sample, formats, repeats)
+    import resource
+
+    # Peak resident memory of the whole benchmark (ru_maxrss is in KiB on Linux).
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
 
@@ -301,7 +322,8 @@ def format_results(r):
         f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: ONEDNN_MAX_CPU_ISA={r['isa_cap']})" if r["isa_cap"] else ""),
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
-        f"strategy: {r.get('strategy', 'default')}",
+        f"strategy: {r.get('strategy', 'default')}"
+        + (f"; data: {r['images']:,} images streamed from {r['image_dir']}" if r.get("image_dir") else ""),
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
         f"{r['model']['train_gflop_per_image']:.3f} GFLOP per training image",
         "",
@@ -326,6 +348,8 @@ def format_results(r):
         row("4 tf.data pipeline alone, images/s", s(r["pipeline_images_per_sec"])),
         row("  multiple of model-only training", f"{r['pipeline_fraction_of_model_only']:.1f}"),
     ]
+    if r.get("peak_rss_mib"):
+        lines.append(row("peak resident memory, MiB", f"{r['peak_rss_mib']:,.0f}"))
     if r["cpu_count"] > 1:
         for key, label in (("model_only_cores_used", "model-only"), ("end_to_end_cores_used", "end-to-end")):
             if r[key]["max"] < 1.3:
@@ -457,6 +481,9 @@ def build_parser():
     parser.add_argument("--formats", default="float32,float16,dynamic,int8",
                         help="TFLite formats to time, comma-separated ('' for none)")
     parser.add_argument("--data-dir")
+    parser.add_argument("--image-dir", help="measure the streaming pipeline over this image folder (one sub-folder "
+                                            "per class; e.g. made by python -m nin_keras.images)")
+    parser.add_argument("--image-size", type=int, help="with --image-dir: the model's input size (default: the preset's)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--isa-cap", choices=ISA_CAPS,
                         help="cap oneDNN's instruction set (sets ONEDNN_MAX_CPU_ISA before TensorFlow starts): "
@@ -521,7 +548,8 @@ def main(argv=None):
         formats = tuple(f for f in args.formats.split(",") if f)
         results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats, args.data_dir, args.xla,
                             args.precision, args.intra_op_threads, args.inter_op_threads, args.data_format,
-                            args.resize_in, args.cache, args.inference)
+                            args.resize_in, args.cache, args.inference, image_dir=args.image_dir,
+                            image_size=args.image_size)
         print(format_results(results))
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")

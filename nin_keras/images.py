@@ -391,3 +391,36 @@ def write_tinted_folder(root, per_class=20, classes=10, seed=0, data_dir=None, s
             else:
                 image.save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
     return names
+
+
+def main(argv=None):
+    """``python -m nin_keras.images OUT [--per-class N] [--classes K]``: write a tinted "photo" folder."""
+    import argparse
+
+    from nin_keras.cli import OneLineParser, run_cli
+
+    parser = OneLineParser(prog="python -m nin_keras.images",
+                           description="Write Fashion-MNIST images as tinted colour JPEG/PNG files of mixed sizes "
+                                       "into OUT/<class>/ (test data and benchmark input).",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("out")
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    def body():
+        from nin_keras.errors import require
+
+        require(args.per_class >= 3, "--per-class must be >= 3.", args.per_class)
+        require(2 <= args.classes <= 10, "--classes must be 2..10.", args.classes)
+        names = write_tinted_folder(args.out, args.per_class, args.classes, args.seed)
+        print(f"wrote {args.per_class * len(names):,} images in {len(names)} class folders under {args.out}")
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
