@@ -362,13 +362,16 @@ _TINTS = [(255, 80, 80), (80, 255, 80), (80, 80, 255), (255, 255, 80), (255, 80,
           (80, 255, 255), (255, 160, 60), (160, 60, 255), (60, 160, 255), (200, 200, 200)]
 
 
-def write_tinted_folder(root, per_class=20, classes=10, seed=0, data_dir=None, sizes=((40, 40), (64, 48), (36, 72))):
+def write_tinted_folder(root, per_class=20, classes=10, seed=0, data_dir=None, sizes=((40, 40), (64, 48), (36, 72)),
+                        tint="class"):
     """Write Fashion-MNIST images as colour "photos" into ``root/<class>/``: a stand-in for a user's folder.
 
-    Each image is tinted with its class's colour, upscaled to one of
-    ``sizes`` (mixed aspect ratios) and saved as JPEG or PNG in turn. No
-    real colour photo dataset is available offline; the tests and the
-    benchmark use this. Returns the class names.
+    Each image is tinted (``tint="class"``: its class's colour, so colour
+    alone gives the class away, which makes a quick, easy task; ``"random"``:
+    a colour drawn per image, so only the shapes tell classes apart),
+    upscaled to one of ``sizes`` (mixed aspect ratios) and saved as JPEG or
+    PNG in turn. No real colour photo dataset is available offline; the
+    tests and the benchmark use this. Returns the class names.
     """
     from PIL import Image
 
@@ -383,7 +386,8 @@ def write_tinted_folder(root, per_class=20, classes=10, seed=0, data_dir=None, s
         picks = rng.choice(np.flatnonzero(y == label), per_class, replace=per_class > np.sum(y == label))
         for i, index in enumerate(picks):
             grey = x[index, :, :, 0].astype(np.float32) / 255
-            rgb = (grey[..., None] * np.asarray(_TINTS[label], np.float32)).astype(np.uint8)
+            colour = _TINTS[label] if tint == "class" else _TINTS[rng.integers(len(_TINTS))]
+            rgb = (grey[..., None] * np.asarray(colour, np.float32)).astype(np.uint8)
             width, height = sizes[i % len(sizes)]
             image = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
             if i % 2:
@@ -407,6 +411,8 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tint", choices=("class", "random"), default="class",
+                        help="class: one colour per class (colour gives the class away); random: per image")
     args = parser.parse_args(argv)
 
     def body():
@@ -414,7 +420,7 @@ def main(argv=None):
 
         require(args.per_class >= 3, "--per-class must be >= 3.", args.per_class)
         require(2 <= args.classes <= 10, "--classes must be 2..10.", args.classes)
-        names = write_tinted_folder(args.out, args.per_class, args.classes, args.seed)
+        names = write_tinted_folder(args.out, args.per_class, args.classes, args.seed, tint=args.tint)
         print(f"wrote {args.per_class * len(names):,} images in {len(names)} class folders under {args.out}")
 
     return run_cli(body)
