@@ -15,7 +15,7 @@ import numpy as np
 from nin_keras.errors import NinError
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
-ALL_FORMATS = TFLITE_FORMATS + ("saved_model",)
+ALL_FORMATS = TFLITE_FORMATS + ("saved_model", "onnx")
 IO_TYPES = ("uint8", "int8", "float32")
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "dynamic": 1, "int8": 1}
 
@@ -178,8 +178,8 @@ def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False)
     }
 
 
-def write_tflite(out_dir, fmt, tflite_bytes, meta):
-    """Write ``nin_<fmt>.tflite`` and its ``.json`` sidecar as a unit; return the model path.
+def write_tflite(out_dir, fmt, tflite_bytes, meta, suffix=".tflite"):
+    """Write ``nin_<fmt><suffix>`` (``.tflite``, or ``.onnx``) and its ``.json`` sidecar as a unit; return the model path.
 
     Both files are staged completely first (a failure while writing leaves
     the previous pair untouched), then renamed into place. The sidecar
@@ -187,8 +187,12 @@ def write_tflite(out_dir, fmt, tflite_bytes, meta):
     renames) cannot go unnoticed: :func:`check_sidecar` refuses a pair that
     does not match.
     """
-    path = os.path.join(out_dir, f"nin_{fmt}.tflite")
-    json_path = os.path.splitext(path)[0] + ".json"
+    if suffix == ".tflite":
+        path = os.path.join(out_dir, f"nin_{fmt}.tflite")
+        json_path = os.path.splitext(path)[0] + ".json"
+    else:  # nin.onnx + nin.onnx.json: no clash with the TFLite sidecars
+        path = os.path.join(out_dir, f"nin{suffix}")
+        json_path = path + ".json"
     staged, renamed = [], 0
     try:
         for target, data in ((path, tflite_bytes), (json_path, (json.dumps(meta, indent=2) + "\n").encode())):
@@ -246,3 +250,43 @@ def export_saved_model(model, out_dir):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def convert_onnx(model):
+    """The model as ONNX bytes (Keras' own exporter, through tf2onnx), float32 input of raw 0..255 pixels.
+
+    For desktop and server runtimes (onnxruntime); phones get TFLite. Raises
+    :class:`ExportError` in one line when tf2onnx or onnxruntime is missing.
+    """
+    for package in ("tf2onnx", "onnxruntime"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise ExportError(f"--format onnx needs {package}: pip install -e '.[onnx]' "
+                              "(tf2onnx and onnxruntime)") from None
+    # Keras exports only a model that has been called once.
+    model(np.zeros((1, *model.input_shape[1:]), np.float32))
+    with tempfile.TemporaryDirectory(prefix="nin_keras-onnx-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        try:
+            model.export(path, format="onnx", verbose=False)
+        except Exception as e:  # tf2onnx raises many types; the user needs the cause in one line
+            raise ExportError(f"ONNX export failed ({type(e).__name__}: {e})") from None
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def onnx_sidecar(onnx_bytes, labels, model):
+    """The JSON beside ``nin.onnx``: labels, input, preprocessing and the model's SHA-256."""
+    import hashlib
+
+    height, width, channels = model.input_shape[1:]
+    return {
+        "format": "onnx",
+        "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "labels": labels,
+        "input": {"shape": [None, int(height), int(width), int(channels)], "dtype": "float32", "layout": "NHWC"},
+        "output": {"meaning": "class probabilities (softmax)"},
+        "preprocessing": {"color": "grayscale" if channels == 1 else "RGB", "pixel_range": [0, 255],
+                          "note": "feed raw pixel values 0..255 as float32 (the model rescales internally)"},
+    }

@@ -99,6 +99,29 @@ def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tfli
     return result
 
 
+def evaluate_onnx(model_path, images, labels, reference_top1=None, label="onnx"):
+    """Like :func:`evaluate_tflite`, with onnxruntime's CPU provider (1 thread) at batch 1."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    preds = np.empty(len(images), np.int64)
+    times = np.empty(len(images))
+    session.run(None, {name: images[:1].astype(np.float32)})  # warm-up
+    for i in progress(range(len(images)), len(images), label):
+        t0 = time.perf_counter()
+        probs = session.run(None, {name: images[i : i + 1].astype(np.float32)})[0]
+        times[i] = time.perf_counter() - t0
+        preds[i] = int(np.argmax(probs[0]))
+    result = {"accuracy": float(np.mean(preds == labels)), "latency_ms_mean": float(times.mean() * 1e3),
+              "latency_ms_p95": float(np.percentile(times, 95) * 1e3), "examples": int(len(images)), "top1": preds}
+    if reference_top1 is not None:
+        result["agreement_with_keras"] = float(np.mean(preds == reference_top1))
+    return result
+
+
 def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, scale=2, label="mediapipe"):
     """Classify every image with MediaPipe Tasks' ImageClassifier, fed as an app would feed it.
 

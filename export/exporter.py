@@ -13,7 +13,9 @@ from export.converter import (
     IO_TYPES,
     TFLITE_FORMATS,
     convert,
+    convert_onnx,
     export_saved_model,
+    onnx_sidecar,
     load_keras_model,
     load_labels,
     resolve_model_path,
@@ -180,8 +182,8 @@ def run_export(args, print_fn=print):
 
     num_classes = int(model.output.shape[-1])
     labels = load_labels(model_path, num_classes)
-    tflite_formats = [f for f in formats if f != "saved_model"]
-    verify = tflite_formats and not args.no_verify
+    tflite_formats = [f for f in formats if f in TFLITE_FORMATS]
+    verify = (tflite_formats or "onnx" in formats) and not args.no_verify
     splits = None
     if "int8" in formats or verify:
         data = data_settings(args, model_path)
@@ -208,6 +210,12 @@ def run_export(args, print_fn=print):
         if fmt == "saved_model":
             written[fmt] = export_saved_model(model, out_dir)
             print_fn(f"wrote {written[fmt]}")
+            continue
+        if fmt == "onnx":
+            # The model's own input (desktop and server runtimes); phones get the TFLite files.
+            onnx = convert_onnx(model)
+            written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, model), suffix=".onnx")
+            print_fn(f"wrote {written[fmt]} ({len(onnx) / 1024:,.1f} KB)")
             continue
         calibration = None
         if fmt == "int8":
@@ -258,6 +266,15 @@ def run_export(args, print_fn=print):
         rows.append({"format": fmt, "path": written[fmt], "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"][fmt], **result})
+    if "onnx" in written:
+        from export.evaluator import evaluate_onnx
+
+        result = evaluate_onnx(written["onnx"], x_test, y_test, keras_top1, label="onnx")
+        predictions["onnx"] = result.pop("top1")
+        size = os.path.getsize(written["onnx"])
+        rows.append({"format": "onnx (onnxruntime)", "path": written["onnx"], "size_bytes": size,
+                     "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
+                     "parameter_bytes": report["parameter_bytes"]["float32"], **result})
     report["formats"] = rows
     table = format_table(rows)
     dense = (f"\nWith a dense head (4096-4096 ReLU layers) instead of global average pooling, the same network "

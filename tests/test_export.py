@@ -5,8 +5,9 @@ import zipfile
 import numpy as np
 import pytest
 
+import export
 from export import exporter, predict
-from export.converter import convert, load_keras_model
+from export.converter import check_sidecar, convert, load_keras_model
 from export.evaluator import TFLiteClassifier
 
 
@@ -296,3 +297,42 @@ def test_predict_refuses_a_sidecar_missing_keys(tmp_path, content, message):
     (tmp_path / "m.json").write_text(json.dumps(content))
     with pytest.raises(Exception, match=message.replace(".", r"\.")):
         predict.load_sidecar(str(tmp_path / "m.tflite"))
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def test_onnx_export_matches_keras_in_onnxruntime(trained_tiny_run, tmp_path, fashion_test):
+    import onnxruntime as ort
+
+    run_dir, _ = trained_tiny_run
+    report = export.export(run_dir, formats=["onnx"], output_dir=str(tmp_path), test_limit=300,
+                           print_fn=lambda *a: None)
+    (row,) = report["formats"]
+    assert row["format"] == "onnx (onnxruntime)" and row["examples"] == 300
+    assert row["agreement_with_keras"] >= 0.99 and abs(row["accuracy"] - report["keras_accuracy"]) <= 0.01
+    meta = json.loads((tmp_path / "nin.onnx.json").read_text())
+    assert meta["labels"][0] == "T-shirt/top" and meta["input"]["shape"] == [None, 28, 28, 1]
+    check_sidecar(str(tmp_path / "nin.onnx"), meta)
+    session = ort.InferenceSession(str(tmp_path / "nin.onnx"), providers=["CPUExecutionProvider"])
+    x = fashion_test[0][:32]
+    probs = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    model = load_keras_model(os.path.join(run_dir, "model.keras"))
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_onnx_without_its_packages_is_one_line(monkeypatch):
+    import builtins
+
+    from export.converter import ExportError, convert_onnx
+
+    real_import = builtins.__import__
+
+    def no_tf2onnx(name, *args, **kwargs):
+        if name == "tf2onnx":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tf2onnx)
+    with pytest.raises(ExportError, match=r"--format onnx needs tf2onnx: pip install -e '.\[onnx\]'"):
+        convert_onnx(None)
