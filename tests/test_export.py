@@ -336,3 +336,14 @@ def test_onnx_without_its_packages_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tf2onnx)
     with pytest.raises(ExportError, match=r"--format onnx needs tf2onnx: pip install -e '.\[onnx\]'"):
         convert_onnx(None)
+
+
+def test_int8_profile_cuts_the_model_after_each_block():
+    from export.profile import format_rows, prefixes
+    from helpers import build_preset
+
+    names = [name for name, _ in prefixes(build_preset("tiny"))]
+    assert names == ["block1 (first conv)", "block1_pool", "block2 (first conv)", "block2_pool",
+                     "head (first conv)", "head_gap", "whole model"]
+    table = format_rows([("block1_pool", 0.1, 0.3, None, 0.25)])
+    assert "| block1_pool | 0.100 | 0.300 | 3.00 | - | 0.250 |" in table
