@@ -24,6 +24,7 @@ best run is the one closest to what the hardware does, as ``timeit`` advises.
 Nothing is asserted: the numbers are for people and README, not for tests.
 """
 
+import dataclasses
 import json
 import os
 import statistics
@@ -120,22 +121,62 @@ def _configure_threads(intra_op_threads, inter_op_threads):
             tf.config.threading.get_inter_op_parallelism_threads())
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """The settings the benchmark compares; the defaults are the project's.
+
+    A sweep variant is "the defaults with one field replaced"
+    (``dataclasses.replace``), and :meth:`flags` turns any variant into the
+    command-line flags of its child process.
+    """
+
+    precision: str = "auto"
+    xla: bool = False  # XLA jit_compile
+    intra_op_threads: int = None  # None: TensorFlow's default
+    inter_op_threads: int = None
+    data_format: str = "channels_last"
+    resize_in: str = "model"  # where resizing presets (d2l) resize: the model's graph or tf.data
+    cache: bool = True  # tf.data cache()
+
+    def flags(self):
+        """The flags that give these settings: only those that differ from the defaults."""
+        out = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value == field.default:
+                continue
+            option = "--" + field.name.replace("_", "-")
+            if isinstance(value, bool):
+                out.append(option if value else f"--no-{option[2:]}")
+            else:
+                out += [option, str(value)]
+        return out
+
+    @classmethod
+    def from_args(cls, args):
+        """The settings an argparse namespace holds."""
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
 def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("float32", "float16", "dynamic", "int8"),
-              data_dir=None, xla=False, precision="auto", intra_op_threads=None, inter_op_threads=None,
-              data_format="channels_last", resize_in="model", cache=True, inference=True, print_fn=print,
-              image_dir=None, image_size=None):
+              data_dir=None, settings=None, inference=True, print_fn=print, image_dir=None, image_size=None):
     """Run every measurement; return the results dict.
 
-    The keyword arguments after ``data_dir`` are the settings the benchmark
-    compares (``--sweep`` runs each in a fresh process): XLA, compute
-    precision, TensorFlow thread pools, tensor layout, where the 28->224
-    resize of resizing presets runs (the model's graph or tf.data), and
-    tf.data caching. With ``image_dir`` the pipeline streams that folder's
-    images (decoded and resized in tf.data, at ``image_size`` if given) and
-    the model is the preset's at that size.
+    ``settings`` (a :class:`BenchSettings`, default the project's) are what
+    the benchmark compares (``--sweep`` runs each in a fresh process): XLA,
+    compute precision, TensorFlow thread pools, tensor layout, where the
+    28->224 resize of resizing presets runs, and tf.data caching. With
+    ``image_dir`` the pipeline streams that folder's images (decoded and
+    resized in tf.data, at ``image_size`` if given) and the model is the
+    preset's at that size.
     """
     import keras
     import tensorflow as tf
+
+    settings = settings or BenchSettings()
+    precision, xla, data_format, resize_in, cache = (settings.precision, settings.xla, settings.data_format,
+                                                     settings.resize_in, settings.cache)
+    intra_op_threads, inter_op_threads = settings.intra_op_threads, settings.inter_op_threads
 
     threads = _configure_threads(intra_op_threads, inter_op_threads)
     from nin_keras.config import resolve_config
@@ -377,13 +418,14 @@ def format_inference(inference):
 
 #: Settings ``--sweep`` compares against the defaults, one fresh process each
 #: (thread pools can only be set before TensorFlow starts).
-SWEEP_VARIANTS = [
-    ("xla", ["--xla"]),
-    ("intra-op 1 thread", ["--intra-op-threads", "1"]),
-    ("inter-op 1 thread", ["--inter-op-threads", "1"]),
-    ("intra 1 / inter 2", ["--intra-op-threads", "1", "--inter-op-threads", "2"]),
-    ("channels_first", ["--data-format", "channels_first"]),
-    ("no tf.data cache", ["--no-cache"]),
+# The sweep's variants: each is the defaults with these fields replaced.
+SWEEP_CHANGES = [
+    ("xla", {"xla": True}),
+    ("intra-op 1 thread", {"intra_op_threads": 1}),
+    ("inter-op 1 thread", {"inter_op_threads": 1}),
+    ("intra 1 / inter 2", {"intra_op_threads": 1, "inter_op_threads": 2}),
+    ("channels_first", {"data_format": "channels_first"}),
+    ("no tf.data cache", {"cache": False}),
 ]
 
 
@@ -392,12 +434,11 @@ def sweep_variants(preset, default_precision):
     from nin_keras.precision import PRECISIONS
     from nin_keras.presets import get_preset
 
-    variants = [("defaults", [])]
-    variants += [(p, ["--precision", p]) for p in PRECISIONS[1:] if p != default_precision]
-    variants += SWEEP_VARIANTS
+    defaults = BenchSettings()
+    changes = [(p, {"precision": p}) for p in PRECISIONS[1:] if p != default_precision] + SWEEP_CHANGES
     if get_preset(preset)["model"].get("image_size"):
-        variants.append(("resize in tf.data", ["--resize-in", "pipeline"]))
-    return variants
+        changes.append(("resize in tf.data", {"resize_in": "pipeline"}))
+    return [("defaults", [])] + [(name, dataclasses.replace(defaults, **change).flags()) for name, change in changes]
 
 
 def run_sweep(base_argv, preset, timeout=900, print_fn=print):
@@ -546,9 +587,8 @@ def main(argv=None):
                 raise NinError(f"the benchmark with default settings failed: {rows[0]['result']['error']}")
             return 0
         formats = tuple(f for f in args.formats.split(",") if f)
-        results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats, args.data_dir, args.xla,
-                            args.precision, args.intra_op_threads, args.inter_op_threads, args.data_format,
-                            args.resize_in, args.cache, args.inference, image_dir=args.image_dir,
+        results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats, args.data_dir,
+                            BenchSettings.from_args(args), args.inference, image_dir=args.image_dir,
                             image_size=args.image_size)
         print(format_results(results))
         if args.json:

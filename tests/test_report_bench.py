@@ -153,3 +153,14 @@ def test_per_class_report_matches_a_hand_computed_case():
     assert summary_line(r).startswith("hardest classes: b 0.500, c 0.500, a 0.667; most confused: c -> b (2)")
     empty = per_class_report([0], [0], ["a", "b"])
     assert empty["per_class"]["b"] == {"accuracy": None, "examples": 0}
+
+
+def test_every_sweep_variant_is_the_defaults_with_fields_replaced_and_its_flags_parse_back():
+    import dataclasses
+
+    defaults = bench.BenchSettings()
+    assert defaults.flags() == []
+    for name, change in bench.SWEEP_CHANGES + [("resize", {"resize_in": "pipeline"}), ("bf16", {"precision": "bfloat16"})]:
+        variant = dataclasses.replace(defaults, **change)
+        args = bench.build_parser().parse_args(variant.flags())
+        assert bench.BenchSettings.from_args(args) == variant, name
