@@ -347,3 +347,26 @@ def test_int8_profile_cuts_the_model_after_each_block():
                      "head (first conv)", "head_gap", "whole model"]
     table = format_rows([("block1_pool", 0.1, 0.3, None, 0.25)])
     assert "| block1_pool | 0.100 | 0.300 | 3.00 | - | 0.250 |" in table
+
+
+def test_export_reads_an_image_folder_runs_split_file(tmp_path):
+    """An image-folder run's split.json decides calibration and test images, whatever the seed says."""
+    from export.exporter import data_settings
+    from nin_keras import images
+    from nin_keras.data import load_data
+
+    folder = tmp_path / "photos"
+    images.write_tinted_folder(str(folder), per_class=10, classes=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    trained = load_data(image_dir=str(folder), image_size=(16, 16), channels=3, seed=4)
+    images.write_split(str(run / "split.json"), trained.split_record)
+    (run / "config.json").write_text(json.dumps({"seed": 0, "val_fraction": 0.1, "limit": None, "data_dir": None,
+                                                 "image_dir": str(folder), "tfds": None}))
+    settings = data_settings(exporter.build_parser().parse_args([str(run)]), str(run / "model.keras"))
+    assert settings["split_file"] == str(run / "split.json")
+    seen = load_data(image_dir=settings["image_dir"], seed=settings["seed"], image_size=(16, 16), channels=3,
+                     split_file=settings["split_file"])
+    assert list(seen.x_test.paths) == list(trained.x_test.paths)
+    assert not set(seen.x_train.paths) & set(seen.x_test.paths)  # calibration draws only from training files
