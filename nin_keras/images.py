@@ -192,12 +192,13 @@ def stratified_split(labels, fraction, seed):
 def make_split(paths, labels, val_fraction, seed, limit=None):
     """Seeded, stratified ``{split: (paths, labels)}``: 20% test, then ``val_fraction`` of the rest for validation.
 
-    ``limit`` keeps the first N training files (after the test split, before the validation split).
+    ``limit`` keeps a seeded sample of N training files (after the test split, before the validation split).
     """
     paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
     rest, test = stratified_split(labels, TEST_FRACTION, seed + 1)
     if limit is not None:
-        rest = rest[:limit]
+        # A seeded sample, not the first N files (those would all be the first classes').
+        rest = np.sort(np.random.default_rng(seed + 2).permutation(rest)[:limit])
     train_idx, val_idx = stratified_split(labels[rest], val_fraction, seed)
     train, val = rest[train_idx], rest[val_idx]
     return {"train": (paths[train].tolist(), labels[train].tolist()), "val": (paths[val].tolist(), labels[val].tolist()),
@@ -263,7 +264,9 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
                 rest, val = stratified_split(splits["train"][1], val_fraction, seed)
                 train = (np.asarray(splits["train"][0]), np.asarray(splits["train"][1]))
                 splits["val"] = (train[0][val].tolist(), train[1][val].tolist())
-                splits["train"] = (train[0][rest][:limit].tolist(), train[1][rest][:limit].tolist())
+                if limit is not None:
+                    rest = np.sort(np.random.default_rng(seed + 2).permutation(rest)[:limit])
+                splits["train"] = (train[0][rest].tolist(), train[1][rest].tolist())
         for name in SPLIT_NAMES:
             if not splits[name][0]:
                 raise DataError(f"{directory}: the {name} split is empty; add images (at least 3 per class)")

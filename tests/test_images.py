@@ -154,6 +154,7 @@ def test_skip_bad_images_counts_and_skips(tmp_path, photo_dir, capsys):
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100 - 1
 
 
+@pytest.mark.slow  # trains the photo preset
 def test_photo_run_beats_chance_writes_its_split_and_resume_reuses_it(tmp_path, photo_dir):
     """The photo preset (at 48 px to stay quick) on the generated folder; the split file is written once."""
     from nin_keras.config import resolve_config
@@ -205,3 +206,9 @@ def test_streaming_memory_stays_bounded_over_a_folder_bigger_than_its_buffers(tm
     assert decoded_mib > 80
     print(f"decoded {decoded_mib:.0f} MiB, RSS growth {peak - start:.1f} MiB")
     assert peak - start < decoded_mib / 3, (start, peak, decoded_mib)
+
+
+def test_limit_samples_every_class_not_the_first_folders(photo_dir):
+    splits = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, limit=30, val_fraction=0.2)
+    assert len(splits.x_train) + len(splits.x_val) == 30
+    assert len(set(splits.y_train.tolist())) == 4
