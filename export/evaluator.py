@@ -71,20 +71,14 @@ def progress(iterable, total, label, every=0.5, stream=sys.stderr):
     stream.write("\n")
 
 
-def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tflite"):
-    """Classify every image at batch 1, timing each call.
-
-    Returns accuracy, agreement with ``reference_top1`` (Keras' predictions),
-    the mean / p95 latency per image in milliseconds, and ``top1`` (the
-    predictions, a NumPy array: not for the JSON report).
-    """
-    clf = TFLiteClassifier(model_path, num_threads=1)
+def _classify_each(predict, images, labels, reference_top1, label):
+    """Run ``predict`` on every image at batch 1, timing each call; the result dict of the evaluators."""
     preds = np.empty(len(images), np.int64)
     times = np.empty(len(images))
-    clf.predict(images[:1])  # warm-up: allocation and first-run caches
+    predict(images[:1])  # warm-up: allocation and first-run caches
     for i in progress(range(len(images)), len(images), label):
         t0 = time.perf_counter()
-        probs = clf.predict(images[i : i + 1])
+        probs = predict(images[i : i + 1])
         times[i] = time.perf_counter() - t0
         preds[i] = int(np.argmax(probs[0]))
     result = {
@@ -99,6 +93,16 @@ def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tfli
     return result
 
 
+def evaluate_tflite(model_path, images, labels, reference_top1=None, label="tflite"):
+    """Classify every image at batch 1, timing each call.
+
+    Returns accuracy, agreement with ``reference_top1`` (Keras' predictions),
+    the mean / p95 latency per image in milliseconds, and ``top1`` (the
+    predictions, a NumPy array: not for the JSON report).
+    """
+    return _classify_each(TFLiteClassifier(model_path, num_threads=1).predict, images, labels, reference_top1, label)
+
+
 def evaluate_onnx(model_path, images, labels, reference_top1=None, label="onnx"):
     """Like :func:`evaluate_tflite`, with onnxruntime's CPU provider (1 thread) at batch 1."""
     import onnxruntime as ort
@@ -107,19 +111,11 @@ def evaluate_onnx(model_path, images, labels, reference_top1=None, label="onnx")
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    preds = np.empty(len(images), np.int64)
-    times = np.empty(len(images))
-    session.run(None, {name: images[:1].astype(np.float32)})  # warm-up
-    for i in progress(range(len(images)), len(images), label):
-        t0 = time.perf_counter()
-        probs = session.run(None, {name: images[i : i + 1].astype(np.float32)})[0]
-        times[i] = time.perf_counter() - t0
-        preds[i] = int(np.argmax(probs[0]))
-    result = {"accuracy": float(np.mean(preds == labels)), "latency_ms_mean": float(times.mean() * 1e3),
-              "latency_ms_p95": float(np.percentile(times, 95) * 1e3), "examples": int(len(images)), "top1": preds}
-    if reference_top1 is not None:
-        result["agreement_with_keras"] = float(np.mean(preds == reference_top1))
-    return result
+
+    def predict(batch):
+        return session.run(None, {name: batch.astype(np.float32)})[0]
+
+    return _classify_each(predict, images, labels, reference_top1, label)
 
 
 def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, scale=2, label="mediapipe"):

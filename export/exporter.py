@@ -22,7 +22,7 @@ from export.converter import (
     sidecar,
     write_tflite,
 )
-from nin_keras.settings import FALLBACKS
+from nin_keras.settings import BY_NAME, FALLBACKS
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text, read_json_object
@@ -130,9 +130,9 @@ def data_settings(args, model_path):
     split_file = os.path.join(os.path.dirname(config_path), "split.json")
     out["split_file"] = split_file if os.path.isfile(split_file) else None
     for key in ("skip_bad_images", "resize"):
-        out[key] = run.get(key, getattr(args, key)) if getattr(args, key) is None else getattr(args, key)
-    out["skip_bad_images"] = bool(out["skip_bad_images"])
-    out["resize"] = out["resize"] or "stretch"
+        flag = getattr(args, key)
+        # A flag wins, then the run's setting, then the schema's default (a run from before the setting existed).
+        out[key] = flag if flag is not None else run.get(key, BY_NAME[key].default)
     return out
 
 

@@ -189,6 +189,11 @@ def stratified_split(labels, fraction, seed):
     return rest, held
 
 
+def _sample(indices, limit, seed):
+    """A seeded sample of ``limit`` of ``indices``, sorted: not the first N files (all the first classes')."""
+    return np.sort(np.random.default_rng(seed + 2).permutation(indices)[:limit])
+
+
 def make_split(paths, labels, val_fraction, seed, limit=None):
     """Seeded, stratified ``{split: (paths, labels)}``: 20% test, then ``val_fraction`` of the rest for validation.
 
@@ -197,8 +202,7 @@ def make_split(paths, labels, val_fraction, seed, limit=None):
     paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
     rest, test = stratified_split(labels, TEST_FRACTION, seed + 1)
     if limit is not None:
-        # A seeded sample, not the first N files (those would all be the first classes').
-        rest = np.sort(np.random.default_rng(seed + 2).permutation(rest)[:limit])
+        rest = _sample(rest, limit, seed)
     train_idx, val_idx = stratified_split(labels[rest], val_fraction, seed)
     train, val = rest[train_idx], rest[val_idx]
     return {"train": (paths[train].tolist(), labels[train].tolist()), "val": (paths[val].tolist(), labels[val].tolist()),
@@ -265,7 +269,7 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
                 train = (np.asarray(splits["train"][0]), np.asarray(splits["train"][1]))
                 splits["val"] = (train[0][val].tolist(), train[1][val].tolist())
                 if limit is not None:
-                    rest = np.sort(np.random.default_rng(seed + 2).permutation(rest)[:limit])
+                    rest = _sample(rest, limit, seed)
                 splits["train"] = (train[0][rest].tolist(), train[1][rest].tolist())
         for name in SPLIT_NAMES:
             if not splits[name][0]:
@@ -286,11 +290,22 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
 
 def decode(path, image_size, channels, resize="stretch"):
     """Read and decode one image file to uint8 ``image_size`` × ``channels`` (graph-safe)."""
+    return _resize(_colour(_read_rgb(path), channels), image_size, resize)
+
+
+def _read_rgb(path):
+    """Read and decode any supported file as uint8 RGB (GIFs: the first frame)."""
     import tensorflow as tf
 
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return _resize(_colour(image, channels), image_size, resize)
+    return image
+
+
+def _to_uint8(image):
+    import tensorflow as tf
+
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def _colour(image, channels):
@@ -314,15 +329,14 @@ def _resize(image, image_size, resize):
         image = tf.image.resize_with_pad(image, *image_size, antialias=True)
     else:
         image = tf.image.resize(image, image_size, antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return _to_uint8(image)
 
 
 def decode_augmented(path, image_size, channels, seed_pair):
     """Decode with photo augmentation: random resized crop (40–100% of the area), flip, brightness/contrast jitter."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
+    image = _read_rgb(path)
     seeds = tf.random.experimental.stateless_split(seed_pair, 4)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seeds[0], area_range=(0.4, 1.0),
@@ -333,8 +347,7 @@ def decode_augmented(path, image_size, channels, seed_pair):
     image = tf.image.stateless_random_brightness(image, 0.1 * 255, seeds[2])
     image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[3])
     image = tf.clip_by_value(image, 0, 255)
-    image = tf.image.resize(_colour(image, channels), image_size, antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return _to_uint8(tf.image.resize(_colour(image, channels), image_size, antialias=True))
 
 
 def image_pipeline(files, labels, shuffle=False, seed=0, augment=False):
