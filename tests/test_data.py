@@ -212,16 +212,9 @@ def test_idx_reader_only_raises_its_own_error(tmp_path, blob):
 
 
 def test_tfds_source_without_the_package_or_dataset_is_one_line(monkeypatch):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_tfds(name, *args, **kwargs):
-        if name == "tensorflow_datasets":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import tensorflow_datasets -> ImportError
     with pytest.raises(DataError, match="--tfds needs tensorflow-datasets: pip install"):
         data.load_data(tfds_name="mnist")
 

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 import zipfile
 
 import numpy as np
@@ -242,8 +243,6 @@ def test_rgb_input_gives_the_grayscale_models_prediction(trained_tiny_run, fashi
 
 
 def test_missing_mediapipe_is_one_line_naming_the_package(trained_tiny_run, tmp_path, monkeypatch, capsys):
-    import sys
-
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
     code = exporter.main([trained_tiny_run[0], "--output-dir", str(tmp_path / "e"), "--format", "float32"])
     err = capsys.readouterr().err
@@ -322,18 +321,9 @@ def test_onnx_export_matches_keras_in_onnxruntime(trained_tiny_run, tmp_path, fa
 
 
 def test_onnx_without_its_packages_is_one_line(monkeypatch):
-    import builtins
-
     from export.converter import ExportError, convert_onnx
 
-    real_import = builtins.__import__
-
-    def no_tf2onnx(name, *args, **kwargs):
-        if name == "tf2onnx":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tf2onnx)
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx -> ImportError
     with pytest.raises(ExportError, match=r"--format onnx needs tf2onnx: pip install -e '.\[onnx\]'"):
         convert_onnx(None)
 
