@@ -185,7 +185,7 @@ def add_flags(parser, names, defaults=None, group=None):
         else:
             kwargs["type"] = s.type
             if s.choices is not None:
-                kwargs["choices"] = s.choices if s.type is not str or name != "preset" else sorted(PRESETS)
+                kwargs["choices"] = s.choices
             if s.metavar:
                 kwargs["metavar"] = s.metavar
         target.add_argument(s.option, *s.aliases, **kwargs)
