@@ -218,13 +218,15 @@ def _augment(image, label, pad=3):
 
     height, width = image.shape[0], image.shape[1]
     image = tf.image.random_flip_left_right(image)
+    if not pad:
+        return image, label
     image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
     image = tf.image.random_crop(image, [height, width, image.shape[-1]])
     return image, label
 
 
 def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, shard_policy=None, augment=False,
-                 cache=True):
+                 cache=True, one_hot_classes=None, augment_shift=3):
     """A tf.data pipeline: cache, seeded shuffle, augment, batch, prefetch.
 
     ``x`` is an in-memory uint8 array, or :class:`~nin_keras.images.ImageFiles`
@@ -234,8 +236,12 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
     ``batch_size`` is the **global** batch (per-replica batch x replicas):
     under a distribution strategy ``model.fit`` splits each batch across
     replicas. ``shard_policy`` (a ``tf.data.experimental.AutoShardPolicy``)
-    decides how multi-worker training shards the data. ``cache=False`` is
-    for the benchmark's comparison only.
+    decides how multi-worker training shards the data. ``augment_shift``
+    is the largest random shift, in pixels, of in-memory augmentation.
+    ``one_hot_classes``
+    turns the integer labels into one-hot vectors of that length (what
+    label smoothing's loss takes). ``cache=False`` is for the benchmark's
+    comparison only.
     """
     import tensorflow as tf
 
@@ -253,8 +259,12 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
         if augment:
             # In the pipeline, not the model: keeps random ops out of exported
             # models and runs on the CPU threads tf.data already uses.
-            ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+            ds = ds.map(lambda image, label: _augment(image, label, augment_shift),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if one_hot_classes:
+        ds = ds.map(lambda images, labels: (images, tf.one_hot(labels, one_hot_classes)))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     if shard_policy is not None:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = shard_policy
@@ -262,7 +272,8 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
     return ds
 
 
-def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=False, cache=True):
+def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=False, cache=True, one_hot_classes=None,
+                       augment_shift=3):
     """The training pipeline: seeded reshuffle every epoch and only full batches.
 
     Dropping the last partial batch keeps every replica's share the same
@@ -275,4 +286,5 @@ def make_train_dataset(x, y, batch_size, seed=0, shard_policy=None, augment=Fals
         raise DataError(f"batch size {batch_size} is larger than the {len(x)} training examples; "
                         f"lower --batch-size or raise --limit")
     return make_dataset(x, y, batch_size, shuffle=True, seed=seed, drop_remainder=True,
-                        shard_policy=shard_policy, augment=augment, cache=cache), steps
+                        shard_policy=shard_policy, augment=augment, cache=cache,
+                        one_hot_classes=one_hot_classes, augment_shift=augment_shift), steps

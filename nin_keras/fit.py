@@ -185,12 +185,29 @@ def make_adjustable_schedule(cfg, steps_per_epoch):
     return WarmupCosine(cfg.learning_rate, total, int(total * cfg.warmup_fraction))
 
 
+def one_hot_classes(cfg, num_classes):
+    """How many classes the datasets one-hot encode their labels into (None: integer labels).
+
+    Keras' sparse cross-entropy has no label smoothing, so a run with label
+    smoothing feeds one-hot labels to the built-in CategoricalCrossentropy,
+    which keeps saved models free of custom objects.
+    """
+    return num_classes if cfg.label_smoothing else None
+
+
 def compile_model(model, cfg, steps_per_epoch, adjustable_schedule=None):
-    """Compile with sparse categorical cross-entropy and accuracy."""
+    """Compile with cross-entropy (smoothed with ``cfg.label_smoothing``) and accuracy."""
+    import keras
+
+    if cfg.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss, accuracy = "sparse_categorical_crossentropy", "accuracy"
     model.compile(
         optimizer=make_optimizer(cfg, steps_per_epoch, adjustable_schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=[accuracy],
         jit_compile=bool(cfg.xla),
     )
 
@@ -375,10 +392,12 @@ def fit_run(run):
     import tensorflow as tf
 
     shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(strategy) else None
+    one_hot = one_hot_classes(cfg, len(splits.class_names))
     train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
-                                                   augment=cfg.augment)
-    val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard)
-    test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard)
+                                                   augment=cfg.augment, augment_shift=cfg.augment_shift,
+                                                   one_hot_classes=one_hot)
+    val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
+    test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
 
     schedule = make_adjustable_schedule(cfg, steps_per_epoch) if cfg.time_budget else None
     with strategy.scope():

@@ -97,8 +97,12 @@ SETTINGS = (
             fallback="cosine", choices=SCHEDULES, label="lr schedule"),
     Setting("warmup_fraction", float, "fraction of the steps spent warming up (cosine schedule)", fallback=0.05,
             check=lambda v: is_number(v) and 0 <= v < 1, rule="in [0, 1)"),
-    Setting("augment", bool, "random flips and shifts while training", default=False,
+    Setting("label_smoothing", float, "label smoothing of the cross-entropy loss (0: none)", fallback=0.0,
+            check=lambda v: is_number(v) and 0 <= v < 1, rule="in [0, 1)"),
+    Setting("augment", bool, "random flips and shifts while training", fallback=False,
             check=lambda v: isinstance(v, bool), rule="true or false"),
+    Setting("augment_shift", int, "--augment on in-memory data: shift images by up to N pixels (0: flips only)",
+            fallback=3, check=lambda v: is_int(v) and 0 <= v <= 8, rule="an integer from 0 to 8", metavar="N"),
     Setting("time_budget", float, "choose the number of epochs (at most --epochs) from the first epoch's time so "
             "the whole run, data loading and test evaluation included, fits MINUTES", optional=True,
             check=lambda v: is_number(v) and v > 0, rule="a number of minutes > 0", metavar="MINUTES"),

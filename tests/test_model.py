@@ -34,6 +34,33 @@ def test_every_preset_builds_predicts_and_round_trips(name, tmp_path):
     np.testing.assert_allclose(float32_copy(model).predict(images, verbose=0), probs, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_parameter_counts_stated_in_preset_descriptions_are_true(name):
+    import re
+
+    stated = re.findall(r"(\d{1,3}(?:,\d{3})+) parameters", get_preset(name)["description"])
+    if not stated:
+        pytest.skip(f"preset {name} states no exact parameter count")
+    assert build_preset(name).count_params() == int(stated[0].replace(",", ""))
+
+
+def test_fashion_best_trains_a_step_with_its_own_recipe(tmp_path):
+    """The accuracy preset's recipe (AdamW, augmentation, label smoothing) runs end to end on a few images."""
+    import json
+
+    from nin_keras.fit import main as fit_main
+
+    out = tmp_path / "run"
+    code = fit_main(["--preset", "fashion-best", "--epochs", "1", "--limit", "300", "--test-limit", "64",
+                     "--output-dir", str(out), "--verbose", "0"])
+    assert code == 0
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["preset"] == "fashion-best" and cfg["augment"] is True
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["parameters"] == build_preset("fashion-best").count_params()
+    assert np.isfinite(metrics["train_loss"]) and 0 <= metrics["test_accuracy"] <= 1
+
+
 def test_d2l_preset_matches_reference_shapes_and_parameters():
     model = build_preset("d2l")
     rows = {name: (shape, params) for name, shape, params in block_summary(model, print_fn=lambda *a: None)}

@@ -41,19 +41,57 @@ def test_every_hyperparameter_reaches_the_model():
     def lr_schedule(m):
         return m.optimizer._learning_rate
 
-    assert build_with(width_multiplier=0.5).get_layer("block1_conv0").filters == 8
-    assert len([layer for layer in build_with(mlp_layers=1).layers if layer.name.startswith("block1_conv")]) == 2
+    def convs(model, block):
+        return [layer for layer in model.layers if layer.name.startswith(f"{block}_conv")]
+
+    # Architecture: depth, per-block width and 1 x 1 convs, the class block, BatchNorm placement, dropout.
+    deeper = build_with(depth=3)
+    assert deeper.get_layer("block3_conv0").filters == 64 and not any(
+        layer.name == "block3_pool" for layer in deeper.layers)  # an added block: twice as wide, no pooling
+    assert not any(layer.name.startswith("block2_") for layer in build_with(depth=1).layers)
+    assert build_with(block2_filters=48).get_layer("block2_conv0").filters == 48
+    assert [c.filters for c in convs(build_with(block1_filters=24), "block1")] == [24, 24, 24]
+    assert len(convs(build_with(block1_mlp_layers=1), "block1")) == 2
+    assert build_with(head_filters=64).get_layer("head_conv0").filters == 64
+    assert build_with(head_filters=64).get_layer("head_conv2").filters == 10  # still one map per class
+    bn = {layout: {layer.name for layer in build_with(batch_norm=layout).layers if "_bn" in layer.name}
+          for layout in ("none", "after_stem", "all")}
+    assert not bn["none"] and "block1_bn0" in bn["all"] and "head_bn0" in bn["all"]
+    assert "block1_bn0" not in bn["after_stem"] and "block2_bn0" in bn["after_stem"]
     assert build_with(dropout=0.4).get_layer("block2_dropout").rate == pytest.approx(0.4)
-    assert any(layer.name == "block1_bn0" for layer in build_with(batch_norm=True).layers)
+    # The recipe.
     assert lr_schedule(build_with(learning_rate=0.0005)).warmup_target == pytest.approx(0.0005)
     assert isinstance(build_with(optimizer="sgd").optimizer, keras.optimizers.SGD)
     assert build_with(optimizer="adam", weight_decay=1e-4).optimizer.weight_decay == pytest.approx(1e-4)
+    assert isinstance(build_with(label_smoothing=0.1).loss, keras.losses.CategoricalCrossentropy)
+    assert build_with(label_smoothing=0.1).loss.label_smoothing == pytest.approx(0.1)
+    assert isinstance(build_with(lr_schedule="constant").optimizer.learning_rate.numpy().item(), float)
     hm = hypermodel()
     values = hm.declare(keras_tuner.HyperParameters())
-    assert hm.config_for({**values, "augment": True}).augment is True  # a pipeline setting, used by fit()
+    assert hm.config_for({**values, "augment": True, "augment_shift": 1}).augment_shift == 1  # used by fit()
     assert hm.config_for({**values, "batch_size": 64}).batch_size == 64
     small, large = lr_schedule(build_with(batch_size=64)), lr_schedule(build_with(batch_size=256))
     assert small.warmup_steps + small.decay_steps == 2 * 20 and large.warmup_steps + large.decay_steps == 2 * 5
+
+
+def test_each_trial_schedule_spans_the_epochs_it_trains():
+    model = NinHyperModel(resolve_config({"preset": "tiny"}), num_train_examples=1280, trial_epochs=5).build(
+        keras_tuner.HyperParameters())
+    schedule = model.optimizer._learning_rate
+    assert schedule.warmup_steps + schedule.decay_steps == 5 * 10
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("tuner/epochs", 9)
+    hp.Fixed("tuner/initial_epoch", 3)  # a Hyperband trial continuing from a 3-epoch rung
+    schedule = hypermodel().build(hp).optimizer._learning_rate
+    assert schedule.warmup_steps + schedule.decay_steps == 6 * 10
+
+
+def test_the_default_hyperparameters_of_every_preset_build_it():
+    from helpers import build_preset
+
+    for preset in ("fashion", "fashion-best", "photo"):
+        model = hypermodel(preset).build(keras_tuner.HyperParameters())
+        assert model.count_params() == build_preset(preset).count_params(), preset
 
 
 def tuning_args(out, *extra):
@@ -74,7 +112,7 @@ def test_random_search_writes_results_and_a_config_fit_accepts(tmp_path, capsys)
     cfg = resolve_config({}, str(tmp_path / "s" / "best_config.json"))
     assert cfg.preset == "tiny" and cfg.limit is None
     assert cfg.learning_rate == pytest.approx(best["hyperparameters"]["learning_rate"])
-    assert cfg.model["mlp_layers"] == best["hyperparameters"]["mlp_layers"]
+    assert len(cfg.model["blocks"]) == best["hyperparameters"]["depth"]
     # fit accepts it: a one-epoch retrain on a subset runs.
     from nin_keras.fit import main as fit_main
 

@@ -239,7 +239,8 @@ def run_search(args, print_fn=print):
                        base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
                        split_file=None if args.overwrite else split_file, skip_bad_images=base.skip_bad_images,
                        resize=base.resize, print_fn=print_fn)
-    hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape)
+    hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape,
+                               trial_epochs=args.epochs)
     if chief and splits.split_record is not None:
         from nin_keras.images import write_split
 
