@@ -86,7 +86,8 @@ def _saved_model_converter(model, workdir):
     return tf.lite.TFLiteConverter.from_saved_model(path)
 
 
-def convert(model, fmt, representative_images=None, int8_input="uint8", int8_output="float32", per_channel=False):
+def convert(model, fmt, representative_images=None, int8_input="uint8", int8_output="float32", per_channel=False,
+            float_blocks=()):
     """Convert ``model`` to TFLite bytes in format ``fmt``.
 
     ``representative_images`` (uint8 NHWC) calibrate the int8 model; its
@@ -94,19 +95,78 @@ def convert(model, fmt, representative_images=None, int8_input="uint8", int8_out
     uses one scale per tensor unless ``per_channel``: on NiN-sized models the
     per-channel scales and zero points of weights *and* biases are ~10% of
     the file, and measured here they bought no accuracy (0.9050 vs 0.9051 on
-    the default preset).
+    the default preset). ``float_blocks`` (block names such as "block1")
+    keeps those blocks in float32 inside the int8 model: TFLite's selective
+    quantization, which gives the model float32 input and output.
     """
     if fmt not in TFLITE_FORMATS:
         raise ExportError(f"unknown TFLite format. Received: {fmt!r}")
     with tempfile.TemporaryDirectory(prefix="nin_keras-export-") as workdir:
         converter = _saved_model_converter(model, workdir)
+        if fmt == "int8" and float_blocks:
+            return _selectively_quantize(model, converter, representative_images, per_channel, float_blocks)
         return _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel)
 
 
-def _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel=False):
+def _selectively_quantize(model, converter, representative_images, per_channel, float_blocks):
+    """int8 except the ops of ``float_blocks``, through TFLite's quantization debugger deny-list.
+
+    Why: on x86 CPUs without VNNI, LiteRT's int8 convolution at full
+    resolution (the stem) costs several times its float32 version
+    (``python -m export.profile``); the rest of the network is as fast in
+    int8. The debugger's deny-list is the converter's documented way to keep
+    named ops in float (``tf.lite.experimental.QuantizationDebugOptions``).
+    """
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    def names(m):  # nested too: the RGB-input wrapper holds the trained model as one layer
+        for layer in m.layers:
+            yield layer.name
+            if hasattr(layer, "layers"):
+                yield from names(layer)
+
+    layer_names = set(names(model))
+    for block in float_blocks:
+        if not any(name.startswith(f"{block}_") for name in layer_names):
+            blocks = sorted({name.split("_")[0] for name in layer_names if name.startswith(("block", "head_"))})
+            raise ExportError(f"--int8-float-blocks: the model has no block {block!r} (its blocks: "
+                              f"{', '.join(blocks)}). Received: {','.join(float_blocks)}")
+    # Deny-list entries are the float graph's tensor names, which carry the Keras layer names.
+    tensors = [d["name"] for d in Interpreter(model_content=_configure_and_convert(
+        converter, "float32", None, None, None)).get_tensor_details()]
+    denied = [t for t in tensors if any(f"/{block}_" in t for block in float_blocks)]
+    # The same int8 settings as the plain int8 export; the debugger quantizes with float32 input and output.
+    _configure_and_convert(converter, "int8", representative_images, "float32", "float32", per_channel,
+                           convert_now=False)
+    try:
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=_representative_dataset(representative_images),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied))
+        return debugger.get_nondebug_quantized_model()
+    except Exception as e:  # long MLIR dumps: keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"TFLite int8 conversion with {','.join(float_blocks)} in float failed: {first}") from None
+
+
+def _representative_dataset(images):
+    """The calibration generator the converter and its quantization debugger take: one image per step."""
+
+    def generate():
+        for image in images:
+            yield [image[None].astype(np.float32)]
+
+    return generate
+
+
+def _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel=False,
+                           convert_now=True):
+    """Set ``converter`` up for ``fmt`` and convert (or only set it up, ``convert_now=False``)."""
     import tensorflow as tf
 
-    if fmt == "float16":
+    if fmt == "float32":
+        converter.optimizations = []
+    elif fmt == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif fmt == "dynamic":
@@ -114,18 +174,15 @@ def _configure_and_convert(converter, fmt, representative_images, int8_input, in
     elif fmt == "int8":
         if representative_images is None or len(representative_images) == 0:
             raise ExportError("int8 export needs calibration images")
-
-        def representative_dataset():
-            for image in representative_images:
-                yield [image[None].astype(np.float32)]
-
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
+        converter.representative_dataset = _representative_dataset(representative_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = getattr(tf, int8_input)
         converter.inference_output_type = getattr(tf, int8_output)
         # The converter's documented switch for per-tensor weight scales (no public name yet).
         converter._experimental_disable_per_channel = not per_channel
+    if not convert_now:
+        return None
     try:
         return converter.convert()
     except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
@@ -147,7 +204,7 @@ def io_details(tflite_bytes):
     return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
 
 
-def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False):
+def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False, float_blocks=()):
     """The JSON an app needs beside the .tflite: labels, I/O and preprocessing.
 
     ``model`` is the exported graph (RGB-input when the luminance layer was
@@ -162,7 +219,9 @@ def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False)
         "model_sha256": hashlib.sha256(tflite_bytes).hexdigest(),
         "mediapipe_metadata": bool(metadata),
         "quantization": {"float32": "none", "float16": "float16 weights", "dynamic": "int8 weights, float activations",
-                         "int8": "full integer, " + ("per-channel" if per_channel else "per-tensor")}[fmt],
+                         "int8": ("full integer, " if not float_blocks else
+                                  f"integer except {', '.join(float_blocks)} (float32), ")
+                         + ("per-channel" if per_channel else "per-tensor")}[fmt],
         "labels": labels,
         "input": inp,
         "output": {**out, "meaning": "class probabilities (softmax)" if out["dtype"] == "float32" else

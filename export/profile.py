@@ -7,7 +7,8 @@ variants: float32 input instead of uint8, per-channel weights) and timed
 with LiteRT's own benchmark tool on one thread. The difference between
 consecutive prefixes is the cost of that block; it shows which blocks make
 int8 slower than float32 on this CPU (and whether the uint8 input's
-quantize step or per-tensor weights matter).
+quantize step or per-tensor weights matter), and what keeping block1 in
+float32 (``--int8-float-blocks block1``) gives back.
 """
 
 import argparse
@@ -35,7 +36,7 @@ def prefixes(model):
 
 
 def profile(model, calibration, runs=100, print_fn=print):
-    """Rows of (prefix, float32 ms, int8 ms, int8 float-input ms, int8 per-channel ms) on one thread."""
+    """Rows of (prefix, float32 ms, int8 ms, int8 float-input ms, int8 per-channel ms, int8 with block1 in float ms)."""
     import os
     import tempfile
 
@@ -47,7 +48,7 @@ def profile(model, calibration, runs=100, print_fn=print):
         for name, sub in prefixes(model):
             times = []
             for fmt, kwargs in (("float32", {}), ("int8", {}), ("int8", {"int8_input": "float32"}),
-                                ("int8", {"per_channel": True})):
+                                ("int8", {"per_channel": True}), ("int8", {"float_blocks": ("block1",)})):
                 path = os.path.join(tmp, "m.tflite")
                 with open(path, "wb") as f:
                     f.write(convert(sub, fmt, calibration if fmt == "int8" else None, **kwargs))
@@ -59,14 +60,16 @@ def profile(model, calibration, runs=100, print_fn=print):
 
 def format_rows(rows):
     """Markdown table with per-block increments."""
-    header = "| cut after | float32 ms | int8 ms | int8 / float32 | int8, float32 input ms | int8 per-channel ms |"
-    lines = [header, "|---|---|---|---|---|---|"]
-    for name, f32, i8, i8_float_in, i8_pc in rows:
+    header = ("| cut after | float32 ms | int8 ms | int8 / float32 | int8, float32 input ms | int8 per-channel ms "
+              "| int8, block1 in float32 ms |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for name, f32, i8, i8_float_in, i8_pc, i8_stem_float in rows:
         def cell(v):
             return "-" if v is None else f"{v:.3f}"
 
         ratio = f"{i8 / f32:.2f}" if f32 and i8 else "-"
-        lines.append(f"| {name} | {cell(f32)} | {cell(i8)} | {ratio} | {cell(i8_float_in)} | {cell(i8_pc)} |")
+        lines.append(f"| {name} | {cell(f32)} | {cell(i8)} | {ratio} | {cell(i8_float_in)} | {cell(i8_pc)} "
+                     f"| {cell(i8_stem_float)} |")
     return "\n".join(lines)
 
 

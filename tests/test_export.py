@@ -335,8 +335,37 @@ def test_int8_profile_cuts_the_model_after_each_block():
     names = [name for name, _ in prefixes(build_preset("tiny"))]
     assert names == ["block1 (first conv)", "block1_pool", "block2 (first conv)", "block2_pool",
                      "head (first conv)", "head_gap", "whole model"]
-    table = format_rows([("block1_pool", 0.1, 0.3, None, 0.25)])
-    assert "| block1_pool | 0.100 | 0.300 | 3.00 | - | 0.250 |" in table
+    table = format_rows([("block1_pool", 0.1, 0.3, None, 0.25, 0.12)])
+    assert "| block1_pool | 0.100 | 0.300 | 3.00 | - | 0.250 | 0.120 |" in table
+
+
+def test_int8_with_a_block_kept_in_float(trained_tiny_run, tmp_path):
+    """--int8-float-blocks block1: block1's convolutions stay float32, the rest int8, and it still classifies."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    run_dir, _ = trained_tiny_run
+    report = export.export(run_dir, formats=["int8"], int8_float_blocks=("block1",), output_dir=str(tmp_path),
+                           test_limit=300, litert_benchmark=False, print_fn=lambda *a: None)
+    (row,) = [r for r in report["formats"] if r["format"] == "int8"]
+    # As close to Keras as the plain int8 export of this tiny model (0.97 agreement on 300 images).
+    assert row["agreement_with_keras"] >= 0.95 and abs(row["accuracy"] - report["keras_accuracy"]) <= 0.02
+    interpreter = Interpreter(model_path=str(tmp_path / "nin_int8.tflite"))
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    weights = {d["name"]: d["dtype"] for d in interpreter.get_tensor_details() if "conv" in d["name"]}
+    assert any(dtype == np.float32 for name, dtype in weights.items() if "/block1_" in name)
+    assert all(dtype != np.float32 for name, dtype in weights.items() if "/block2_" in name)
+    meta = json.loads((tmp_path / "nin_int8.json").read_text())
+    assert meta["quantization"] == "integer except block1 (float32), per-tensor"
+
+
+def test_int8_float_blocks_must_name_blocks_of_the_model(trained_tiny_run, tmp_path, capsys):
+    run_dir, _ = trained_tiny_run
+    code = exporter.main([run_dir, "--format", "int8", "--int8-float-blocks", "block9", "--output-dir",
+                          str(tmp_path), "--test-limit", "50"])
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --int8-float-blocks: the model has no block 'block9' (its blocks: block1, block2, "
+                   "head). Received: block9"]
 
 
 def test_export_reads_an_image_folder_runs_split_file(tmp_path):
