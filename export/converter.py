@@ -103,9 +103,16 @@ def convert(model, fmt, representative_images=None, int8_input="uint8", int8_out
         raise ExportError(f"unknown TFLite format. Received: {fmt!r}")
     with tempfile.TemporaryDirectory(prefix="nin_keras-export-") as workdir:
         converter = _saved_model_converter(model, workdir)
+        float_blocks = block_names(float_blocks)
         if fmt == "int8" and float_blocks:
             return _selectively_quantize(model, converter, representative_images, per_channel, float_blocks)
         return _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel)
+
+
+def block_names(value):
+    """Block names from ``"block1,block2"`` or an iterable of names -> ("block1", "block2")."""
+    names = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(name.strip() for name in names if name.strip())
 
 
 def _selectively_quantize(model, converter, representative_images, per_channel, float_blocks):

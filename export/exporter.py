@@ -12,6 +12,7 @@ from export.converter import (
     BYTES_PER_PARAM,
     IO_TYPES,
     TFLITE_FORMATS,
+    block_names,
     convert,
     convert_onnx,
     export_saved_model,
@@ -30,11 +31,6 @@ from nin_keras.io import atomic_write_text, read_json_object
 EXIT_ACCURACY_GATE = 3
 
 
-def _block_list(text):
-    """``block1,block2`` -> ("block1", "block2")."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 def build_parser():
     parser = OneLineParser(prog="python -m export", description=__doc__)
     parser.add_argument("model", help="a nin_keras run directory or a .keras file")
@@ -49,7 +45,7 @@ def build_parser():
                         help="output type of the int8 model (default float32 probabilities)")
     parser.add_argument("--per-channel", action="store_true",
                         help="int8: one scale per output channel (larger file; default one scale per tensor)")
-    parser.add_argument("--int8-float-blocks", type=_block_list, default=(), metavar="BLOCKS",
+    parser.add_argument("--int8-float-blocks", type=block_names, default=(), metavar="BLOCKS",
                         help="int8: keep these blocks (comma-separated, e.g. block1) in float32 (selective "
                              "quantization; input and output become float32). On x86 CPUs without VNNI, "
                              "block1 makes int8 as fast as float32 (README)")
@@ -213,6 +209,7 @@ def run_export(args, print_fn=print):
         from export.phone import import_metadata_writers
 
         import_metadata_writers()  # a missing mediapipe is one line now, not after the first conversion
+    float_blocks = block_names(args.int8_float_blocks)  # a string from Python callers too
     run_name = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
     written = {}
     for fmt in formats:
@@ -236,14 +233,14 @@ def run_export(args, print_fn=print):
             if deployed.input_shape[-1] == 3 and calibration.shape[-1] == 1:
                 calibration = np.repeat(calibration, 3, axis=-1)
         tflite = convert(deployed, fmt, calibration, args.int8_input, args.int8_output, args.per_channel,
-                         float_blocks=args.int8_float_blocks)
+                         float_blocks=float_blocks)
         if args.metadata:
             tflite = add_metadata(tflite, labels, name=f"NiN {run_name} ({fmt})",
                                   description=f"Network-in-Network image classifier ({len(labels)} classes), "
                                               f"{fmt} TFLite exported by nin_keras")
         written[fmt] = write_tflite(out_dir, fmt, tflite,
                                     sidecar(fmt, tflite, labels, deployed, args.per_channel, args.metadata,
-                                            float_blocks=args.int8_float_blocks))
+                                            float_blocks=float_blocks))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
     report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model),

@@ -126,6 +126,20 @@ def test_random_search_writes_results_and_a_config_fit_accepts(tmp_path, capsys)
         assert events
 
 
+def test_hyperband_promotes_trials_to_longer_budgets(tmp_path):
+    out = tmp_path / "hb"
+    args = ["--tuner", "hyperband", "--epochs", "3", "--preset", "tiny", "--limit", "800", "--test-limit", "100",
+            "--output-dir", str(out), "--verbose", "0"]
+    assert search.main(args) == 0
+    trials = json.load(open(out / "trials.json"))
+    defaults = hypermodel().declare(keras_tuner.HyperParameters())
+    assert {k: v for k, v in trials[0]["hyperparameters"].items() if not k.startswith("tuner/")} == defaults
+    budgets = sorted(t["hyperparameters"]["tuner/epochs"] for t in trials)  # every trial has its budget
+    assert budgets[0] == 1 and budgets[-1] == 3  # short first rungs, the full budget for the promoted
+    assert any(t["hyperparameters"].get("tuner/trial_id") for t in trials)  # a promoted trial continues another
+    assert os.path.exists(out / "best_config.json")
+
+
 def run_tuning(args, env=None):
     return launch("tuning", *args, env=env)
 

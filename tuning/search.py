@@ -119,9 +119,12 @@ def start_from_defaults(oracle):
     populate_space = oracle.populate_space
 
     def first_defaults(trial_id):
-        if not oracle.trials:
-            return {"status": "RUNNING", "values": {hp.name: hp.default for hp in oracle.hyperparameters.space}}
-        return populate_space(trial_id)
+        result = populate_space(trial_id)
+        if not oracle.trials and result.get("status") == "RUNNING":
+            # The oracle's own bookkeeping (Hyperband's "tuner/epochs", bracket, round) stays.
+            defaults = {hp.name: hp.default for hp in oracle.hyperparameters.space if not hp.name.startswith("tuner/")}
+            result = {**result, "values": {**result["values"], **defaults}}
+        return result
 
     oracle.populate_space = first_defaults
     return oracle
