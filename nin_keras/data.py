@@ -238,10 +238,9 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
     replicas. ``shard_policy`` (a ``tf.data.experimental.AutoShardPolicy``)
     decides how multi-worker training shards the data. ``augment_shift``
     is the largest random shift, in pixels, of in-memory augmentation.
-    ``one_hot_classes``
-    turns the integer labels into one-hot vectors of that length (what
-    label smoothing's loss takes). ``cache=False`` is for the benchmark's
-    comparison only.
+    ``one_hot_classes`` turns the integer labels into one-hot vectors of
+    that length (what label smoothing's loss takes). ``cache=False`` is for
+    the benchmark's comparison only.
     """
     import tensorflow as tf
 

@@ -206,6 +206,22 @@ def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
     assert elapsed < 0.3 * 60 * 2.5
 
 
+def test_label_smoothing_trains_on_one_hot_labels_and_saves_a_plain_model(tmp_path, fashion_test):
+    """Smoothed cross-entropy end to end: one-hot pipeline, accuracy in history, a model.keras without custom objects."""
+    import keras
+
+    from nin_keras.data import make_dataset
+
+    cfg = resolve_config({"preset": "tiny", "epochs": 1, "limit": 600, "test_limit": 200, "label_smoothing": 0.1,
+                          "augment": True, "augment_shift": 0, "output_dir": str(tmp_path / "r"), "verbose": 0})
+    metrics = fit.train(cfg, print_fn=lambda *a: None)
+    assert 0 <= metrics["test_accuracy"] <= 1 and np.isfinite(metrics["train_loss"])
+    model = keras.saving.load_model(tmp_path / "r" / "model.keras")  # loads where nin_keras adds nothing
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+    images, labels = next(iter(make_dataset(*fashion_test, 8, one_hot_classes=10)))
+    np.testing.assert_array_equal(labels.numpy().argmax(1), fashion_test[1][:8])
+
+
 def test_time_budget_must_be_positive():
     with pytest.raises(ConfigError, match="time budget must be a number of minutes > 0. Received: 0"):
         resolve_config({"time_budget": 0})
