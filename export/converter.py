@@ -115,6 +115,23 @@ def block_names(value):
     return tuple(name.strip() for name in names if name.strip())
 
 
+def check_float_blocks(model, float_blocks):
+    """ExportError (one line, listing the model's blocks) unless every name is a block of ``model``."""
+
+    def names(m):  # nested too: the RGB-input wrapper holds the trained model as one layer
+        for layer in m.layers:
+            yield layer.name
+            if hasattr(layer, "layers"):
+                yield from names(layer)
+
+    layer_names = set(names(model))
+    for block in block_names(float_blocks):
+        if not any(name.startswith(f"{block}_") for name in layer_names):
+            blocks = sorted({name.split("_")[0] for name in layer_names if name.startswith(("block", "head_"))})
+            raise ExportError(f"--int8-float-blocks: the model has no block {block!r} (its blocks: "
+                              f"{', '.join(blocks)}). Received: {','.join(block_names(float_blocks))}")
+
+
 def _selectively_quantize(model, converter, representative_images, per_channel, float_blocks):
     """int8 except the ops of ``float_blocks``, through TFLite's quantization debugger deny-list.
 
@@ -127,18 +144,7 @@ def _selectively_quantize(model, converter, representative_images, per_channel, 
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
-    def names(m):  # nested too: the RGB-input wrapper holds the trained model as one layer
-        for layer in m.layers:
-            yield layer.name
-            if hasattr(layer, "layers"):
-                yield from names(layer)
-
-    layer_names = set(names(model))
-    for block in float_blocks:
-        if not any(name.startswith(f"{block}_") for name in layer_names):
-            blocks = sorted({name.split("_")[0] for name in layer_names if name.startswith(("block", "head_"))})
-            raise ExportError(f"--int8-float-blocks: the model has no block {block!r} (its blocks: "
-                              f"{', '.join(blocks)}). Received: {','.join(float_blocks)}")
+    check_float_blocks(model, float_blocks)
     # Deny-list entries are the float graph's tensor names, which carry the Keras layer names.
     tensors = [d["name"] for d in Interpreter(model_content=_configure_and_convert(
         converter, "float32", None, None, None)).get_tensor_details()]

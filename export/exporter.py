@@ -13,6 +13,7 @@ from export.converter import (
     IO_TYPES,
     TFLITE_FORMATS,
     block_names,
+    check_float_blocks,
     convert,
     convert_onnx,
     export_saved_model,
@@ -210,6 +211,7 @@ def run_export(args, print_fn=print):
 
         import_metadata_writers()  # a missing mediapipe is one line now, not after the first conversion
     float_blocks = block_names(args.int8_float_blocks)  # a string from Python callers too
+    check_float_blocks(model, float_blocks)  # before anything is converted or written
     run_name = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
     written = {}
     for fmt in formats:

@@ -27,7 +27,9 @@ def warmup_cosine(step, peak, total_steps, warmup_steps=0):
 class WarmupCosine(keras.callbacks.Callback):
     """Set the learning rate of every training step to :func:`warmup_cosine`.
 
-    ``set_total_steps`` changes the length in place (the warm-up is kept).
+    ``set_total_steps`` changes the length in place; the warm-up keeps its
+    share of the length (a warm-up sized for ``--epochs 200`` would outlast
+    a 3-epoch run chosen by ``--time-budget``).
     """
 
     def __init__(self, peak, total_steps, warmup_steps=0):
@@ -37,6 +39,8 @@ class WarmupCosine(keras.callbacks.Callback):
         self.warmup_steps = int(warmup_steps)
 
     def set_total_steps(self, total_steps):
+        total_steps = int(max(1, total_steps))
+        self.warmup_steps = int(self.warmup_steps * total_steps / self.total_steps)
         self.total_steps = int(max(self.warmup_steps + 1, total_steps))
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -182,6 +182,16 @@ def test_warmup_cosine_values():
     assert warmup_cosine(500, 1.0, 100, 10) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_shortened_schedule_shortens_its_warm_up_too():
+    """--time-budget's 3 epochs out of 200: the warm-up keeps its 5% share instead of outlasting the run."""
+    from nin_keras.schedules import WarmupCosine, warmup_cosine
+
+    schedule = WarmupCosine(1.0, total_steps=200 * 21, warmup_steps=210)
+    schedule.set_total_steps(3 * 21)
+    assert (schedule.total_steps, schedule.warmup_steps) == (63, 3)
+    assert warmup_cosine(62, 1.0, schedule.total_steps, schedule.warmup_steps) < 0.01
+
+
 def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
     """A short budget stops well before --epochs, and the learning rate has decayed by the last epoch."""
     import time
