@@ -74,6 +74,12 @@ def test_every_hyperparameter_reaches_the_model():
     assert small.warmup_steps + small.decay_steps == 2 * 20 and large.warmup_steps + large.decay_steps == 2 * 5
 
 
+def test_integer_settings_from_a_config_do_not_break_the_space():
+    base = resolve_config({"preset": "tiny", "weight_decay": 0, "label_smoothing": 0})
+    values = NinHyperModel(base, num_train_examples=1280).declare(keras_tuner.HyperParameters())
+    assert values["weight_decay"] == 0.0 and values["label_smoothing"] == 0.0
+
+
 def test_each_trial_schedule_spans_the_epochs_it_trains():
     model = NinHyperModel(resolve_config({"preset": "tiny"}), num_train_examples=1280, trial_epochs=5).build(
         keras_tuner.HyperParameters())

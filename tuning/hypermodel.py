@@ -102,11 +102,14 @@ class NinHyperModel(keras_tuner.HyperModel):
             # as AdamW does, so the two choices would be the same trial twice.
             "optimizer": hp.Choice("optimizer", ["adam", "sgd"],
                                    default="adam" if base.optimizer == "adamw" else base.optimizer),
-            "weight_decay": hp.Choice("weight_decay", sorted({0.0, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, base.weight_decay}),
-                                      default=base.weight_decay),
+            # float(): a config's integer 0 must not mix types in one Choice.
+            "weight_decay": hp.Choice("weight_decay", sorted({0.0, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2,
+                                                              float(base.weight_decay)}),
+                                      default=float(base.weight_decay)),
             "lr_schedule": hp.Choice("lr_schedule", ["cosine", "constant"], default=base.lr_schedule),
-            "label_smoothing": hp.Choice("label_smoothing", sorted({0.0, 0.05, 0.1, 0.2, base.label_smoothing}),
-                                         default=base.label_smoothing),
+            "label_smoothing": hp.Choice("label_smoothing", sorted({0.0, 0.05, 0.1, 0.2,
+                                                                    float(base.label_smoothing)}),
+                                         default=float(base.label_smoothing)),
             "augment": hp.Boolean("augment", default=base.augment),
             "augment_shift": hp.Int("augment_shift", 0, 4, default=min(base.augment_shift, 4)),
             "batch_size": hp.Choice("batch_size", [64, 128, 256], default=base.batch_size
