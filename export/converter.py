@@ -125,11 +125,12 @@ def check_float_blocks(model, float_blocks):
                 yield from names(layer)
 
     layer_names = set(names(model))
-    for block in block_names(float_blocks):
+    float_blocks = block_names(float_blocks)
+    for block in float_blocks:
         if not any(name.startswith(f"{block}_") for name in layer_names):
             blocks = sorted({name.split("_")[0] for name in layer_names if name.startswith(("block", "head_"))})
             raise ExportError(f"--int8-float-blocks: the model has no block {block!r} (its blocks: "
-                              f"{', '.join(blocks)}). Received: {','.join(block_names(float_blocks))}")
+                              f"{', '.join(blocks)}). Received: {','.join(float_blocks)}")
 
 
 def _selectively_quantize(model, converter, representative_images, per_channel, float_blocks):
@@ -157,9 +158,9 @@ def _selectively_quantize(model, converter, representative_images, per_channel, 
             converter=converter, debug_dataset=_representative_dataset(representative_images),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied))
         return debugger.get_nondebug_quantized_model()
-    except Exception as e:  # long MLIR dumps: keep the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"TFLite int8 conversion with {','.join(float_blocks)} in float failed: {first}") from None
+    except Exception as e:
+        raise ExportError(f"TFLite int8 conversion with {','.join(float_blocks)} in float failed: "
+                          f"{_first_line(e)}") from None
 
 
 def _representative_dataset(images):
@@ -198,9 +199,14 @@ def _configure_and_convert(converter, fmt, representative_images, int8_input, in
         return None
     try:
         return converter.convert()
-    except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"TFLite conversion to {fmt} failed: {first}") from None
+    except Exception as e:
+        raise ExportError(f"TFLite conversion to {fmt} failed: {_first_line(e)}") from None
+
+
+def _first_line(error):
+    """The converter's errors are long MLIR dumps: their first line, or the error's type when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def io_details(tflite_bytes):

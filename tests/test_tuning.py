@@ -15,8 +15,9 @@ from tuning.hypermodel import NinHyperModel
 
 
 
-def hypermodel(preset="tiny"):
-    return NinHyperModel(resolve_config({"preset": preset}), num_train_examples=1280)
+def hypermodel(preset="tiny", trial_epochs=None, **settings):
+    return NinHyperModel(resolve_config({"preset": preset, **settings}), num_train_examples=1280,
+                         trial_epochs=trial_epochs)
 
 
 def build_with(**fixed):
@@ -75,14 +76,12 @@ def test_every_hyperparameter_reaches_the_model():
 
 
 def test_integer_settings_from_a_config_do_not_break_the_space():
-    base = resolve_config({"preset": "tiny", "weight_decay": 0, "label_smoothing": 0})
-    values = NinHyperModel(base, num_train_examples=1280).declare(keras_tuner.HyperParameters())
+    values = hypermodel(weight_decay=0, label_smoothing=0).declare(keras_tuner.HyperParameters())
     assert values["weight_decay"] == 0.0 and values["label_smoothing"] == 0.0
 
 
 def test_each_trial_schedule_spans_the_epochs_it_trains():
-    model = NinHyperModel(resolve_config({"preset": "tiny"}), num_train_examples=1280, trial_epochs=5).build(
-        keras_tuner.HyperParameters())
+    model = hypermodel(trial_epochs=5).build(keras_tuner.HyperParameters())
     schedule = model.optimizer._learning_rate
     assert schedule.warmup_steps + schedule.decay_steps == 5 * 10
     hp = keras_tuner.HyperParameters()
