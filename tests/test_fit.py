@@ -116,7 +116,7 @@ def test_bad_precision_is_refused():
         ("{not json", "malformed JSON"),
         ("[1, 2]", "expected a JSON object"),
         ('{"epochz": 3}', "unknown settings ['epochz']"),
-        ('{"preset": "huge"}', "preset must be one of d2l, fashion, fashion-best, fashion-v1, paper-cifar, photo, tiny. Received: 'huge'"),
+        ('{"preset": "huge"}', "preset must be one of d2l, fashion, fashion-best, fashion-best-v1, fashion-v1, paper-cifar, photo, tiny. Received: 'huge'"),
     ],
 )
 def test_bad_config_files(tmp_path, content, message):

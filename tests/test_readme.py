@@ -21,7 +21,7 @@ def test_use_it_from_python_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
-    assert "['fashion', 'fashion-best', 'fashion-v1', 'tiny', 'photo', 'd2l', 'paper-cifar']" in out
+    assert "['fashion', 'fashion-best', 'fashion-best-v1', 'fashion-v1', 'tiny', 'photo', 'd2l', 'paper-cifar']" in out
     assert (tmp_path / "runs" / "notebook" / "metrics.json").exists()
     assert (tmp_path / "runs" / "notebook" / "export" / "nin_int8.tflite").exists()
     assert (tmp_path / "tuning_runs" / "notebook" / "best_config.json").exists()
