@@ -94,7 +94,7 @@ def test_each_trial_schedule_spans_the_epochs_it_trains():
 def test_the_default_hyperparameters_of_every_preset_build_it():
     from helpers import build_preset
 
-    for preset in ("fashion", "fashion-best", "photo"):
+    for preset in ("fashion", "fashion-best", "fashion-best-v1", "photo"):
         model = hypermodel(preset).build(keras_tuner.HyperParameters())
         assert model.count_params() == build_preset(preset).count_params(), preset
 
