@@ -165,8 +165,8 @@ def load_tfds(name):
 def _split_validation(x, y, val_fraction, seed):
     """Hold out a seeded random ``val_fraction`` of (x, y) for validation."""
     order = np.random.default_rng(seed).permutation(len(x))
-    # At least one: a small --limit with fashion-best's 1/120 would round to
-    # an empty validation set, which model.fit cannot score.
+    # At least one: a small --limit (or fraction) would otherwise round to an
+    # empty validation set, which model.fit cannot score.
     n_val = max(1, int(round(len(x) * val_fraction)))
     val, train = order[:n_val], order[n_val:]
     return x[train], y[train], x[val], y[val]

@@ -36,8 +36,8 @@ PRESETS = {
             "The most accurate Fashion-MNIST NiN here: mlpconv blocks 32 (3x3, one 1x1) at 28x28, 64 (3x3, "
             "two 1x1) at 13x13 and 192 (3x3, two 1x1, no pooling) at 6x6, then a 192 (3x3) + 10 (1x1) "
             "class block and GAP; BatchNorm after the stem; flip + 3-pixel shift augmentation, AdamW, "
-            "20 epochs on 59,500 of the 60,000 training images. 549,896 parameters (0.4% of VGG16's "
-            "138 M), 24.2 M multiply-adds; about 40 minutes on 2 AVX2 cores (README, Results)."
+            "26 epochs. 549,896 parameters (0.4% of VGG16's 138 M), 24.2 M multiply-adds; test accuracy "
+            "0.9398 +- 0.0008 over 3 seeds, about 48 minutes on 2 AVX2 cores (README, Results)."
         ),
         "model": {
             "input_shape": [28, 28, 1],
@@ -52,11 +52,8 @@ PRESETS = {
             "head_block": {"filters": 192, "kernel_size": 3, "mlp_filters": [None], "batch_norm": True},
             "head_activation": None,
         },
-        # Only 500 images (1/120) are held out: enough to watch for divergence,
-        # and the other 4,500 are worth more as training data than as a
-        # finer validation figure (nothing here is selected on validation).
-        "fit": {"epochs": 20, "batch_size": 128, "optimizer": "adamw", "learning_rate": 0.003,
-                "weight_decay": 0.05, "augment": True, "val_fraction": 1 / 120},
+        "fit": {"epochs": 26, "batch_size": 128, "optimizer": "adamw", "learning_rate": 0.003,
+                "weight_decay": 0.05, "augment": True},
     },
     "fashion-best-v1": {
         "description": (

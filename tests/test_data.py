@@ -114,7 +114,7 @@ def test_load_data_splits_validation_and_limits(tmp_path):
     splits = data.load_data(data_dir=root, val_fraction=0.25, limit=20, test_limit=3)
     assert (len(splits.x_train), len(splits.x_val), len(splits.x_test)) == (15, 5, 3)
     assert splits.input_shape == [28, 28, 1] and len(splits.class_names) == 10
-    # fashion-best's 1/120 of 20 images rounds to 0: one is still held out.
+    # 1/120 of 20 images rounds to 0: one is still held out.
     splits = data.load_data(data_dir=root, val_fraction=1 / 120, limit=20)
     assert (len(splits.x_train), len(splits.x_val)) == (19, 1)
 

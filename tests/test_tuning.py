@@ -99,19 +99,6 @@ def test_the_default_hyperparameters_of_every_preset_build_it():
         assert model.count_params() == build_preset(preset).count_params(), preset
 
 
-def test_a_search_ranks_trials_on_a_full_size_validation_split():
-    """fashion-best trains its final model with 500 images held out; its search still ranks on 1/12."""
-    import argparse
-
-    from nin_keras.presets import get_preset
-
-    assert get_preset("fashion-best")["fit"]["val_fraction"] == pytest.approx(1 / 120)
-    for preset in ("fashion-best", "tiny"):
-        args = argparse.Namespace(preset=preset, val_fraction=None)
-        assert search.search_val_fraction(args) == pytest.approx(1 / 12)
-    assert search.search_val_fraction(argparse.Namespace(preset="fashion-best", val_fraction=0.2)) == 0.2
-
-
 def tuning_args(out, *extra):
     return ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--preset", "tiny", "--limit", "1500",
             "--test-limit", "100", "--output-dir", str(out), "--verbose", "0", *extra]

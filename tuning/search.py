@@ -18,7 +18,6 @@ from nin_keras.errors import ConfigError, NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text, read_json_object
 from nin_keras.precision import precision_scope, resolve_precision
-from nin_keras.presets import get_preset
 
 TUNERS = ("bayesian", "random", "hyperband")
 PROJECT = "search"
@@ -218,19 +217,6 @@ def format_rows(rows):
     return "\n".join(lines)
 
 
-def search_val_fraction(args):
-    """The validation fraction a search ranks its trials on.
-
-    ``--val-fraction`` when given; else the preset's, but never under the
-    usual 1/12: a preset may hold out only a few hundred images for its final
-    training (``fashion-best`` keeps 500), too few to rank close trials.
-    """
-    if args.val_fraction is not None:
-        return args.val_fraction
-    fallback = settings.FALLBACKS["val_fraction"]
-    return max(get_preset(args.preset)["fit"].get("val_fraction", fallback), fallback)
-
-
 def run_search(args, print_fn=print):
     """Search, then write trials.json, best_hparams.json and best_config.json. Returns the best config path."""
     from nin_keras import distribute
@@ -240,7 +226,7 @@ def run_search(args, print_fn=print):
     validate_args(args)
     base = config_lib.resolve_config({
         "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
-        "tfds": args.tfds, "val_fraction": search_val_fraction(args), "test_limit": args.test_limit,
+        "tfds": args.tfds, "val_fraction": args.val_fraction, "test_limit": args.test_limit,
         "precision": args.precision, "image_size": args.image_size, "resize": args.resize,
         "skip_bad_images": args.skip_bad_images,
     })
@@ -291,10 +277,8 @@ def run_search(args, print_fn=print):
     best = max(done, key=lambda r: r["val_accuracy"])
     best_values = {k: v for k, v in best["hyperparameters"].items() if not k.startswith("tuner/")}
     best_cfg = hypermodel.config_for(best_values)
-    # Retraining uses the full training set, the preset's epochs and the
-    # preset's validation split (unless --val-fraction was given).
+    # Retraining uses the full training set and the preset's epochs.
     best_cfg.limit = None
-    best_cfg.val_fraction = args.val_fraction
     best_cfg.output_dir = None
     atomic_write_text(os.path.join(args.output_dir, "trials.json"), json.dumps(rows, indent=2, default=str) + "\n")
     atomic_write_text(os.path.join(args.output_dir, "best_hparams.json"),
