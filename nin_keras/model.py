@@ -129,6 +129,34 @@ def _pool(x, kind, name, data_format):
     return x
 
 
+@keras.saving.register_keras_serializable(package="nin_keras")
+class MirrorBatch(layers.Layer):
+    """At inference, append each image's left-right mirror to the batch.
+
+    Images are (batch, height, width, channels); the output batch is the
+    input followed by its mirrors, so :class:`MirrorAverage` can pair them up
+    again. BatchNorm uses its moving statistics at inference, so the two
+    halves do not mix. In training it passes the batch through: augmentation
+    already flips there, and a doubled batch would double the step's cost.
+    """
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        return keras.ops.concatenate([inputs, keras.ops.flip(inputs, axis=2)], axis=0)
+
+
+@keras.saving.register_keras_serializable(package="nin_keras")
+class MirrorAverage(layers.Layer):
+    """At inference, average each image's class scores with its mirror's (see :class:`MirrorBatch`)."""
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        original, mirrored = keras.ops.split(inputs, 2, axis=0)
+        return (original + mirrored) / 2.0
+
+
 def build_nin(
     blocks,
     head_block=None,
@@ -146,6 +174,7 @@ def build_nin(
     head_activation="relu",
     classifier_activation="softmax",
     data_format=None,
+    test_time_flip=False,
     name="nin",
 ):
     """Build a Network-in-Network classifier as a functional ``keras.Model``.
@@ -194,6 +223,12 @@ def build_nin(
             The input is always (H, W, C) raw pixels; for channels_first the
             model transposes it after rescaling. (NHWC is the default because
             it measured 2.4-3x faster on CPU; see README.)
+        test_time_flip: if True, at inference (predict, evaluate, every
+            export) the model scores each image and its left-right mirror and
+            averages the two class scores before the softmax: test-time
+            augmentation inside the graph, so a phone app gets it unchanged.
+            Training is untouched (the two layers pass through), as are the
+            weights; inference costs twice the multiply-adds.
         name: model name.
 
     Returns:
@@ -228,6 +263,7 @@ def build_nin(
     require(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
     data_format = data_format or keras.config.image_data_format()
     require(data_format in DATA_FORMATS, f"`data_format` must be one of {DATA_FORMATS}.", data_format)
+    require(isinstance(test_time_flip, bool), "`test_time_flip` must be True or False.", test_time_flip)
 
     specs = [_validate_block(spec, i + 1, mlp_layers) for i, spec in enumerate(blocks)]
     head_spec = _validate_block(head_block or {"filters": None, "kernel_size": 3}, 0, mlp_layers, is_head=True)
@@ -241,6 +277,8 @@ def build_nin(
     # Pixels arrive as raw [0, 255] values; scaling inside the graph means a
     # phone app (and the int8 TFLite model) can feed camera bytes directly.
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if test_time_flip:
+        x = MirrorBatch(name="tta_mirror")(x)
     if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
         x = layers.Resizing(image_size[0], image_size[1], name="resize")(x)
     if data_format == "channels_first":
@@ -289,6 +327,8 @@ def build_nin(
             x = layers.Dense(units, activation="relu", name=f"head_dense{j}")(x)
             x = layers.Dropout(0.5, name=f"head_dense{j}_dropout")(x)
         x = layers.Dense(num_classes, name="head_logits")(x)
+    if test_time_flip:
+        x = MirrorAverage(name="tta_average")(x)
     if classifier_activation == "softmax":
         # float32 output even under mixed precision, for a stable loss.
         x = layers.Activation("softmax", dtype="float32", name="predictions")(x)

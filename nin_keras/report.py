@@ -71,12 +71,15 @@ def resource_report(model, batch_size=128):
     # Training keeps every layer's output for the backward pass (float32);
     # inference needs at most one layer's input and output alive at a time.
     train_activation = sum(elements) * 4 * batch_size
-    infer_activation = max(a + b for a, b in zip(elements, elements[1:])) * 4
+    # A test_time_flip model scores every image twice (it and its mirror) at inference only.
+    passes = 2 if any(r["layer"] == "tta_mirror" for r in rows) else 1
+    infer_activation = passes * max(a + b for a, b in zip(elements, elements[1:])) * 4
     return {
         "model": model.name,
         "layers": rows,
         "parameters": params,
         "macs": sum(r["macs"] for r in rows),
+        "inference_macs": passes * sum(r["macs"] for r in rows),
         "parameter_bytes": {"float32": params * 4, "float16": params * 2, "int8": params},
         "training_activation_bytes": train_activation,
         "training_batch_size": batch_size,
@@ -97,6 +100,9 @@ def format_report(gap, dense):
         lines.append(f"{r['layer']:<22}{'x'.join(map(str, r['output_shape'])):<16}{r['parameters']:>12,}{r['macs']:>16,}")
     lines.append(f"{'total':<22}{'':<16}{gap['parameters']:>12,}{gap['macs']:>16,}")
     lines.append(f"  = {gap['macs'] / 1e6:,.1f} M multiply-adds per image ({2 * gap['macs'] / 1e9:.2f} GFLOP forward)")
+    if gap["inference_macs"] != gap["macs"]:
+        lines.append(f"  x 2 at inference (test_time_flip: the image and its mirror): "
+                     f"{gap['inference_macs'] / 1e6:,.1f} M multiply-adds per prediction")
     lines.append("")
     lines.append(f"{'':<38}{'GAP head (NiN)':>18}{'dense head':>18}")
     pairs = [

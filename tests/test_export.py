@@ -389,3 +389,19 @@ def test_export_reads_an_image_folder_runs_split_file(tmp_path):
                      split_file=settings["split_file"])
     assert list(seen.x_test.paths) == list(trained.x_test.paths)
     assert not set(seen.x_train.paths) & set(seen.x_test.paths)  # calibration draws only from training files
+
+
+def test_test_time_flip_survives_float32_and_int8_conversion(trained_tiny_run, fashion_test):
+    """The mirror-and-average layers convert to TFLite, stay exact in float32 and keep int8's accuracy."""
+    from helpers import build_preset
+
+    trained = load_keras_model(trained_tiny_run[0])
+    model = build_preset("tiny", test_time_flip=True)
+    model.set_weights(trained.get_weights())
+    x, y = fashion_test[0][:300], fashion_test[1][:300]
+    keras_probs = model.predict(x, verbose=0)
+    f32 = TFLiteClassifier(model_content=convert(model, "float32")).predict(x)
+    np.testing.assert_allclose(f32, keras_probs, atol=1e-4)
+    assert not np.allclose(keras_probs, trained.predict(x, verbose=0), atol=1e-3)  # the mirror is in the graph
+    int8 = TFLiteClassifier(model_content=convert(model, "int8", fashion_test[0][:100])).predict(x)
+    assert abs(np.mean(int8.argmax(1) == y) - np.mean(keras_probs.argmax(1) == y)) <= 0.03

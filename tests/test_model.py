@@ -123,6 +123,7 @@ def test_dense_head_is_much_larger_than_gap():
         ({"blocks": [{"filters": 8, "pool": "min"}]}, "Received: 'min'"),
         ({"blocks": [{"filters": 8, "kernal_size": 3}]}, "unknown keys ['kernal_size']"),
         ({"blocks": []}, "Received: []"),
+        ({"test_time_flip": "yes"}, "Received: 'yes'"),
     ],
 )
 def test_invalid_arguments_repeat_the_bad_value(kwargs, fragment):
@@ -130,6 +131,22 @@ def test_invalid_arguments_repeat_the_bad_value(kwargs, fragment):
     base.update(kwargs)
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         build_nin(**base)
+
+def test_test_time_flip_averages_the_image_and_its_mirror(tmp_path):
+    plain = build_preset("fashion-best", classifier_activation=None, test_time_flip=False)
+    flip = build_preset("fashion-best", classifier_activation=None)
+    assert flip.count_params() == plain.count_params()
+    flip.set_weights(plain.get_weights())  # the two layers add no weights
+    x = random_images(6).astype("float32")
+    expected = (plain.predict(x, verbose=0) + plain.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(flip.predict(x, verbose=0), expected, atol=1e-4)
+    assert not np.allclose(expected, plain.predict(x, verbose=0), atol=1e-3)  # the mirror does change the scores
+    # Training sees the plain network: the same outputs, batch not doubled.
+    np.testing.assert_allclose(flip(x, training=True), plain(x, training=True), atol=1e-4)
+    restored = save_and_reload(flip, tmp_path)
+    assert restored.get_layer("tta_mirror") is not None
+    np.testing.assert_allclose(restored.predict(x, verbose=0), expected, atol=1e-4)
+
 
 def test_block_summary_prints_each_block(capsys):
     block_summary(build_preset("tiny"))

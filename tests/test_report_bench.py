@@ -164,3 +164,11 @@ def test_every_sweep_variant_is_the_defaults_with_fields_replaced_and_its_flags_
         variant = dataclasses.replace(defaults, **change)
         args = bench.build_parser().parse_args(variant.flags())
         assert bench.BenchSettings.from_args(args) == variant, name
+
+
+def test_report_counts_test_time_flip_twice_at_inference_only():
+    plain = report.resource_report(build_preset("tiny"))
+    flip = report.resource_report(build_preset("tiny", test_time_flip=True))
+    assert flip["macs"] == plain["macs"] == plain["inference_macs"]  # training: one pass
+    assert flip["inference_macs"] == 2 * plain["macs"]
+    assert "x 2 at inference" in report.format_report(flip, None)
