@@ -42,6 +42,7 @@ def load_keras_model(path):
     """Load a .keras model in Keras safe mode; ExportError for corrupt or unsafe files."""
     import keras
 
+    import nin_keras.model  # noqa: F401  (registers the custom layers, e.g. test_time_flip's, for loading)
     from nin_keras.precision import float32_copy
 
     path = resolve_model_path(path)

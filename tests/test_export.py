@@ -391,13 +391,21 @@ def test_export_reads_an_image_folder_runs_split_file(tmp_path):
     assert not set(seen.x_train.paths) & set(seen.x_test.paths)  # calibration draws only from training files
 
 
-def test_test_time_flip_survives_float32_and_int8_conversion(trained_tiny_run, fashion_test):
-    """The mirror-and-average layers convert to TFLite, stay exact in float32 and keep int8's accuracy."""
-    from helpers import build_preset
+def test_test_time_flip_survives_float32_and_int8_conversion(trained_tiny_run, fashion_test, tmp_path):
+    """The mirror-and-average layers load in a fresh process, convert to TFLite, stay exact in float32 and
+    keep int8's accuracy."""
+    import subprocess
+
+    from helpers import REPO, build_preset
 
     trained = load_keras_model(trained_tiny_run[0])
     model = build_preset("tiny", test_time_flip=True)
     model.set_weights(trained.get_weights())
+    path = str(tmp_path / "flip.keras")
+    model.save(path)
+    # A process that imports only the exporter must still know the custom layers.
+    subprocess.run([sys.executable, "-c", "import sys; from export.converter import load_keras_model; "
+                    "load_keras_model(sys.argv[1])", path], cwd=REPO, check=True)
     x, y = fashion_test[0][:300], fashion_test[1][:300]
     keras_probs = model.predict(x, verbose=0)
     f32 = TFLiteClassifier(model_content=convert(model, "float32")).predict(x)
