@@ -44,8 +44,9 @@ def build_parser():
                         help="input type of the int8 model (default uint8: raw pixel bytes)")
     parser.add_argument("--int8-output", choices=IO_TYPES, default="float32",
                         help="output type of the int8 model (default float32 probabilities)")
-    parser.add_argument("--per-channel", action="store_true",
-                        help="int8: one scale per output channel (larger file; default one scale per tensor)")
+    parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction,
+                        help="int8: one scale per output channel (larger file) instead of one per tensor "
+                             "(default: what the run's preset says, e.g. fashion-best: per channel; else per tensor)")
     parser.add_argument("--int8-float-blocks", type=block_names, default=(), metavar="BLOCKS",
                         help="int8: keep these blocks (comma-separated, e.g. block1) in float32 (selective "
                              "quantization; input and output become float32). On x86 CPUs without VNNI, "
@@ -107,6 +108,12 @@ SPLIT_SETTINGS = ("seed", "val_fraction", "limit")
 SOURCE_SETTINGS = ("data_dir", "image_dir", "tfds")
 
 
+def run_config(model_path):
+    """The resolved settings saved beside the model (``config.json``), or {} for a bare .keras file."""
+    config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    return read_json_object(config_path, "run config") if os.path.isfile(config_path) else {}
+
+
 def data_settings(args, model_path):
     """Data source and split for calibration and the test accuracy: the run's own.
 
@@ -117,7 +124,7 @@ def data_settings(args, model_path):
     moved to another folder); without a run config, flags and defaults apply.
     """
     config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-    run = read_json_object(config_path, "run config") if os.path.isfile(config_path) else {}
+    run = run_config(model_path)
     out = {}
     for key in SPLIT_SETTINGS:
         flag, saved = getattr(args, key), run.get(key)
@@ -140,6 +147,17 @@ def data_settings(args, model_path):
         # A flag wins, then the run's setting, then the schema's default (a run from before the setting existed).
         out[key] = flag if flag is not None else run.get(key, BY_NAME[key].default)
     return out
+
+
+def preset_export_settings(model_path):
+    """The ``export`` section of the run's preset (from its ``config.json``), or {} when there is none.
+
+    A preset knows how its model quantizes best (measured, README): e.g.
+    fashion-best's int8 keeps its accuracy only with per-channel scales.
+    """
+    from nin_keras.presets import PRESETS
+
+    return dict(PRESETS.get(run_config(model_path).get("preset"), {}).get("export", {}))
 
 
 def per_class_by_format(y_test, predictions, labels):
@@ -181,6 +199,9 @@ def run_export(args, print_fn=print):
     except OSError as e:
         raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
     formats = args.formats or list(TFLITE_FORMATS)
+    per_channel = args.per_channel
+    if per_channel is None:
+        per_channel = preset_export_settings(model_path).get("per_channel", False)
     if args.mediapipe_scale < 1:
         raise NinError(f"--mediapipe-scale must be >= 1. Received: {args.mediapipe_scale}")
     if args.calibration_samples < 1:
@@ -234,14 +255,14 @@ def run_export(args, print_fn=print):
             calibration = next(iter(ds))[0].numpy()
             if deployed.input_shape[-1] == 3 and calibration.shape[-1] == 1:
                 calibration = np.repeat(calibration, 3, axis=-1)
-        tflite = convert(deployed, fmt, calibration, args.int8_input, args.int8_output, args.per_channel,
+        tflite = convert(deployed, fmt, calibration, args.int8_input, args.int8_output, per_channel,
                          float_blocks=float_blocks)
         if args.metadata:
             tflite = add_metadata(tflite, labels, name=f"NiN {run_name} ({fmt})",
                                   description=f"Network-in-Network image classifier ({len(labels)} classes), "
                                               f"{fmt} TFLite exported by nin_keras")
         written[fmt] = write_tflite(out_dir, fmt, tflite,
-                                    sidecar(fmt, tflite, labels, deployed, args.per_channel, args.metadata,
+                                    sidecar(fmt, tflite, labels, deployed, per_channel, args.metadata,
                                             float_blocks=float_blocks))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 

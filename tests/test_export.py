@@ -413,3 +413,23 @@ def test_test_time_flip_survives_float32_and_int8_conversion(trained_tiny_run, f
     assert not np.allclose(keras_probs, trained.predict(x, verbose=0), atol=1e-3)  # the mirror is in the graph
     int8 = TFLiteClassifier(model_content=convert(model, "int8", fashion_test[0][:100])).predict(x)
     assert abs(np.mean(int8.argmax(1) == y) - np.mean(keras_probs.argmax(1) == y)) <= 0.03
+
+
+def test_int8_scales_default_to_the_runs_preset_and_the_flag_overrides(trained_tiny_run, tmp_path):
+    """fashion-best's preset asks for per-channel int8 (measured: per-tensor lost up to 0.31 point)."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_tiny_run[0], run, ignore=shutil.ignore_patterns("export", "backup", "logs"))
+    assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {}  # tiny says nothing
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "preset": "fashion-best"}, f)
+    assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {"per_channel": True}
+    for flags, expected in (([], "per-channel"), (["--no-per-channel"], "per-tensor")):
+        out = str(tmp_path / expected)
+        assert exporter.main([run, "--output-dir", out, "--format", "int8", "--test-limit", "100",
+                              "--calibration-samples", "50", "--max-accuracy-drop", "100", *flags]) == 0
+        with open(os.path.join(out, "nin_int8.json")) as f:
+            assert json.load(f)["quantization"].endswith(expected)
