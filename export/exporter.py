@@ -108,9 +108,14 @@ SPLIT_SETTINGS = ("seed", "val_fraction", "limit")
 SOURCE_SETTINGS = ("data_dir", "image_dir", "tfds")
 
 
+def run_dir(model_path):
+    """The folder that holds ``model_path``: a run directory, with config.json (and split.json) beside it."""
+    return os.path.dirname(os.path.abspath(model_path))
+
+
 def run_config(model_path):
     """The resolved settings saved beside the model (``config.json``), or {} for a bare .keras file."""
-    config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    config_path = os.path.join(run_dir(model_path), "config.json")
     return read_json_object(config_path, "run config") if os.path.isfile(config_path) else {}
 
 
@@ -123,7 +128,6 @@ def data_settings(args, model_path):
     is refused. Source flags (``--data-dir``...) override the run's (data
     moved to another folder); without a run config, flags and defaults apply.
     """
-    config_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
     run = run_config(model_path)
     out = {}
     for key in SPLIT_SETTINGS:
@@ -140,7 +144,7 @@ def data_settings(args, model_path):
     out.update(given or {k: run.get(k) for k in SOURCE_SETTINGS})
     out["test_limit"] = args.test_limit
     # An image-folder run's split file: calibration and test images are exactly the run's.
-    split_file = os.path.join(os.path.dirname(config_path), "split.json")
+    split_file = os.path.join(run_dir(model_path), "split.json")
     out["split_file"] = split_file if os.path.isfile(split_file) else None
     for key in ("skip_bad_images", "resize"):
         flag = getattr(args, key)
@@ -193,7 +197,7 @@ def run_export(args, print_fn=print):
 
     model_path = resolve_model_path(args.model)
     model = load_keras_model(model_path)
-    out_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(model_path)), "export")
+    out_dir = args.output_dir or os.path.join(run_dir(model_path), "export")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -233,7 +237,7 @@ def run_export(args, print_fn=print):
         import_metadata_writers()  # a missing mediapipe is one line now, not after the first conversion
     float_blocks = block_names(args.int8_float_blocks)  # a string from Python callers too
     check_float_blocks(model, float_blocks)  # before anything is converted or written
-    run_name = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
+    run_name = os.path.basename(run_dir(model_path))
     written = {}
     for fmt in formats:
         if fmt == "saved_model":

@@ -64,6 +64,8 @@ def resource_rows(model):
 
 def resource_report(model, batch_size=128):
     """Totals for ``model``: parameters, MACs, memory (bytes)."""
+    from nin_keras.model import MirrorBatch
+
     rows = resource_rows(model)
     params = sum(r["parameters"] for r in rows)
     input_elements = math.prod(model.input_shape[1:])
@@ -72,14 +74,15 @@ def resource_report(model, batch_size=128):
     # inference needs at most one layer's input and output alive at a time.
     train_activation = sum(elements) * 4 * batch_size
     # A test_time_flip model scores every image twice (it and its mirror) at inference only.
-    passes = 2 if any(r["layer"] == "tta_mirror" for r in rows) else 1
+    passes = 2 if any(isinstance(layer, MirrorBatch) for layer in model.layers) else 1
     infer_activation = passes * max(a + b for a, b in zip(elements, elements[1:])) * 4
+    macs = sum(r["macs"] for r in rows)
     return {
         "model": model.name,
         "layers": rows,
         "parameters": params,
-        "macs": sum(r["macs"] for r in rows),
-        "inference_macs": passes * sum(r["macs"] for r in rows),
+        "macs": macs,
+        "inference_macs": passes * macs,
         "parameter_bytes": {"float32": params * 4, "float16": params * 2, "int8": params},
         "training_activation_bytes": train_activation,
         "training_batch_size": batch_size,
