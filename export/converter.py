@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from nin_keras.errors import NinError
+from nin_keras.io import file_mode
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
 ALL_FORMATS = TFLITE_FORMATS + ("saved_model", "onnx")
@@ -281,6 +282,7 @@ def write_tflite(out_dir, fmt, tflite_bytes, meta, suffix=".tflite"):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())  # the user's umask, not mkstemp's 0600: phones and web servers read these
         for tmp, target in staged:
             os.replace(tmp, target)
             renamed += 1

@@ -34,6 +34,31 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                     self.model.save(tmp, overwrite=True)
 
 
+class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that never backs up non-finite weights.
+
+    After ``TerminateOnNaN`` stops an epoch, Keras still calls
+    ``on_epoch_end``, and the stock callback would replace the last good
+    backup with NaN weights, so a ``--resume`` with a lower learning rate
+    would restore them and fail the same way. Here the previous backup stays.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return
+        if not all_weights_finite(self.model):
+            return
+        super().on_epoch_end(epoch, logs)
+
+
+def all_weights_finite(model):
+    """True when every weight of ``model`` is finite (a NaN in one batch can reach the weights first)."""
+    import numpy as np
+
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
 def read_history(path):
     """Rows of a history CSV as dicts of floats (``epoch`` as int); [] if absent."""
     if not os.path.exists(path):
@@ -127,7 +152,8 @@ class StopOnSignal(keras.callbacks.Callback):
         if self.received is not None:
             raise Interrupted(self.received)
 
-    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+    # predict() too: the final test pass stops at its next batch, not after the whole set.
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = _check
     check = _check
 
     def restore(self):

@@ -35,13 +35,18 @@ def run_cli(body):
     """Run ``body()`` and return the process exit code.
 
     ``body`` returns an exit code (None means 0). A :class:`NinError` is a
-    user mistake: printed as one ``error: ...`` line, exit code 1.
+    user mistake: printed as one ``error: ...`` line, exit code 1. Ctrl-C
+    where no stage handles it (scanning images, building the model) is one
+    line and exit code 130, like a shell's.
     """
     try:
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C): stopped; nothing was half-written", file=sys.stderr)
+        return 130
     return 0 if code is None else code
 
 

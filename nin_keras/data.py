@@ -214,16 +214,22 @@ def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, s
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, class_names, source)
 
 
-def _augment(image, label, pad=3):
-    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels."""
+def _augment(image, label, seed_pair, pad=3):
+    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels.
+
+    Stateless ops seeded per element (``seed_pair``, from a seeded random
+    stream), so a run's augmentation is the same whatever order tf.data's
+    parallel map calls run in: the seed reproduces it.
+    """
     import tensorflow as tf
 
     height, width = image.shape[0], image.shape[1]
-    image = tf.image.random_flip_left_right(image)
+    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if not pad:
         return image, label
     image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
-    image = tf.image.random_crop(image, [height, width, image.shape[-1]])
+    image = tf.image.stateless_random_crop(image, [height, width, image.shape[-1]], crop_seed)
     return image, label
 
 
@@ -260,7 +266,8 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
         if augment:
             # In the pipeline, not the model: keeps random ops out of exported
             # models and runs on the CPU threads tf.data already uses.
-            ds = ds.map(lambda image, label: _augment(image, label, augment_shift),
+            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+            ds = ds.map(lambda pair, seed_pair: _augment(pair[0], pair[1], seed_pair, augment_shift),
                         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if one_hot_classes:

@@ -31,6 +31,8 @@ def atomic_path(path, suffix=None):
         raise NinError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         yield tmp
+        # mkstemp makes 0600 files: give the file what the user's umask gives any new file (0644 under 022).
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
@@ -38,6 +40,21 @@ def atomic_path(path, suffix=None):
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def file_mode():
+    """The mode a new file gets under the process's umask (0o666 & ~umask): what every file nin_keras writes gets."""
+    umask = None
+    try:
+        # Linux >= 4.7 reports it without changing it (os.umask would, briefly, for every thread).
+        with open("/proc/self/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), None)
+    except (OSError, ValueError):
+        pass
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove_quietly(path):

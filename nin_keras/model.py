@@ -219,7 +219,8 @@ def build_nin(
             (linear class scores, which trains faster without BatchNorm).
         classifier_activation: "softmax" (probabilities) or None (logits).
         data_format: layout of the convolutions, "channels_last" (NHWC) or
-            "channels_first" (NCHW); None takes ``keras.config.image_data_format()``.
+            "channels_first" (NCHW); None means "channels_last", whatever
+            ``keras.json`` says (the layout is part of the recipe).
             The input is always (H, W, C) raw pixels; for channels_first the
             model transposes it after rescaling. (NHWC is the default because
             it measured 2.4-3x faster on CPU; see README.)
@@ -261,7 +262,9 @@ def build_nin(
     require(head in HEADS, f"`head` must be one of {HEADS}.", head)
     require(head_activation in ("relu", None), "`head_activation` must be 'relu' or None.", head_activation)
     require(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
-    data_format = data_format or keras.config.image_data_format()
+    # Not keras.config.image_data_format(): a user's ~/.keras/keras.json must not change the network a
+    # preset or a recorded run builds (TensorFlow's CPU Conv2D refuses NCHW on AVX2-only machines).
+    data_format = data_format or "channels_last"
     require(data_format in DATA_FORMATS, f"`data_format` must be one of {DATA_FORMATS}.", data_format)
     require(isinstance(test_time_flip, bool), "`test_time_flip` must be True or False.", test_time_flip)
 
@@ -280,7 +283,8 @@ def build_nin(
     if test_time_flip:
         x = MirrorBatch(name="tta_mirror")(x)
     if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
-        x = layers.Resizing(image_size[0], image_size[1], name="resize")(x)
+        # The input is NHWC whatever keras.json says.
+        x = layers.Resizing(image_size[0], image_size[1], data_format="channels_last", name="resize")(x)
     if data_format == "channels_first":
         x = layers.Permute((3, 1, 2), name="to_channels_first")(x)
 

@@ -106,8 +106,8 @@ SETTINGS = (
     Setting("time_budget", float, "choose the number of epochs (at most --epochs) from the first epoch's time so "
             "the whole run, data loading and test evaluation included, fits MINUTES", optional=True,
             check=lambda v: is_number(v) and v > 0, rule="a number of minutes > 0", metavar="MINUTES"),
-    Setting("seed", int, "random seed (shuffle, split, initial weights)", default=0, check=is_int,
-            rule="an integer"),
+    Setting("seed", int, "random seed (split, shuffle, augmentation, initial weights)", default=0,
+            check=lambda v: is_int(v) and 0 <= v < 2**32, rule="an integer from 0 to 4294967295 (2**32 - 1)"),
     # Data.
     Setting("data_dir", str, "folder with Fashion-MNIST IDX files (.gz or raw); default $NIN_KERAS_DATA_DIR, "
             "then /usr/share/datasets/fashion-mnist", optional=True),
