@@ -561,15 +561,9 @@ def main(argv=None):
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa_cap
 
     def body():
-        for name in ("batch_size", "steps", "repeats"):
-            if getattr(args, name) < 1:
-                raise NinError(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(args, name)}")
-        for name in ("intra_op_threads", "inter_op_threads"):
-            value = getattr(args, name)
-            if value is not None and value < 0:
-                raise NinError(f"--{name.replace('_', '-')} must be >= 0 (0: TensorFlow's default). Received: {value}")
-        if args.sweep_timeout <= 0:
-            raise NinError(f"--sweep-timeout must be > 0 seconds. Received: {args.sweep_timeout}")
+        from nin_keras.settings import validate_numeric_args
+
+        validate_numeric_args(args)
         from nin_keras.io import atomic_write_text
 
         if args.sweep:

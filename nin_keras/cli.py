@@ -24,11 +24,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_data_flags(parser):
-    """Data-source flags shared by fit, tuning and export."""
+def add_data_flags(parser, exclude=()):
+    """Data-source flags shared by fit, tuning and export (without ``exclude``)."""
     from nin_keras.settings import DATA_FLAGS, add_flags
 
-    return add_flags(parser, DATA_FLAGS, group=parser.add_argument_group("data"))
+    names = [name for name in DATA_FLAGS if name not in exclude]
+    return add_flags(parser, names, group=parser.add_argument_group("data"))
 
 
 def run_cli(body):

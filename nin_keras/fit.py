@@ -223,7 +223,8 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
         with precision_scope(cfg.precision):
             return fit_run(run)
     finally:
-        if not run.chief:
+        if not run.chief and run.run_dir != run.final_dir:
+            # A worker's private folder (never the shared run folder a finished run leaves it pointing at).
             shutil.rmtree(run.run_dir, ignore_errors=True)
         _close_run_dir(run, created)
 

@@ -211,9 +211,10 @@ def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
 
     history = read_history(str(tmp_path / "r" / "history.csv"))
     assert [row["epoch"] for row in history] == list(range(1, metrics["epochs"] + 1))
-    if metrics["epochs"] >= 3:
-        # The cosine ran to (nearly) zero over the chosen epochs, not the 200 asked for.
-        assert history[-1]["learning_rate"] < 0.2 * cfg.learning_rate
+    # 18 s holds several epochs of 2,750 images even on a loaded 2-core host; from epoch 2 on the
+    # schedule is the shortened one, so the cosine ran to (nearly) zero over the chosen epochs.
+    assert metrics["epochs"] >= 2
+    assert history[-1]["learning_rate"] < 0.2 * cfg.learning_rate
     # Generous: the host may be throttled, but a budget ignored would take minutes.
     assert elapsed < 0.3 * 60 * 2.5
 

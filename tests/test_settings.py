@@ -43,7 +43,8 @@ def test_fit_flags_are_exactly_the_schema():
         assert action.default is None, s.name  # only what the user passes overrides the preset
         assert action.help == s.help and action.dest == s.name
         if s.choices is not None:
-            assert list(action.choices) == sorted(s.choices) if s.name == "preset" else list(s.choices)
+            # Parenthesised: `assert a == b if c else d` would assert only for the preset.
+            assert list(action.choices) == (sorted(s.choices) if s.name == "preset" else list(s.choices)), s.name
 
 
 def test_tuning_shares_the_schema_for_common_flags():
@@ -52,6 +53,14 @@ def test_tuning_shares_the_schema_for_common_flags():
         s = settings.BY_NAME[name]
         action = parser_options[s.option]
         assert action.help == s.help and action.type is (None if s.type is bool else s.type), name
+
+
+def test_readme_lists_every_preset():
+    from nin_keras.presets import PRESETS
+
+    text = README.read_text()
+    row = re.search(r"`--preset \{([a-z0-9,-]+)\}`", text)
+    assert row is not None and sorted(row.group(1).split(",")) == sorted(PRESETS)
 
 
 def test_readme_flag_table_matches_the_fit_parser():

@@ -48,16 +48,9 @@ def validate_args(args):
     """Check the flags fit's config does not cover; fill in the default output folder."""
     if args.tuner not in TUNERS:
         raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}. Received: {args.tuner!r}")
-    for name in ("max_trials", "epochs", "patience"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1. Received: {value}")
+    settings.validate_numeric_args(args)
     if args.tuner == "hyperband" and args.epochs < 2:
         raise ConfigError(f"--epochs (hyperband's max epochs) must be >= 2. Received: {args.epochs}")
-    if args.limit is not None and args.limit < 2:
-        raise ConfigError(f"--limit must be an integer >= 2. Received: {args.limit}")
-    if args.cpu_replicas is not None and args.cpu_replicas < 1:
-        raise ConfigError(f"--cpu-replicas must be >= 1. Received: {args.cpu_replicas}")
     if args.output_dir is None:
         args.output_dir = os.path.join("tuning_runs", args.preset)
 
