@@ -4,8 +4,8 @@ Everything else is derived from :data:`SETTINGS`: the :class:`FitConfig`
 dataclass, the fallbacks used when a preset is silent, the validation of a
 resolved config (:func:`validate`), the flags of ``nin_keras.fit`` and the
 shared flags of ``tuning`` (:func:`add_flags`), and unknown-key suggestions.
-``tests/test_settings.py`` fails when the parsers or README's flag table
-drift from it.
+``tests/test_settings.py`` fails when the parsers drift from it; the docs'
+flag table is generated from it (``docs/hooks.py``).
 
 A setting whose ``default`` is None takes the preset's value (or
 ``fallback`` when the preset has none), so "not given" always means "the
