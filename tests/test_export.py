@@ -453,9 +453,20 @@ def test_int8_scales_default_to_the_runs_preset_and_the_flag_overrides(trained_t
     assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {}  # tiny says nothing
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
+    # A run from before run records: today's preset table decides.
+    legacy = {k: v for k, v in config.items() if k not in ("format", "format_version", "nin_keras_version", "export")}
     with open(os.path.join(run, "config.json"), "w") as f:
-        json.dump({**config, "preset": "fashion-best"}, f)
+        json.dump({**legacy, "preset": "fashion-best"}, f)
     assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {"per_channel": True}
+    # A recorded run: what its config.json recorded, whatever the table says now.
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "export": {"per_channel": True}}, f)
+    assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {"per_channel": True}
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "preset": "fashion-best", "export": {}}, f)
+    assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {}
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "export": {"per_channel": True}}, f)
     for flags, expected in (([], "per-channel"), (["--no-per-channel"], "per-tensor")):
         out = str(tmp_path / expected)
         assert exporter.main([run, "--output-dir", out, "--format", "int8", "--test-limit", "100",
