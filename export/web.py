@@ -217,12 +217,13 @@ def launch_chromium(playwright, extra_args=()):
     return playwright.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
 
 
-def browser_benchmark(web_dir, written, runs=50, print_fn=print):
+def browser_benchmark(web_dir, written, runs=50, print_fn=print, browser=None):
     """In-browser latency of each TFLite file in ``written`` ({format: path}), measured by the page itself.
 
     Serves ``web_dir`` on a free local port, loads it in headless Chromium
-    and calls the page's ``nin.benchmark`` (MediaPipe Tasks, CPU delegate,
-    one image at a time); returns {format: {median_ms, mean_ms, runs}}.
+    (``browser``, a Playwright browser, or a new one) and calls the page's
+    ``nin.benchmark`` (MediaPipe Tasks, CPU delegate, one image at a time);
+    returns {format: {median_ms, mean_ms, runs}}.
     """
     import threading
 
@@ -231,18 +232,17 @@ def browser_benchmark(web_dir, written, runs=50, print_fn=print):
     urls = add_browser_models(web_dir, written)
     server = make_server(web_dir, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
-        from playwright.sync_api import sync_playwright
+        if browser is not None:
+            results = _benchmark_page(browser, url, urls, runs)
+        else:
+            from playwright.sync_api import sync_playwright
 
-        with sync_playwright() as p:
-            browser = launch_chromium(p)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-            page.wait_for_function("window.nin && window.nin.ready", timeout=60000)
-            page.evaluate("window.nin.ready")
-            results = {fmt: page.evaluate("([u, n]) => window.nin.benchmark(u, n)", [url, runs])
-                       for fmt, url in urls.items()}
-            browser.close()
+            with sync_playwright() as p:
+                own = launch_chromium(p)
+                results = _benchmark_page(own, url, urls, runs)
+                own.close()
     finally:
         server.shutdown()
         server.server_close()
@@ -250,3 +250,15 @@ def browser_benchmark(web_dir, written, runs=50, print_fn=print):
     for fmt, r in results.items():
         print_fn(f"in-browser latency ({fmt}): median {r['median_ms']:.2f} ms, mean {r['mean_ms']:.2f} ms over {runs} runs")
     return results
+
+
+def _benchmark_page(browser, url, model_urls, runs):
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_function("window.nin !== undefined", timeout=60000)
+        page.evaluate("window.nin.ready")
+        return {fmt: page.evaluate("([u, n]) => window.nin.benchmark(u, n)", [model_url, runs])
+                for fmt, model_url in model_urls.items()}
+    finally:
+        page.close()
