@@ -198,6 +198,8 @@ def _mediapipe_cells(row):
 
 def run_export(args, print_fn=print):
     """Export and verify, then write the web page if asked; returns (report dict, exit code)."""
+    if args.browser_benchmark and "web" not in (args.formats or ()):
+        raise NinError("--browser-benchmark times the models in the web page: add --format web")
     report, code = _export_files(args, print_fn)
     if "web" in (args.formats or ()):
         web_step(args, report, print_fn)

@@ -339,3 +339,9 @@ def test_browser_benchmark_times_each_model_in_the_page(browser, web_export):
                                     print_fn=lambda *a: None, browser=browser[0])
     assert 0 < timings["int8"]["median_ms"] < 1000 and timings["int8"]["runs"] == 10
     assert not os.path.exists(os.path.join(folder, "models")) and time.time() - started < 60
+
+
+def test_browser_benchmark_without_the_page_is_one_line(tmp_path, capsys):
+    assert exporter.main([str(tmp_path / "run"), "--browser-benchmark"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "add --format web" in err
