@@ -36,8 +36,14 @@ def build_parser():
     parser = OneLineParser(prog="python -m export", description=__doc__)
     parser.add_argument("model", help="a nin_keras run directory or a .keras file")
     parser.add_argument("--output-dir", help="where to write the models (default: <run dir>/export)")
-    parser.add_argument("--format", dest="formats", action="append", choices=ALL_FORMATS,
-                        help="format to export; repeat for several (default: all four TFLite formats)")
+    parser.add_argument("--format", dest="formats", action="append", choices=ALL_FORMATS + ("web",),
+                        help="format to export; repeat for several (default: all four TFLite formats); "
+                             "web: a page that runs the int8 model in a phone's browser (export/web.py)")
+    parser.add_argument("--web-runtime", choices=("auto", "npm", "cdn"), default="auto",
+                        help="web: copy MediaPipe Tasks from npm into the folder (auto: when npm is available) "
+                             "or load it from a CDN")
+    parser.add_argument("--browser-benchmark", action="store_true",
+                        help="web: time every exported TFLite file in headless Chromium (needs chromium, playwright)")
     parser.add_argument("--calibration-samples", type=int, default=300,
                         help="training images used to calibrate int8 (default 300)")
     parser.add_argument("--int8-input", choices=IO_TYPES, default="uint8",
@@ -196,7 +202,51 @@ def _mediapipe_cells(row):
 
 
 def run_export(args, print_fn=print):
-    """Export and verify; returns (report dict, exit code)."""
+    """Export and verify, then write the web page if asked; returns (report dict, exit code)."""
+    if args.browser_benchmark and "web" not in (args.formats or ()):
+        raise NinError("--browser-benchmark times the models in the web page: add --format web")
+    report, code = _export_files(args, print_fn)
+    if "web" in (args.formats or ()):
+        web_step(args, report, print_fn)
+    return report, code
+
+
+def web_step(args, report, print_fn=print):
+    """``--format web``: the page folder beside the int8 model, and (``--browser-benchmark``) its latencies."""
+    from export.web import browser_benchmark, write_web
+
+    out_dir = report["output_dir"]
+    model_path = resolve_model_path(args.model)
+    web_dir = write_web(out_dir, os.path.join(out_dir, "nin_int8.tflite"), report,
+                        resize=run_config(model_path).get("resize"), run_name=os.path.basename(run_dir(model_path)),
+                        runtime=args.web_runtime, print_fn=print_fn)
+    if not args.browser_benchmark:
+        return
+    written = {f: os.path.join(out_dir, f"nin_{f}.tflite") for f in TFLITE_FORMATS if f in export_formats(args)}
+    timings = browser_benchmark(web_dir, written, print_fn=print_fn)
+    report["browser_benchmark"] = {"runtime": "MediaPipe Tasks for the Web, CPU delegate, headless Chromium",
+                                   "per_format": timings}
+    for row in report.get("formats", []):
+        if row["format"] in timings:
+            row["browser_ms_median"] = timings[row["format"]]["median_ms"]
+    atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
+    lines = [f"| {f} | {t['median_ms']:.2f} | {t['mean_ms']:.2f} |" for f, t in timings.items()]
+    md_path = os.path.join(out_dir, "report.md")
+    previous = open(md_path).read() if os.path.isfile(md_path) else "# Export report\n"
+    atomic_write_text(md_path, previous + "\n## In-browser latency (MediaPipe Tasks Web, headless Chromium, this CPU)\n\n"
+                      "| format | median ms | mean ms |\n|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def export_formats(args):
+    """The formats to write: the flags' (default: the four TFLite ones); the web page needs the int8 model."""
+    formats = [f for f in (args.formats or TFLITE_FORMATS) if f != "web"]
+    if "web" in (args.formats or ()) and "int8" not in formats:
+        formats.append("int8")
+    return formats
+
+
+def _export_files(args, print_fn=print):
+    """Export and verify the model files; returns (report dict, exit code)."""
     from export.evaluator import evaluate_tflite
     from nin_keras.data import load_data
 
@@ -208,7 +258,7 @@ def run_export(args, print_fn=print):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
-    formats = args.formats or list(TFLITE_FORMATS)
+    formats = export_formats(args)
     per_channel = args.per_channel
     if per_channel is None:
         per_channel = preset_export_settings(model_path).get("per_channel", False)
