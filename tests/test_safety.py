@@ -1,0 +1,131 @@
+"""Files and networks nin_keras does not control (issue 29): run folders, sidecars, IDX bombs, odd inputs."""
+
+import json
+import os
+
+import pytest
+
+from nin_keras import data, images
+from nin_keras.errors import DataError, NinError
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    """Tinted Fashion-MNIST "photos": 2 classes x 10, JPEG and PNG of mixed sizes."""
+    root = tmp_path_factory.mktemp("photos")
+    images.write_tinted_folder(str(root), per_class=10, classes=2)
+    return root
+
+
+def _split_file(tmp_path, photo_dir):
+    """A genuine split file of ``photo_dir`` written the way a run writes it; returns (path, record)."""
+    first = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=1)
+    path = tmp_path / "run" / "split.json"
+    images.write_split(str(path), first.split_record)
+    return path, json.loads(path.read_text())
+
+
+def _load(photo_dir, path):
+    return data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, split_file=str(path))
+
+
+@pytest.mark.parametrize("entry, message", [
+    (["../../../etc/passwd", 0], r"test\[0\]: path leaves the image folder \('..'\).*Received: \['../../../etc/passwd'"),
+    (["/etc/hostname", 0], r"test\[0\]: absolute path outside the image folder.*Received: \['/etc/hostname'"),
+    (["trouser/../../secret.png", 0], r"test\[0\]: path leaves the image folder"),
+    (["trouser/00000.jpg", 7], r"test\[0\]: label must be an integer 0..1 \(2 classes\).*Received: \['trouser/00000.jpg', 7\]"),
+    (["trouser/00000.jpg", -3], r"test\[0\]: label must be an integer 0..1"),
+    (["trouser/00000.jpg", True], r"test\[0\]: label must be an integer"),
+    (["trouser/notes.txt", 0], r"test\[0\]: not an image file name"),
+    ("trouser/00000.jpg", r"test\[0\]: expected \[relative path, label\]"),
+])
+def test_a_crafted_split_file_is_refused_in_one_line(tmp_path, photo_dir, entry, message):
+    path, record = _split_file(tmp_path, photo_dir)
+    record["test"][0] = entry
+    path.write_text(json.dumps(record))
+    with pytest.raises(DataError, match=message) as info:
+        _load(photo_dir, path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_symlink_out_of_the_image_folder_is_refused(tmp_path, photo_dir):
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_dir, folder)
+    outside = tmp_path / "private.png"
+    shutil.copy(next((folder / "trouser").glob("*.png")), outside)
+    os.symlink(outside, folder / "trouser" / "zz-link.png")
+    path, record = _split_file(tmp_path, folder)
+    record["train"][0] = ["trouser/zz-link.png", 1]
+    path.write_text(json.dumps(record))
+    with pytest.raises(DataError, match=r"train\[0\]: path leads out of the image folder through a symbolic link"):
+        _load(folder, path)
+
+
+def test_split_file_classes_and_listed_files_are_checked(tmp_path, photo_dir):
+    path, record = _split_file(tmp_path, photo_dir)
+    path.write_text(json.dumps({**record, "classes": ["trouser"]}))
+    with pytest.raises(DataError, match="field 'classes' must list at least two distinct class names"):
+        _load(photo_dir, path)
+    # A listed file that is no image any more is header-scanned like a fresh folder's (not a crash mid-run).
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_dir, folder)
+    path, record = _split_file(tmp_path / "second", folder)
+    rel = record["val"][0][0]
+    (folder / rel).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="corrupt or unreadable image"):
+        _load(folder, path)
+
+
+def test_split_file_stores_no_absolute_path_and_old_absolute_entries_still_load(tmp_path, photo_dir):
+    path, record = _split_file(tmp_path, photo_dir)
+    text = path.read_text()
+    assert str(photo_dir) not in text and not os.path.isabs(record["image_dir"])
+    assert os.path.realpath(path.parent / record["image_dir"]) == os.path.realpath(photo_dir)
+    first = _load(photo_dir, path)
+    # Split files of older versions may name files by absolute path: accepted when inside the folder.
+    record["test"] = [[str(photo_dir / p), y] for p, y in record["test"]]
+    path.write_text(json.dumps(record))
+    again = _load(photo_dir, path)
+    assert list(again.x_test.paths) == list(first.x_test.paths)
+
+
+def _image_run(tmp_path, classes_in_model):
+    """An image-folder run folder (3-class split.json) holding an untrained tiny model with ``classes_in_model`` outputs."""
+    from helpers import build_preset
+
+    folder = tmp_path / "photos"
+    images.write_tinted_folder(str(folder), per_class=6, classes=3)
+    run = tmp_path / "run"
+    trained = data.load_data(image_dir=str(folder), image_size=(16, 16), channels=3, seed=4)
+    images.write_split(str(run / "split.json"), trained.split_record)
+    (run / "config.json").write_text(json.dumps({"seed": 4, "val_fraction": 0.1, "limit": None, "data_dir": None,
+                                                 "image_dir": str(folder), "tfds": None}))
+    build_preset("tiny", input_shape=[16, 16, 3], num_classes=classes_in_model).save(run / "model.keras")
+    return run
+
+
+def test_export_refuses_a_split_whose_classes_do_not_match_the_model(tmp_path, capsys):
+    from export import exporter
+
+    run = _image_run(tmp_path, classes_in_model=2)
+    assert exporter.main([str(run / "model.keras"), "--format", "float32"]) == 1
+    err = capsys.readouterr().err
+    assert "split.json: 3 classes but the model has 2 outputs" in err and err.count("\n") == 1
+
+
+def test_export_report_stores_paths_relative_to_the_run(tmp_path):
+    from export import exporter
+
+    run = _image_run(tmp_path, classes_in_model=3)
+    args = exporter.build_parser().parse_args([str(run / "model.keras"), "--format", "float32",
+                                               "--max-accuracy-drop", "100", "--no-metadata"])
+    exporter.run_export(args, print_fn=lambda *a: None)
+    text = (run / "export" / "report.json").read_text()
+    report = json.loads(text)
+    assert str(tmp_path) not in text
+    assert (report["model"], report["output_dir"], report["formats"][0]["path"]) == (
+        "model.keras", "export", os.path.join("export", "nin_float32.tflite"))
