@@ -129,3 +129,43 @@ def test_export_report_stores_paths_relative_to_the_run(tmp_path):
     assert str(tmp_path) not in text
     assert (report["model"], report["output_dir"], report["formats"][0]["path"]) == (
         "model.keras", "export", os.path.join("export", "nin_float32.tflite"))
+
+
+# ----------------------------------------------------------------- IDX bombs
+
+
+def _gzip_bomb(path, header, gib=1):
+    """A .gz of ``header`` then ``gib`` GiB of zeros, about 1 MB on disk: 128 identical 8 MiB gzip members."""
+    import gzip
+
+    member = gzip.compress(bytes(8 << 20), compresslevel=9)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header))
+        for _ in range(128 * gib):
+            f.write(member)
+    return path
+
+
+@pytest.mark.parametrize("header, message", [
+    # A genuine Fashion-MNIST-style header for 10 images, then a gigabyte nobody announced.
+    (b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2, "has trailing bytes"),
+    # A header announcing 10^13 bytes: more than deflate can expand this file to.
+    (b"\x00\x00\x08\x03" + (100_000).to_bytes(4, "big") + (10_000).to_bytes(4, "big") * 2, "more than the file can hold"),
+    # No IDX header at all: refused after 4 bytes.
+    (b"", "bad IDX magic number 0"),
+])
+def test_a_gzip_bomb_idx_is_refused_fast_without_growing_memory(tmp_path, header, message):
+    import time
+    import tracemalloc
+
+    path = _gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", header)
+    assert os.path.getsize(path) < 4 << 20
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DataError, match=message):
+            data.read_idx(path, data.IMAGE_MAGIC)
+        seconds, (_, peak) = time.perf_counter() - start, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seconds < 1.0 and peak < 16 << 20, (seconds, peak)
