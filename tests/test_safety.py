@@ -169,3 +169,75 @@ def test_a_gzip_bomb_idx_is_refused_fast_without_growing_memory(tmp_path, header
     finally:
         tracemalloc.stop()
     assert seconds < 1.0 and peak < 16 << 20, (seconds, peak)
+
+
+# ------------------------------------------------------- tuning --overwrite
+
+
+def _tuning_args(out, *extra):
+    return ["--tuner", "random", "--max-trials", "1", "--epochs", "1", "--preset", "tiny", "--limit", "600",
+            "--test-limit", "100", "--output-dir", str(out), "--verbose", "0", *extra]
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("years of work")
+    return victim
+
+
+def test_a_symlinked_search_folder_survives_tuning_overwrite(tmp_path, capsys):
+    from tuning import search
+
+    out, victim = tmp_path / "tune", _victim(tmp_path)
+    out.mkdir()
+    (out / "search.json").write_text("{}")
+    os.symlink(victim, out / "search")
+    assert search.main(_tuning_args(out, "--overwrite")) == 1
+    err = capsys.readouterr().err
+    assert "search is a symbolic link; tuning neither follows nor deletes one" in err and err.count("\n") == 1
+    assert (victim / "thesis.txt").read_text() == "years of work"
+
+
+def test_tuning_overwrite_needs_the_searchs_marker_and_never_follows_links(tmp_path):
+    from nin_keras.errors import ConfigError
+    from tuning import search
+
+    out, victim = tmp_path / "tune", _victim(tmp_path)
+    (out / "search" / "trial_0").mkdir(parents=True)
+    os.symlink(victim, out / "search" / "trial_0" / "data")
+    args = search.build_parser().parse_args(_tuning_args(out, "--overwrite"))
+    with pytest.raises(ConfigError, match="has no search.json beside it, so it is not known to be a nin_keras search"):
+        search.check_search_dir(args)
+    assert os.path.islink(out / "search" / "trial_0" / "data")
+    (out / "search.json").write_text("{}")
+    search.check_search_dir(args)  # a search of ours: discarded, links inside removed, not followed
+    assert not os.path.lexists(out / "search") and (victim / "thesis.txt").exists()
+    assert json.loads((out / "search.json").read_text())["preset"] == "tiny"
+
+
+def test_a_tuning_worker_started_with_another_preset_is_refused(tmp_path):
+    """The chief's search.json decides; a worker with other settings exits in one line instead of joining."""
+    import socket
+
+    from helpers import launch
+    from tuning import search
+
+    out = tmp_path / "tune"
+    out.mkdir()
+    chief = search.build_parser().parse_args(_tuning_args(out))
+    (out / "search.json").write_text(json.dumps({k: getattr(chief, k) for k in search.SEARCH_SETTINGS}))
+    with socket.socket() as s:  # a port nothing listens on: a worker that joined would wait for the oracle
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = _tuning_args(out)
+    args[args.index("tiny")] = "fashion"
+    proc = launch("tuning", *args, env={"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port),
+                                        "KERASTUNER_TUNER_ID": "tuner0"}, merge_stderr=False)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "worker tuner0: the chief's search in" in err and "preset='tiny'" in err and "preset='fashion'" in err
+    assert json.loads((out / "search.json").read_text())["preset"] == "tiny"
