@@ -240,4 +240,70 @@ def test_a_tuning_worker_started_with_another_preset_is_refused(tmp_path):
         proc.kill()
     assert proc.returncode == 1, err
     assert "worker tuner0: the chief's search in" in err and "preset='tiny'" in err and "preset='fashion'" in err
+    assert err.count("note: keras-tuner's oracle port") == 1  # the cluster notice, once
     assert json.loads((out / "search.json").read_text())["preset"] == "tiny"
+
+
+def test_a_poisoned_trial_never_reaches_best_config(tmp_path, capsys):
+    """A trial value outside the search space (a peer on the oracle's port, a tampered trial file) is refused."""
+    from tuning import search
+
+    out = tmp_path / "tune"
+    assert search.main(_tuning_args(out)) == 0
+    best = (out / "best_config.json").read_text()
+    [trial_file] = (out / "search").glob("trial_*/trial.json")
+    trial = json.loads(trial_file.read_text())
+    trial["hyperparameters"]["values"]["learning_rate"] = 10.0
+    trial_file.write_text(json.dumps(trial))
+    capsys.readouterr()
+    assert search.main(_tuning_args(out)) == 1  # resumes: nothing to train, straight to the results
+    err = capsys.readouterr().err
+    assert "hyperparameter 'learning_rate' outside its range Float(0.0003..0.01)" in err and "Received: 10.0" in err
+    assert err.count("\n") == 1 and (out / "best_config.json").read_text() == best
+
+
+# ------------------------------------------------------------------ clusters
+
+
+def test_the_cluster_notice_is_printed_once_by_each_multi_worker_fit(tmp_path):
+    from test_reliability import MULTI, error_lines, finish, start_workers
+
+    out, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # the chief refuses the folder: the cluster stops at once
+    procs = start_workers([*MULTI, "--epochs", "1", "--limit", "2000", "--output-dir", str(out)], scratch)
+    outputs = finish(procs, timeout=300)
+    assert [p.returncode for p in procs] == [1, 1], outputs
+    for output in outputs:
+        assert output.count("note: MultiWorkerMirroredStrategy's gRPC port (from $TF_CONFIG) is unauthenticated") == 1
+        assert len(error_lines(output)) == 1
+
+
+def test_an_oversized_agreement_message_is_one_line_on_every_worker_not_a_hang(monkeypatch):
+    """Each worker's message must fit the exchange: one raising before the collective leaves the others waiting."""
+    from nin_keras import distribute
+
+    sent = []
+
+    def exchange(strategy, message, timeout=None):
+        data = json.dumps(message).encode()
+        if len(data) > distribute._MESSAGE_BYTES:  # what the real exchange does, before any collective
+            raise ValueError(f"agreement message of {len(data)} bytes exceeds {distribute._MESSAGE_BYTES}")
+        sent.append(message)
+        return [message, {"worker": "worker 1", "error": None, "shared": {"ok": True}}]
+
+    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
+    monkeypatch.setattr(distribute, "is_chief", lambda strategy: True)
+    monkeypatch.setattr(distribute, "worker_name", lambda strategy: "worker 0")
+    monkeypatch.setattr(distribute, "exchange", exchange)
+    with pytest.raises(NinError, match="its summary for the other workers is .* bytes, more than the 4096") as info:
+        distribute.agree(None, lambda: "x" * 5000, share=lambda result: {"listing": result})
+    assert "\n" not in str(info.value) and sent
+
+    def fail():  # an error text of 6 KiB (non-ASCII: longer still once JSON-escaped)
+        raise DataError("é" * 6000)
+
+    with pytest.raises(DataError, match=r"^é+ \[\.\.\.\]$"):
+        distribute.agree(None, fail)
+    assert all(len(json.dumps(m).encode()) <= distribute._MESSAGE_BYTES for m in sent)

@@ -299,6 +299,8 @@ def run_search(args, print_fn=print):
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     kwargs = config_lib.model_kwargs(base)
     chief = distribute_is_tuning_chief()
+    if os.environ.get("KERASTUNER_ORACLE_IP"):
+        distribute.print_cluster_notice("keras-tuner's oracle port ($KERASTUNER_ORACLE_IP:$KERASTUNER_ORACLE_PORT)")
     # Before the split file is read: a folder holding another search is refused first (workers too).
     check_search_dir(args)
     # An image folder's split is kept in the search folder, so a resumed search tunes on the same images.
@@ -341,6 +343,8 @@ def run_search(args, print_fn=print):
         raise NinError("no trial finished; nothing to report")
     best = max(done, key=lambda r: r["val_accuracy"])
     best_values = {k: v for k, v in best["hyperparameters"].items() if not k.startswith("tuner/")}
+    # Trial values come from trial files and, in distributed tuning, from peers on an unauthenticated port.
+    hypermodel.check_in_space(best_values, f"trial {best['trial']} in {args.output_dir}")
     best_cfg = hypermodel.config_for(best_values)
     # Retraining uses the full training set and the preset's epochs.
     best_cfg.limit = None
