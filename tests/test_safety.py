@@ -307,3 +307,72 @@ def test_an_oversized_agreement_message_is_one_line_on_every_worker_not_a_hang(m
     with pytest.raises(DataError, match=r"^é+ \[\.\.\.\]$"):
         distribute.agree(None, fail)
     assert all(len(json.dumps(m).encode()) <= distribute._MESSAGE_BYTES for m in sent)
+
+
+# ------------------------------------------------------- export.predict sidecar
+
+
+@pytest.fixture(scope="module")
+def tiny_tflite(tmp_path_factory):
+    """An untrained tiny model (28x28x1, 10 classes) converted to float32 TFLite, with its exporter sidecar."""
+    from export.converter import convert, sidecar
+    from helpers import build_preset
+
+    model = build_preset("tiny")
+    blob = convert(model, "float32")
+    folder = tmp_path_factory.mktemp("tflite")
+    (folder / "m.tflite").write_bytes(blob)
+    return folder / "m.tflite", sidecar("float32", blob, [f"class {i}" for i in range(10)], model)
+
+
+def _png_claiming(path, width, height):
+    """A PNG whose header claims ``width`` x ``height`` (a few bytes of real data): a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("lie, message", [
+    ({"preprocessing": {"resize_to": [32, 32]}}, "field 'preprocessing.resize_to' does not match the model (it takes [28, 28])"),
+    ({"preprocessing": {"color": "RGB"}}, "field 'preprocessing.color' does not match the model (it takes grayscale)"),
+    ({"labels": ["only one"]}, "field 'labels' does not match the model (it takes 10 labels); export again. Received: 1 labels"),
+    ({"model_sha256": None}, "field 'model_sha256' is missing or not a string"),
+])
+def test_predict_refuses_a_lying_sidecar_in_one_line(tiny_tflite, tmp_path, fashion_test, capsys, lie, message):
+    from PIL import Image
+
+    from export import predict
+
+    model_path, meta = tiny_tflite
+    target = tmp_path / "m.tflite"
+    target.write_bytes(model_path.read_bytes())
+    meta = {**meta, **lie, "preprocessing": {**meta["preprocessing"], **lie.get("preprocessing", {})}}
+    if meta["model_sha256"] is None:
+        del meta["model_sha256"]
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    Image.fromarray(fashion_test[0][0, :, :, 0]).save(tmp_path / "shirt.png")
+    assert predict.main([str(target), str(tmp_path / "shirt.png")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_predict_refuses_a_decompression_bomb_in_one_line_and_goes_on(tiny_tflite, tmp_path, fashion_test, capsys):
+    from PIL import Image
+
+    from export import predict
+
+    model_path, meta = tiny_tflite
+    (model_path.parent / "m.json").write_text(json.dumps(meta))
+    bomb = _png_claiming(tmp_path / "bomb.png", 20000, 20000)
+    Image.fromarray(fashion_test[0][1, :, :, 0]).save(tmp_path / "good.png")
+    assert predict.main([str(model_path), str(bomb), str(tmp_path / "good.png")]) == 1
+    captured = capsys.readouterr()
+    assert "bomb.png: refused, too many pixels to decode safely" in captured.err and captured.err.count("\n") == 1
+    assert "good.png: class" in captured.out
