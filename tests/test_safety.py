@@ -376,3 +376,49 @@ def test_predict_refuses_a_decompression_bomb_in_one_line_and_goes_on(tiny_tflit
     captured = capsys.readouterr()
     assert "bomb.png: refused, too many pixels to decode safely" in captured.err and captured.err.count("\n") == 1
     assert "good.png: class" in captured.out
+
+
+# ------------------------------------------------------------ odd inputs
+
+
+def _nested(depth=100_000):
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("content, message", [
+    (_nested(), "JSON nested too deeply"),
+    ('{"epochs": 3, "preset": "caf\xe9"}'.encode("latin-1"), "not UTF-8 text (byte 28: invalid continuation byte)"),
+    ('{"epochs": 3, "preset": "tiny"}'.encode("utf-16"), "not UTF-8 text (byte 0: invalid start byte)"),
+])
+def test_odd_config_files_are_one_line(tmp_path, content, message):
+    from nin_keras.config import resolve_config
+    from nin_keras.errors import ConfigError
+
+    path = tmp_path / "c.json"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        resolve_config({}, str(path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [_nested(), b'{"classes": "caf\xe9"}'])
+def test_odd_run_folder_json_is_one_line(tmp_path, content):
+    from nin_keras.errors import ConfigError
+    from nin_keras.io import read_json_object
+
+    path = tmp_path / "split.json"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(ConfigError, match="split.json: unreadable split file") as info:
+        read_json_object(str(path), "split file")
+    assert "\n" not in str(info.value)
+
+
+def test_braces_in_the_output_dir_are_a_folder_name_not_a_format(tmp_path, capsys):
+    """Keras' ModelCheckpoint runs str.format on its path: '{lr}' was a KeyError after epoch 1, '{epoch}' another folder."""
+    from nin_keras.fit import main
+
+    out = tmp_path / "exp {epoch} {lr} }{"
+    assert main(["--preset", "tiny", "--limit", "600", "--test-limit", "200", "--epochs", "1", "--batch-size", "64",
+                 "--precision", "float32", "--verbose", "0", "--output-dir", str(out)]) == 0
+    assert (out / "best.keras").is_file() and (out / "model.keras").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
