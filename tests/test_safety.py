@@ -422,3 +422,32 @@ def test_braces_in_the_output_dir_are_a_folder_name_not_a_format(tmp_path, capsy
                  "--precision", "float32", "--verbose", "0", "--output-dir", str(out)]) == 0
     assert (out / "best.keras").is_file() and (out / "model.keras").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+# ------------------------------------------------------------ dependencies
+
+
+def test_constraints_pin_a_set_that_meets_every_floor_and_setup_uses_it():
+    """constraints.txt (the tested set) satisfies pyproject's ranges, which exclude known-vulnerable releases."""
+    import re
+    import tomllib
+
+    from helpers import REPO
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    pins = {}
+    with open(os.path.join(REPO, "constraints.txt")) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                name, version = line.strip().split("==")
+                pins[re.sub(r"[-_.]+", "-", name).lower()] = Version(version)
+    for line in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(line)
+        assert pins[re.sub(r"[-_.]+", "-", req.name).lower()] in req.specifier, line
+    floors = {Requirement(line).name: Requirement(line).specifier for line in project["dependencies"]}
+    assert Version("10.2.0") not in floors["pillow"] and Version("12.1.1") not in floors["pillow"]
+    setup = open(os.path.join(REPO, "scripts", "setup.sh")).read()
+    assert '-c constraints.txt -e ".[dev]"' in setup and "--upgrade pip" not in setup
