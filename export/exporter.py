@@ -282,8 +282,8 @@ def run_export(args, print_fn=print):
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
     # Relative to the run folder: reports are shared, and absolute paths carry user names.
-    report = {"model": _relative(model_path, run_dir(model_path)), "output_dir": _relative(out_dir, run_dir(model_path)),
-              **parameter_report(model),
+    run = run_dir(model_path)
+    report = {"model": _relative(model_path, run), "output_dir": _relative(out_dir, run), **parameter_report(model),
               "rgb_input": bool(deployed.input_shape[-1] == 3), "metadata": bool(args.metadata)}
     if not verify:
         return report, 0
@@ -311,7 +311,7 @@ def run_export(args, print_fn=print):
             result["litert_tool_ms_1_thread"] = litert_benchmark(written[fmt], threads=1)
             result["litert_tool_ms_2_threads"] = litert_benchmark(written[fmt], threads=2)
         size = os.path.getsize(written[fmt])
-        rows.append({"format": fmt, "path": _relative(written[fmt], run_dir(model_path)), "size_bytes": size,
+        rows.append({"format": fmt, "path": _relative(written[fmt], run), "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"][fmt], **result})
     if "onnx" in written:
@@ -320,8 +320,7 @@ def run_export(args, print_fn=print):
         result = evaluate_onnx(written["onnx"], x_test, y_test, keras_top1, label="onnx")
         predictions["onnx"] = result.pop("top1")
         size = os.path.getsize(written["onnx"])
-        rows.append({"format": "onnx (onnxruntime)", "path": _relative(written["onnx"], run_dir(model_path)),
-                     "size_bytes": size,
+        rows.append({"format": "onnx (onnxruntime)", "path": _relative(written["onnx"], run), "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"]["float32"], **result})
     report["formats"] = rows

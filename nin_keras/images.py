@@ -291,7 +291,8 @@ def read_split(path, directory, skip_bad=False, print_fn=print):
         if not isinstance(doc.get(name), list):
             raise DataError(f"{path}: field {name!r} must be a list of [relative path, label]; move the file "
                             f"away to split again. Received: {str(doc.get(name))[:200]}")
-        pairs = [_split_entry(path, f"{name}[{i}]", entry, root, len(class_names)) for i, entry in enumerate(doc[name])]
+        pairs = [_split_entry(path, f"{name}[{i}]", entry, root, len(class_names))
+                 for i, entry in enumerate(doc[name])]
         for rel, _ in pairs:
             if not os.path.isfile(os.path.join(directory, rel)):
                 raise DataError(f"{path}: lists {rel} ({name}), which is no longer in {directory}; restore it, "
