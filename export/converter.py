@@ -302,8 +302,10 @@ def check_sidecar(model_path, meta):
     import hashlib
 
     expected = meta.get("model_sha256")
-    if expected is None:
-        return  # written before checksums existed
+    if not isinstance(expected, str):
+        # Required: without it any file could be paired with any labels (exports since checksums all carry it).
+        raise ExportError(f"{os.path.splitext(model_path)[0]}.json: field 'model_sha256' is missing or not a string; "
+                          f"export again. Received: {expected!r}")
     with open(model_path, "rb") as f:
         actual = hashlib.sha256(f.read()).hexdigest()
     if actual != expected:

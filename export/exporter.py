@@ -120,6 +120,14 @@ def run_dir(model_path):
     return os.path.dirname(os.path.abspath(model_path))
 
 
+def _relative(path, start):
+    """``path`` relative to the folder ``start``, or its base name across drives (Windows)."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:
+        return os.path.basename(os.path.abspath(path))
+
+
 def run_config(model_path):
     """The resolved settings saved beside the model (``config.json``), or {} for a bare .keras file."""
     config_path = os.path.join(run_dir(model_path), "config.json")
@@ -277,6 +285,9 @@ def _export_files(args, print_fn=print):
                            skip_bad_images=data["skip_bad_images"], resize=data["resize"])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
+        if len(splits.class_names) != num_classes:
+            raise NinError(f"{data['split_file'] or splits.source}: {len(splits.class_names)} classes but the model "
+                           f"has {num_classes} outputs. Received: classes={splits.class_names[:20]}")
 
     from export.phone import add_metadata, with_rgb_input
 
@@ -322,7 +333,9 @@ def _export_files(args, print_fn=print):
                                             float_blocks=float_blocks))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
-    report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model),
+    # Relative to the run folder: reports are shared, and absolute paths carry user names.
+    run = run_dir(model_path)
+    report = {"model": _relative(model_path, run), "output_dir": _relative(out_dir, run), **parameter_report(model),
               "rgb_input": bool(deployed.input_shape[-1] == 3), "metadata": bool(args.metadata)}
     if not verify:
         return report, 0
@@ -350,7 +363,7 @@ def _export_files(args, print_fn=print):
             result["litert_tool_ms_1_thread"] = litert_benchmark(written[fmt], threads=1)
             result["litert_tool_ms_2_threads"] = litert_benchmark(written[fmt], threads=2)
         size = os.path.getsize(written[fmt])
-        rows.append({"format": fmt, "path": written[fmt], "size_bytes": size,
+        rows.append({"format": fmt, "path": _relative(written[fmt], run), "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"][fmt], **result})
     if "onnx" in written:
@@ -359,7 +372,7 @@ def _export_files(args, print_fn=print):
         result = evaluate_onnx(written["onnx"], x_test, y_test, keras_top1, label="onnx")
         predictions["onnx"] = result.pop("top1")
         size = os.path.getsize(written["onnx"])
-        rows.append({"format": "onnx (onnxruntime)", "path": written["onnx"], "size_bytes": size,
+        rows.append({"format": "onnx (onnxruntime)", "path": _relative(written["onnx"], run), "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"]["float32"], **result})
     report["formats"] = rows

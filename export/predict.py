@@ -16,20 +16,21 @@ from nin_keras.errors import NinError
 
 
 def load_sidecar(model_path):
-    """The ``.json`` written beside ``model_path`` by the exporter."""
+    """The ``.json`` written beside ``model_path`` by the exporter (its SHA-256 must match the model file)."""
     from export.converter import check_sidecar
 
     path = os.path.splitext(model_path)[0] + ".json"
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             meta = json.load(f)
     except FileNotFoundError:
         raise NinError(f"{path}: sidecar not found (export the model with `python -m export`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NinError(f"{path}: unreadable sidecar ({e})") from None
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
+        raise NinError(f"{path}: unreadable sidecar ({type(e).__name__}: {str(e)[:200]})") from None
     pre = meta.get("preprocessing") if isinstance(meta, dict) else None
     missing = [key for key, ok in (
-        ("labels", isinstance(meta, dict) and isinstance(meta.get("labels"), list)),
+        ("labels", isinstance(meta, dict) and isinstance(meta.get("labels"), list)
+         and all(isinstance(label, str) for label in meta["labels"])),
         ("preprocessing.resize_to", isinstance(pre, dict) and isinstance(pre.get("resize_to"), list)),
         ("preprocessing.color", isinstance(pre, dict) and pre.get("color") in ("grayscale", "RGB")),
     ) if not ok]
@@ -38,6 +39,27 @@ def load_sidecar(model_path):
     if os.path.exists(model_path):
         check_sidecar(model_path, meta)
     return meta
+
+
+def check_against_model(path, meta, input_shape, num_outputs):
+    """Refuse (one line naming the field) a sidecar that contradicts the interpreter's own shapes.
+
+    The model decides: its input (1, H, W, C) gives the size (never the
+    sidecar, whose number could be any allocation) and the colour mode;
+    its output gives the number of labels.
+    """
+    pre = meta["preprocessing"]
+    height, width, channels = (int(d) for d in input_shape[1:4])
+    checks = (
+        ("preprocessing.resize_to", pre["resize_to"], pre["resize_to"] == [height, width], f"[{height}, {width}]"),
+        ("preprocessing.color", pre["color"], {"grayscale": 1, "RGB": 3}[pre["color"]] == channels,
+         "grayscale" if channels == 1 else "RGB" if channels == 3 else f"{channels} channels"),
+        ("labels", f"{len(meta['labels'])} labels", len(meta["labels"]) == num_outputs, f"{num_outputs} labels"),
+    )
+    for field, value, ok, wanted in checks:
+        if not ok:
+            raise NinError(f"{path}: field {field!r} does not match the model (it takes {wanted}); export again. "
+                           f"Received: {str(value)[:200]}")
 
 
 def load_image(path, size, color):
@@ -53,7 +75,7 @@ def load_image(path, size, color):
 
 def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
     """Print the top-k labels of each image; return {path: [(label, prob), ...]} for the readable ones."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     from export.evaluator import TFLiteClassifier
 
@@ -63,14 +85,19 @@ def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
         clf = TFLiteClassifier(model_path)
     except (ValueError, RuntimeError) as e:
         raise NinError(f"{model_path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
+    shape = clf.input["shape"]
+    check_against_model(os.path.splitext(model_path)[0] + ".json", meta, shape, int(clf.output["shape"][-1]))
     labels = meta["labels"]
-    pre = meta["preprocessing"]
+    size, color = [int(shape[1]), int(shape[2])], meta["preprocessing"]["color"]
     results = {}
     for path in image_paths:
         try:
-            image = load_image(path, pre["resize_to"], pre["color"])
+            image = load_image(path, size, color)
         except FileNotFoundError:
             err_fn(f"error: {path}: no such file")
+            continue
+        except Image.DecompressionBombError as e:
+            err_fn(f"error: {path}: refused, too many pixels to decode safely ({e})")
             continue
         except (UnidentifiedImageError, OSError, ValueError) as e:
             err_fn(f"error: {path}: not a readable image ({type(e).__name__})")

@@ -19,7 +19,14 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     (the stock callback writes the `.keras` zip in place). An epoch whose loss
     is NaN/inf is never saved: after ``TerminateOnNaN`` Keras still validates
     and could otherwise keep the diverged weights as the "best" model.
+
+    The path is used as given: Keras' ``str.format`` placeholders
+    (``{epoch}``) are not expanded, so a run folder whose name holds ``{`` or
+    ``}`` saves where it says (nin_keras never uses placeholders).
     """
+
+    def _get_file_path(self, epoch, batch, logs):
+        return self.filepath
 
     def _save_model(self, epoch, batch, logs):
         loss = (logs or {}).get("loss")

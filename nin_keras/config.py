@@ -37,12 +37,16 @@ def load_config_file(path, print_fn=print):
     from nin_keras.rundir import FORMAT_KEYS, run_format
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:  # JSON is UTF-8 (RFC 8259), whatever the locale says
             data = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: file not found") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config {path}: malformed JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise ConfigError(f"--config {path}: JSON nested too deeply to be a config") from None
     except OSError as e:
         raise ConfigError(f"--config {path}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict):

@@ -69,12 +69,14 @@ def read_json_object(path, what, hint=""):
     from nin_keras.errors import ConfigError
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:  # JSON is UTF-8 (RFC 8259), whatever the locale says
             data = json.load(f)
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, found {type(data).__name__}")
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"{path}: unreadable {what} ({e}){hint}") from None
+    except RecursionError:  # a file of deeply nested lists, not a traceback
+        raise ConfigError(f"{path}: unreadable {what} (JSON nested too deeply){hint}") from None
     return data
 
 

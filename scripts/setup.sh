@@ -20,5 +20,6 @@ if [ ${#APT[@]} -gt 0 ]; then
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e ".[dev]"
+# The versions the tests passed with (constraints.txt, pip's own included): no unpinned upgrade.
+.venv/bin/python -m pip install -q -c constraints.txt pip
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
