@@ -22,8 +22,16 @@ async function wasmFileset(config) {
 let filesetPromise = null;
 async function createClassifier(modelUrl) {
   filesetPromise ??= wasmFileset(state.config);
+  // Every class's score (maxResults -1): the page ranks them itself (topCategories).
   return ImageClassifier.createFromOptions(await filesetPromise, {
-    baseOptions: {modelAssetPath: modelUrl, delegate: "CPU"}, runningMode: "IMAGE", maxResults: 3});
+    baseOptions: {modelAssetPath: modelUrl, delegate: "CPU"}, runningMode: "IMAGE", maxResults: -1});
+}
+
+// The int8 model's scores are multiples of 1/256, so equal top scores are common on a weak model, and
+// MediaPipe's top-k leaves their order unspecified (it even changes with maxResults). Rank by score, then
+// by class index, like the exporter's argmax: the page's top-1 is then the one its test accuracy counts.
+function topCategories(categories, k = 3) {
+  return [...categories].sort((a, b) => b.score - a.score || a.index - b.index).slice(0, k);
 }
 
 // Draw `source` the way training turned images into the model's square input (page.json "resize"):
@@ -55,7 +63,7 @@ function classifySource(source, classifier = state.classifier) {
   const t1 = performance.now();
   const result = classifier.classify(canvas);
   const t2 = performance.now();
-  const top = result.classifications[0].categories.map(
+  const top = topCategories(result.classifications[0].categories).map(
     (c) => ({index: c.index, label: c.categoryName || state.config.labels[c.index], score: c.score}));
   return {top, model_ms: t2 - t1, frame_ms: t2 - t0};
 }
@@ -72,8 +80,11 @@ function show(result, what) {
 }
 
 // Photos go through createImageBitmap with EXIF orientation applied, as training saw them: upright.
+// colorSpaceConversion "none": the stored pixel values, as training's decoder (tf.io.decode_image) reads
+// them; by default the browser converts files with a colour profile or gamma (iCCP, gAMA) to sRGB first.
 async function classifyBlob(blob) {
-  const bitmap = await createImageBitmap(blob, {imageOrientation: "from-image"});
+  const bitmap = await createImageBitmap(blob, {
+    imageOrientation: "from-image", colorSpaceConversion: "none"});
   try {
     const result = classifySource(bitmap);
     show(result, "photo");
