@@ -146,7 +146,7 @@ def data_settings(args, model_path):
     # An image-folder run's split file: calibration and test images are exactly the run's.
     split_file = os.path.join(run_dir(model_path), "split.json")
     out["split_file"] = split_file if os.path.isfile(split_file) else None
-    for key in ("skip_bad_images", "resize"):
+    for key in ("skip_bad_images", "resize", "max_image_pixels"):
         flag = getattr(args, key)
         # A flag wins, then the run's setting, then the schema's default (a run from before the setting existed).
         out[key] = flag if flag is not None else run.get(key, BY_NAME[key].default)
@@ -222,7 +222,8 @@ def run_export(args, print_fn=print):
                            seed=data["seed"], limit=data["limit"], test_limit=data["test_limit"],
                            image_size=model.input_shape[1:3], num_classes=num_classes,
                            channels=model.input_shape[3], split_file=data["split_file"],
-                           skip_bad_images=data["skip_bad_images"], resize=data["resize"])
+                           skip_bad_images=data["skip_bad_images"], resize=data["resize"],
+                           max_image_pixels=data["max_image_pixels"])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
 

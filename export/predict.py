@@ -13,6 +13,7 @@ import numpy as np
 
 from nin_keras.cli import OneLineParser, run_cli
 from nin_keras.errors import NinError
+from nin_keras.settings import BY_NAME
 
 
 def load_sidecar(model_path):
@@ -40,22 +41,22 @@ def load_sidecar(model_path):
     return meta
 
 
-def load_image(path, size, color):
-    """Read an image file as uint8 (H, W, C) in the model's colour mode and size."""
-    from PIL import Image
+def load_image(path, size, color, resize="stretch", max_pixels=None):
+    """Read an image file as uint8 (H, W, C) in the model's colour mode and size.
 
-    with Image.open(path) as img:
-        img = img.convert("L" if color == "grayscale" else "RGB")
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
-        arr = np.asarray(img, np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
+    The training pipeline's own function (:func:`nin_keras.images.load_pixels`):
+    the same formats, EXIF orientation, resize mode and filter, so a photo
+    gets the pixels it got in the run's evaluation.
+    """
+    from nin_keras.images import load_pixels
+
+    return load_pixels(path, size, 1 if color == "grayscale" else 3, resize, max_pixels=max_pixels)
 
 
-def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
+def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None, max_pixels=None):
     """Print the top-k labels of each image; return {path: [(label, prob), ...]} for the readable ones."""
-    from PIL import UnidentifiedImageError
-
     from export.evaluator import TFLiteClassifier
+    from nin_keras.images import RESIZE_MODES, BadImage
 
     err_fn = err_fn or (lambda msg: print(msg, file=sys.stderr))
     meta = load_sidecar(model_path)
@@ -65,15 +66,19 @@ def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
         raise NinError(f"{model_path}: not a loadable TFLite model ({str(e).splitlines()[0]})") from None
     labels = meta["labels"]
     pre = meta["preprocessing"]
+    resize = pre.get("resize_mode", "stretch")  # sidecars from before the contract: stretch, as then
+    if resize not in RESIZE_MODES:
+        raise NinError(f"{model_path}: sidecar preprocessing.resize_mode must be one of {', '.join(RESIZE_MODES)}. "
+                       f"Received: {resize!r}")
     results = {}
     for path in image_paths:
-        try:
-            image = load_image(path, pre["resize_to"], pre["color"])
-        except FileNotFoundError:
+        if not os.path.isfile(path):
             err_fn(f"error: {path}: no such file")
             continue
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            err_fn(f"error: {path}: not a readable image ({type(e).__name__})")
+        try:
+            image = load_image(path, pre["resize_to"], pre["color"], resize, max_pixels)
+        except (BadImage, OSError) as e:  # one line each: bombs, unsupported formats, corrupt files
+            err_fn(f"error: {path}: not a readable image ({e})")
             continue
         probs = clf.predict(image[None])[0]
         order = np.argsort(probs)[::-1][:top_k]
@@ -86,8 +91,10 @@ def main(argv=None):
     """CLI entry point; exit code 1 if any file could not be classified."""
     parser = OneLineParser(prog="python -m export.predict", description=__doc__)
     parser.add_argument("model", help="an exported .tflite file (its .json sidecar must be beside it)")
-    parser.add_argument("images", nargs="+", help="PNG/JPEG files")
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, HEIC, ...)")
     parser.add_argument("--top-k", type=int, default=3)
+    max_pixels = BY_NAME["max_image_pixels"]
+    parser.add_argument("--max-image-pixels", type=int, default=max_pixels.default, metavar="N", help=max_pixels.help)
     args = parser.parse_args(argv)
 
     def body():
@@ -95,7 +102,9 @@ def main(argv=None):
             raise NinError(f"{args.model}: no such file")
         if args.top_k < 1:
             raise NinError(f"--top-k must be >= 1. Received: {args.top_k}")
-        results = classify(args.model, args.images, args.top_k)
+        if args.max_image_pixels < 1:
+            raise NinError(f"--max-image-pixels must be >= 1. Received: {args.max_image_pixels}")
+        results = classify(args.model, args.images, args.top_k, max_pixels=args.max_image_pixels)
         return 0 if len(results) == len(args.images) else 1
 
     return run_cli(body)

@@ -357,7 +357,7 @@ def load_run_data(run):
         splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
                            cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
                            split_file=split_file, skip_bad_images=cfg.skip_bad_images, resize=cfg.resize,
-                           print_fn=run.print_fn)
+                           print_fn=run.print_fn, max_image_pixels=cfg.max_image_pixels)
         kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
         if not run.chief and run.state == "resume":
             _copy_chief_backup(run)
