@@ -15,7 +15,7 @@ import sys
 import time
 
 from nin_keras import config as config_lib
-from nin_keras import settings
+from nin_keras import precise_bn, settings
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ClusterError, ConfigError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text, read_json_object
@@ -429,6 +429,8 @@ def fit_run(run):
     callbacks = [
         # History first: an epoch's row is written before its backup (see HistoryCSV).
         history_csv,
+        precise_bn.before_validation(splits.x_train, splits.y_train, cfg.batch_size, strategy.num_replicas_in_sync,
+                                     cfg.seed),
         # The backup outlives fit(): it is deleted only once metrics.json is
         # written, so a kill during the test evaluation or the saving reruns
         # into a finished training instead of epoch 1.
@@ -505,6 +507,9 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
             f"(learning rate {cfg.learning_rate} may be too high){kept}"
         )
 
+    with strategy.scope():  # BatchNorm's moving statistics from training images, before anything is evaluated or saved
+        precise = precise_bn.recalibrate_on_training_images(model, splits.x_train, splits.y_train, cfg.batch_size,
+                                                            strategy.num_replicas_in_sync, cfg.seed)
     per_class = None
     if distribute.is_multi_worker(strategy):
         # Sharded across workers: only evaluate() combines their results.
@@ -536,6 +541,7 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
         "examples_per_sec": (steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
         if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
+        "precise_bn": precise,
     }
     stopper.check()
     # Every worker must take part in saving (collectives); only the chief's files are kept.
