@@ -25,6 +25,7 @@ same values from the same images).
 
 import math
 import time
+import weakref
 
 import numpy as np
 
@@ -63,6 +64,19 @@ def _noise_layers(model):
     return found
 
 
+_FORWARD = weakref.WeakKeyDictionary()
+
+
+def _forward(model):
+    """The model's training-mode call as one tf.function per model, traced once (momentum and rates are 0
+    whenever it runs: :func:`recalibrate` sets them around every call)."""
+    import tensorflow as tf
+
+    if model not in _FORWARD:
+        _FORWARD[model] = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
+    return _FORWARD[model]
+
+
 def recalibrate(model, dataset, max_batches=None):
     """Set every BatchNorm layer's moving mean/variance to the average batch statistics over ``dataset``.
 
@@ -71,8 +85,6 @@ def recalibrate(model, dataset, max_batches=None):
     ``{"layers", "batches", "images", "seconds"}``, or None when the model
     has no BatchNorm (nothing is run).
     """
-    import tensorflow as tf
-
     bns = batchnorm_layers(model)
     if not bns:
         return None
@@ -84,7 +96,7 @@ def recalibrate(model, dataset, max_batches=None):
     try:
         for layer, attribute, _ in saved:
             setattr(layer, attribute, 0.0)
-        forward = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
+        forward = _forward(model)
         for batch in dataset:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             forward(x)
