@@ -16,6 +16,7 @@ from export.converter import (
     check_float_blocks,
     convert,
     convert_onnx,
+    image_rules,
     export_saved_model,
     onnx_sidecar,
     load_keras_model,
@@ -228,6 +229,11 @@ def run_export(args, print_fn=print):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
 
     from export.phone import add_metadata, with_rgb_input
+    from nin_keras.images import ORIENTATION_RULE
+
+    # The run's resize mode (the preprocessing contract the sidecar and metadata record).
+    resize = (data["resize"] if splits is not None else
+              args.resize or run_config(model_path).get("resize", BY_NAME["resize"].default))
 
     channels = model.input_shape[-1]
     rgb = args.rgb_input if args.rgb_input is not None else channels == 1
@@ -248,7 +254,7 @@ def run_export(args, print_fn=print):
         if fmt == "onnx":
             # The model's own input (desktop and server runtimes); phones get the TFLite files.
             onnx = convert_onnx(model)
-            written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, model), suffix=".onnx")
+            written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, model, resize), suffix=".onnx")
             print_fn(f"wrote {written[fmt]} ({len(onnx) / 1024:,.1f} KB)")
             continue
         calibration = None
@@ -265,10 +271,11 @@ def run_export(args, print_fn=print):
         if args.metadata:
             tflite = add_metadata(tflite, labels, name=f"NiN {run_name} ({fmt})",
                                   description=f"Network-in-Network image classifier ({len(labels)} classes), "
-                                              f"{fmt} TFLite exported by nin_keras")
+                                              f"{fmt} TFLite exported by nin_keras. Input: {image_rules(resize)['app']}; "
+                                              f"{ORIENTATION_RULE}.")
         written[fmt] = write_tflite(out_dir, fmt, tflite,
                                     sidecar(fmt, tflite, labels, deployed, per_channel, args.metadata,
-                                            float_blocks=float_blocks))
+                                            float_blocks=float_blocks, resize=resize))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
     report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model),

@@ -200,3 +200,68 @@ def test_export_predict_reads_the_photo_upright(tmp_path):
     for o in (6, 8):
         turned = load_image(str(tmp_path / f"o{o}.jpg"), list(SIZE), "RGB").astype(float)
         assert np.abs(turned - up).mean() < 3
+
+
+def _wide_photo(path, sides=(128, 128, 128)):
+    """A 240x60 landscape photo, stored turned (EXIF 6): textured, with flat-coloured side thirds unless ``sides`` is None."""
+    rng = np.random.default_rng(5)
+    arr = rng.integers(40, 220, (60, 240, 3)).astype(np.uint8)
+    if sides is not None:
+        arr[:, :90] = arr[:, 150:] = sides
+    save_turned(Image.fromarray(arr), path, 6, quality=95)
+
+
+def _augmented(path, mode, n=12):
+    files = images.ImageFiles([str(path)] * n, SIZE, 3, mode)
+    ds = images.image_pipeline(files, np.zeros(n, np.int32), seed=1, augment=True)
+    return np.stack([x.numpy() for x, _ in ds]).astype(float)
+
+
+def test_training_crops_follow_the_resize_mode(tmp_path):
+    """pad: random crops of the letterboxed picture (flat bars in view); crop: never outside the centre."""
+    _wide_photo(tmp_path / "textured.jpg", sides=None)
+    padded = _augmented(tmp_path / "textured.jpg", "pad")
+    flat_rows = (padded.std(axis=2) < 1.0).all(axis=-1).any(axis=1)  # a row of one colour: the letterbox bar
+    assert flat_rows.all()
+    _wide_photo(tmp_path / "wide.jpg", sides=(250, 20, 20))
+    cropped = _augmented(tmp_path / "wide.jpg", "crop")
+    red = (cropped[..., 0] > 200) & (cropped[..., 1] < 80) & (cropped[..., 2] < 80)
+    assert red.sum() == 0  # the red side thirds are outside the centre crop the model is evaluated on
+
+
+def _classifier(num_classes=3):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((*SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 5, strides=2, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_one_preprocessing_contract_in_evaluation_calibration_and_export_predict(tmp_path, mode):
+    from export import predict
+    from export.converter import convert, sidecar, write_tflite
+
+    _wide_photo(tmp_path / "photo.jpg")
+    files = images.ImageFiles([str(tmp_path / "photo.jpg")], SIZE, 3, mode)
+    evaluation = files.to_array()  # what fit's evaluation and export's report decode
+    calibration = next(iter(data.make_dataset(files, np.zeros(1, np.int32), 1)))[0].numpy()  # int8 calibration
+    app = predict.load_image(str(tmp_path / "photo.jpg"), list(SIZE), "RGB", mode)[None]
+    np.testing.assert_array_equal(calibration, evaluation)
+    np.testing.assert_array_equal(app, evaluation)
+
+    model = _classifier()
+    keras_scores = model.predict(evaluation, verbose=0)[0]
+    stretched = images.ImageFiles(files.paths, SIZE, 3, "stretch").to_array()
+    assert np.abs(model.predict(stretched, verbose=0)[0] - keras_scores).max() > 1e-3  # the mode matters
+
+    tflite = convert(model, "float32")
+    meta = sidecar("float32", tflite, ["a", "b", "c"], model, resize=mode)
+    assert meta["preprocessing"]["resize_mode"] == mode and "EXIF" in meta["preprocessing"]["orientation"]
+    path = write_tflite(str(tmp_path), "float32", tflite, meta)
+    got = dict(predict.classify(path, [str(tmp_path / "photo.jpg")], top_k=3, print_fn=lambda m: None)
+               [str(tmp_path / "photo.jpg")])
+    np.testing.assert_allclose([got[c] for c in "abc"], keras_scores, atol=1e-5)
