@@ -6,12 +6,22 @@ used as given. Otherwise a seeded split, stratified by class, is made once
 and written into the run directory (``split.json``); resume, export and
 tuning read it back instead of splitting again.
 
-Nothing is decoded up front: :class:`ImageFiles` stands in for an image array
-(``len``, ``shape``, indexing), and :func:`image_pipeline` reads, decodes,
-resizes and (for training) augments in parallel tf.data map calls, so memory
-stays bounded whatever the folder's size. Files are checked before training
-by a header scan (Pillow's ``verify``, plus the JPEG end marker), which
-names a bad file in one line, or skips bad files with ``--skip-bad-images``.
+Class folders are walked with their sub-folders (hidden files and folders
+skipped, symlink loops entered once). Nothing is decoded up front:
+:class:`ImageFiles` stands in for an image array (``len``, ``shape``,
+indexing), and :func:`image_pipeline` reads, decodes, resizes and (for
+training) augments in parallel tf.data map calls, so memory stays bounded
+whatever the folder's size. Files are checked before training by a header
+scan (format by content, pixel cap, Pillow's ``verify``, the JPEG's end
+marker), which names a bad file in one line, or skips bad files with
+``--skip-bad-images``.
+
+Every path that turns a file into pixels (training, evaluation, int8
+calibration, ``export.predict``) goes through one function,
+:func:`load_pixels`: Pillow decodes (JPEGs at a DCT-reduced scale), applies
+the EXIF orientation, composites transparency on white and applies the
+resize mode; tf.data runs it in parallel map calls (Pillow releases the GIL
+while it decodes and resizes).
 """
 
 import functools
