@@ -265,3 +265,19 @@ def test_one_preprocessing_contract_in_evaluation_calibration_and_export_predict
     got = dict(predict.classify(path, [str(tmp_path / "photo.jpg")], top_k=3, print_fn=lambda m: None)
                [str(tmp_path / "photo.jpg")])
     np.testing.assert_allclose([got[c] for c in "abc"], keras_scores, atol=1e-5)
+
+
+def test_a_small_phone_folder_trains_a_model_that_predicts_as_well_as_it_trains(tmp_path):
+    """2 x 40 phone photos (EXIF-turned, motion photos, WebP, HEIC, sub-folders): nothing skipped, and the saved
+    model's test accuracy (precise BatchNorm statistics) is as good as its training accuracy."""
+    from nin_keras.config import resolve_config
+    from nin_keras.fit import train
+    from nin_keras.phone_folder import write_phone_folder
+
+    write_phone_folder(str(tmp_path / "photos"), per_class=40, size=(72, 96))
+    settings = {"preset": "photo", "image_dir": str(tmp_path / "photos"), "image_size": 48, "epochs": 8,
+                "batch_size": 16, "strategy": "one-device", "output_dir": str(tmp_path / "run"), "verbose": 0}
+    metrics = train(resolve_config(settings))
+    assert metrics["test_examples"] == 16  # 20% of all 80: none skipped, sub-folders included
+    assert metrics["precise_bn"]["layers"] > 0
+    assert metrics["test_accuracy"] >= min(0.9, metrics["train_accuracy"] - 0.1), metrics
