@@ -337,7 +337,13 @@ class BadImage(Exception):
 
 @functools.cache
 def _heif_opener():
-    """Register pillow-heif's HEIC/HEIF opener once; False when it is not installed."""
+    """Register pillow-heif's HEIC/HEIF opener once; False when it is not installed.
+
+    A HEIF file's rotation is its container's ``irot``/``imir`` (the EXIF
+    Orientation is informative there, per the HEIF spec): libheif applies
+    them and pillow-heif resets the EXIF tag to 1, so the picture is upright
+    and ``exif_transpose`` does not turn it twice.
+    """
     try:
         import pillow_heif
     except ImportError:
