@@ -281,3 +281,18 @@ def test_a_small_phone_folder_trains_a_model_that_predicts_as_well_as_it_trains(
     assert metrics["test_examples"] == 16  # 20% of all 80: none skipped, sub-folders included
     assert metrics["precise_bn"]["layers"] > 0
     assert metrics["test_accuracy"] >= min(0.9, metrics["train_accuracy"] - 0.1), metrics
+
+
+def test_a_bomb_in_a_folder_is_one_line_from_the_cli(tmp_path, capsys):
+    from nin_keras.fit import main
+
+    for label, cls in enumerate(("bottom", "top")):
+        os.makedirs(tmp_path / "photos" / cls)
+        for i in range(4):
+            scene(label).save(tmp_path / "photos" / cls / f"{i}.jpg")
+    _bomb_png(tmp_path / "photos" / "top" / "huge.png", 30000, 30000)
+    out = tmp_path / "run"
+    assert main(["--preset", "tiny", "--image-dir", str(tmp_path / "photos"), "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "huge.png: too large (900,000,000 pixels" in err and err.count("\n") == 1
+    assert not out.exists() or os.listdir(out) == []
