@@ -439,8 +439,8 @@ def _jpeg_complete(path):
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         pos = 2
         while pos + 4 <= len(data):
-            if data[pos] != 0xFF:
-                found = _JPEG_MARKER.search(data, pos)  # inside scan data: the next real marker
+            if data[pos] != 0xFF or data[pos + 1] == 0x00:
+                found = _JPEG_MARKER.search(data, pos)  # inside scan data (FF 00 is a stuffed byte): the next marker
                 if not found:
                     return False
                 pos = found.start()

@@ -267,6 +267,7 @@ def test_one_preprocessing_contract_in_evaluation_calibration_and_export_predict
     np.testing.assert_allclose([got[c] for c in "abc"], keras_scores, atol=1e-5)
 
 
+@pytest.mark.slow  # trains the photo preset (about 20 s)
 def test_a_small_phone_folder_trains_a_model_that_predicts_as_well_as_it_trains(tmp_path):
     """2 x 40 phone photos (EXIF-turned, motion photos, WebP, HEIC, sub-folders): nothing skipped, and the saved
     model's test accuracy (precise BatchNorm statistics) is as good as its training accuracy."""
