@@ -1,8 +1,11 @@
 """``python -m export.predict MODEL.tflite IMAGE...``: classify image files with an exported model.
 
-Uses the sidecar JSON written beside the model (labels, input size, colour);
-every image is converted to the model's colour mode and resized, then fed as
-raw 0..255 pixels. A bad file gets a one-line error and the rest still run.
+Uses the sidecar JSON written beside the model (labels, input size, colour,
+resize mode); every image is read as the run's training and evaluation read
+it (:func:`nin_keras.images.load_pixels`: any supported format, EXIF
+orientation applied, the resize mode), then fed as raw 0..255 pixels. A bad
+file (unreadable, an unsupported format, over ``--max-image-pixels``) gets a
+one-line error and the rest still run.
 """
 
 import json
