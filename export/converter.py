@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from nin_keras.errors import NinError
+from nin_keras.io import file_mode
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
 ALL_FORMATS = TFLITE_FORMATS + ("saved_model", "onnx")
@@ -297,6 +298,7 @@ def write_tflite(out_dir, fmt, tflite_bytes, meta, suffix=".tflite"):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())  # the user's umask, not mkstemp's 0600: phones and web servers read these
         for tmp, target in staged:
             os.replace(tmp, target)
             renamed += 1
@@ -316,8 +318,10 @@ def check_sidecar(model_path, meta):
     import hashlib
 
     expected = meta.get("model_sha256")
-    if expected is None:
-        return  # written before checksums existed
+    if not isinstance(expected, str):
+        # Required: without it any file could be paired with any labels (exports since checksums all carry it).
+        raise ExportError(f"{os.path.splitext(model_path)[0]}.json: field 'model_sha256' is missing or not a string; "
+                          f"export again. Received: {expected!r}")
     with open(model_path, "rb") as f:
         actual = hashlib.sha256(f.read()).hexdigest()
     if actual != expected:

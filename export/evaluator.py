@@ -56,8 +56,10 @@ class TFLiteClassifier:
         return self.dequantize_output(self.interpreter.get_tensor(self.output["index"]))
 
 
-def progress(iterable, total, label, every=0.5, stream=sys.stderr):
-    """Yield from ``iterable`` while drawing a one-line progress bar on ``stream``."""
+def progress(iterable, total, label, every=0.5, stream=None):
+    """Yield from ``iterable`` while drawing a one-line progress bar on ``stream`` (default: the current stderr)."""
+    # Looked up per call, not bound at import: a replaced sys.stderr (pytest's capture) may since have closed.
+    stream = stream or sys.stderr
     start = last = time.perf_counter()
     for i, item in enumerate(iterable, 1):
         yield item

@@ -25,7 +25,7 @@ from export.converter import (
     sidecar,
     write_tflite,
 )
-from nin_keras.settings import BY_NAME, FALLBACKS
+from nin_keras.settings import BY_NAME, FALLBACKS, validate_numeric_args
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.io import atomic_write_text, read_json_object
@@ -37,8 +37,14 @@ def build_parser():
     parser = OneLineParser(prog="python -m export", description=__doc__)
     parser.add_argument("model", help="a nin_keras run directory or a .keras file")
     parser.add_argument("--output-dir", help="where to write the models (default: <run dir>/export)")
-    parser.add_argument("--format", dest="formats", action="append", choices=ALL_FORMATS,
-                        help="format to export; repeat for several (default: all four TFLite formats)")
+    parser.add_argument("--format", dest="formats", action="append", choices=ALL_FORMATS + ("web",),
+                        help="format to export; repeat for several (default: all four TFLite formats); "
+                             "web: a page that runs the int8 model in a phone's browser (export/web.py)")
+    parser.add_argument("--web-runtime", choices=("auto", "npm", "cdn"), default="auto",
+                        help="web: copy MediaPipe Tasks from npm into the folder (auto: when npm is available) "
+                             "or load it from a CDN")
+    parser.add_argument("--browser-benchmark", action="store_true",
+                        help="web: time every exported TFLite file in headless Chromium (needs chromium, playwright)")
     parser.add_argument("--calibration-samples", type=int, default=300,
                         help="training images used to calibrate int8 (default 300)")
     parser.add_argument("--int8-input", choices=IO_TYPES, default="uint8",
@@ -67,7 +73,8 @@ def build_parser():
     parser.add_argument("--no-verify", action="store_true", help="skip the LiteRT/MediaPipe evaluation and report")
     parser.add_argument("--seed", type=int,
                         help="data split seed (default: the run's, from its config.json; else 0)")
-    add_data_flags(parser)
+    # No --image-size: an export feeds the model the size it was trained at (its input shape).
+    add_data_flags(parser, exclude=("image_size",))
     return parser
 
 
@@ -114,6 +121,14 @@ def run_dir(model_path):
     return os.path.dirname(os.path.abspath(model_path))
 
 
+def _relative(path, start):
+    """``path`` relative to the folder ``start``, or its base name across drives (Windows)."""
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:
+        return os.path.basename(os.path.abspath(path))
+
+
 def run_config(model_path):
     """The resolved settings saved beside the model (``config.json``), or {} for a bare .keras file."""
     config_path = os.path.join(run_dir(model_path), "config.json")
@@ -155,14 +170,18 @@ def data_settings(args, model_path):
 
 
 def preset_export_settings(model_path):
-    """The ``export`` section of the run's preset (from its ``config.json``), or {} when there is none.
+    """The export defaults the run recorded in its ``config.json`` (its preset's at training time), or {}.
 
     A preset knows how its model quantizes best (measured, README): e.g.
-    fashion-best's int8 keeps its accuracy only with per-channel scales.
+    fashion-best's int8 keeps its accuracy only with per-channel scales. A
+    run from before run records falls back to today's preset table.
     """
     from nin_keras.presets import PRESETS
 
-    return dict(PRESETS.get(run_config(model_path).get("preset"), {}).get("export", {}))
+    run = run_config(model_path)
+    if isinstance(run.get("export"), dict):
+        return dict(run["export"])
+    return dict(PRESETS.get(run.get("preset"), {}).get("export", {}))
 
 
 def per_class_by_format(y_test, predictions, labels):
@@ -192,10 +211,55 @@ def _mediapipe_cells(row):
 
 
 def run_export(args, print_fn=print):
-    """Export and verify; returns (report dict, exit code)."""
+    """Export and verify, then write the web page if asked; returns (report dict, exit code)."""
+    if args.browser_benchmark and "web" not in (args.formats or ()):
+        raise NinError("--browser-benchmark times the models in the web page: add --format web")
+    report, code = _export_files(args, print_fn)
+    if "web" in (args.formats or ()):
+        web_step(args, report, print_fn)
+    return report, code
+
+
+def web_step(args, report, print_fn=print):
+    """``--format web``: the page folder beside the int8 model, and (``--browser-benchmark``) its latencies."""
+    from export.web import browser_benchmark, write_web
+
+    out_dir = report["output_dir"]
+    model_path = resolve_model_path(args.model)
+    web_dir = write_web(out_dir, os.path.join(out_dir, "nin_int8.tflite"), report,
+                        resize=run_config(model_path).get("resize"), run_name=os.path.basename(run_dir(model_path)),
+                        runtime=args.web_runtime, print_fn=print_fn)
+    if not args.browser_benchmark:
+        return
+    written = {f: os.path.join(out_dir, f"nin_{f}.tflite") for f in TFLITE_FORMATS if f in export_formats(args)}
+    timings = browser_benchmark(web_dir, written, print_fn=print_fn)
+    report["browser_benchmark"] = {"runtime": "MediaPipe Tasks for the Web, CPU delegate, headless Chromium",
+                                   "per_format": timings}
+    for row in report.get("formats", []):
+        if row["format"] in timings:
+            row["browser_ms_median"] = timings[row["format"]]["median_ms"]
+    atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
+    lines = [f"| {f} | {t['median_ms']:.2f} | {t['mean_ms']:.2f} |" for f, t in timings.items()]
+    md_path = os.path.join(out_dir, "report.md")
+    previous = open(md_path).read() if os.path.isfile(md_path) else "# Export report\n"
+    atomic_write_text(md_path, previous + "\n## In-browser latency (MediaPipe Tasks Web, headless Chromium, this CPU)\n\n"
+                      "| format | median ms | mean ms |\n|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def export_formats(args):
+    """The formats to write: the flags' (default: the four TFLite ones); the web page needs the int8 model."""
+    formats = [f for f in (args.formats or TFLITE_FORMATS) if f != "web"]
+    if "web" in (args.formats or ()) and "int8" not in formats:
+        formats.append("int8")
+    return formats
+
+
+def _export_files(args, print_fn=print):
+    """Export and verify the model files; returns (report dict, exit code)."""
     from export.evaluator import evaluate_tflite
     from nin_keras.data import load_data
 
+    validate_numeric_args(args)  # before anything is loaded or written
     model_path = resolve_model_path(args.model)
     model = load_keras_model(model_path)
     out_dir = args.output_dir or os.path.join(run_dir(model_path), "export")
@@ -203,14 +267,10 @@ def run_export(args, print_fn=print):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
-    formats = args.formats or list(TFLITE_FORMATS)
+    formats = export_formats(args)
     per_channel = args.per_channel
     if per_channel is None:
         per_channel = preset_export_settings(model_path).get("per_channel", False)
-    if args.mediapipe_scale < 1:
-        raise NinError(f"--mediapipe-scale must be >= 1. Received: {args.mediapipe_scale}")
-    if args.calibration_samples < 1:
-        raise NinError(f"--calibration-samples must be >= 1. Received: {args.calibration_samples}")
 
     num_classes = int(model.output.shape[-1])
     labels = load_labels(model_path, num_classes)
@@ -227,6 +287,9 @@ def run_export(args, print_fn=print):
                            max_image_pixels=data["max_image_pixels"])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
+        if len(splits.class_names) != num_classes:
+            raise NinError(f"{data['split_file'] or splits.source}: {len(splits.class_names)} classes but the model "
+                           f"has {num_classes} outputs. Received: classes={splits.class_names[:20]}")
 
     from export.phone import add_metadata, with_rgb_input
     from nin_keras.images import ORIENTATION_RULE
@@ -278,7 +341,9 @@ def run_export(args, print_fn=print):
                                             float_blocks=float_blocks, resize=resize))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
-    report = {"model": os.path.abspath(model_path), "output_dir": os.path.abspath(out_dir), **parameter_report(model),
+    # Relative to the run folder: reports are shared, and absolute paths carry user names.
+    run = run_dir(model_path)
+    report = {"model": _relative(model_path, run), "output_dir": _relative(out_dir, run), **parameter_report(model),
               "rgb_input": bool(deployed.input_shape[-1] == 3), "metadata": bool(args.metadata)}
     if not verify:
         return report, 0
@@ -306,7 +371,7 @@ def run_export(args, print_fn=print):
             result["litert_tool_ms_1_thread"] = litert_benchmark(written[fmt], threads=1)
             result["litert_tool_ms_2_threads"] = litert_benchmark(written[fmt], threads=2)
         size = os.path.getsize(written[fmt])
-        rows.append({"format": fmt, "path": written[fmt], "size_bytes": size,
+        rows.append({"format": fmt, "path": _relative(written[fmt], run), "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"][fmt], **result})
     if "onnx" in written:
@@ -315,7 +380,7 @@ def run_export(args, print_fn=print):
         result = evaluate_onnx(written["onnx"], x_test, y_test, keras_top1, label="onnx")
         predictions["onnx"] = result.pop("top1")
         size = os.path.getsize(written["onnx"])
-        rows.append({"format": "onnx (onnxruntime)", "path": written["onnx"], "size_bytes": size,
+        rows.append({"format": "onnx (onnxruntime)", "path": _relative(written["onnx"], run), "size_bytes": size,
                      "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
                      "parameter_bytes": report["parameter_bytes"]["float32"], **result})
     report["formats"] = rows
@@ -331,21 +396,29 @@ def run_export(args, print_fn=print):
                + (f" MediaPipe: Tasks ImageClassifier on {args.mediapipe_scale}x-size RGB frames, as an app feeds it."
                   if args.metadata and deployed.input_shape[-1] == 3 else ""))
     report["per_class_accuracy"], per_class_table = per_class_by_format(y_test, predictions, labels)
+    code, gate_line = int8_gate(report, rows, args.max_accuracy_drop)
     markdown = f"# Export report\n\n{summary}\n\n{table}\n{dense}\n\n## Accuracy per class\n\n{per_class_table}\n"
+    # After the gate, so report.json holds the int8 drop and the verdict.
     atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(os.path.join(out_dir, "report.md"), markdown)
     print_fn(markdown)
+    if gate_line:
+        print_fn(gate_line)
+    return report, code
 
-    code = 0
+
+def int8_gate(report, rows, max_drop):
+    """Record the int8 accuracy drop and the gate's verdict in ``report``; return (exit code, error line or None)."""
     for row in rows:
-        if row["format"] == "int8":
+        if row["format"] == "int8" and "accuracy" in row:
             drop = (report["keras_accuracy"] - row["accuracy"]) * 100
             report["int8_accuracy_drop_points"] = drop
-            if drop > args.max_accuracy_drop:
-                print_fn(f"error: int8 accuracy {row['accuracy']:.4f} is {drop:.2f} points below Keras "
-                         f"{report['keras_accuracy']:.4f}, more than --max-accuracy-drop {args.max_accuracy_drop}")
-                code = EXIT_ACCURACY_GATE
-    return report, code
+            report["int8_gate"] = {"max_accuracy_drop_points": max_drop, "passed": drop <= max_drop}
+            if drop > max_drop:
+                return EXIT_ACCURACY_GATE, (
+                    f"error: int8 accuracy {row['accuracy']:.4f} is {drop:.2f} points below Keras "
+                    f"{report['keras_accuracy']:.4f}, more than --max-accuracy-drop {max_drop}")
+    return 0, None
 
 
 def export(model, print_fn=print, **settings):
@@ -353,7 +426,9 @@ def export(model, print_fn=print, **settings):
 
     ``model`` is a run directory or a ``.keras`` file; ``settings`` are the
     CLI's flags by their Python names (``formats=["int8"]``, ``output_dir=...``).
-    Returns the report dict (also written as ``report.json``).
+    Returns the report dict (also written as ``report.json``); its
+    ``int8_gate["passed"]`` is False when int8 lost more than
+    ``max_accuracy_drop`` points (the CLI then exits 3).
     """
     from nin_keras.cli import namespace_from_kwargs
 

@@ -84,7 +84,7 @@ def main(argv=None):
 
     def body():
         from export.converter import load_keras_model, resolve_model_path
-        from nin_keras.bench import cpu_class, onednn_isa
+        from nin_keras.machine import cpu_class, onednn_isa
         from nin_keras.data import load_data
 
         from nin_keras.errors import require

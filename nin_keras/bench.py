@@ -34,63 +34,11 @@ import time
 import numpy as np
 
 from nin_keras.errors import NinError
+from nin_keras.machine import ISA_CAPS, configure_threads, cpu_class, matmul_gflops, onednn_isa  # noqa: F401
 
 
 def _stats(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": list(values)}
-
-
-def matmul_gflops(size=2048, iterations=10, dtype="float32"):
-    """Matrix-multiply GFLOP/s in ``dtype`` on the default device."""
-    import tensorflow as tf
-
-    a = tf.cast(tf.random.normal((size, size)), dtype)
-    b = tf.cast(tf.random.normal((size, size)), dtype)
-    fn = tf.function(tf.linalg.matmul, autograph=False)
-    fn(a, b).numpy()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        c = fn(a, b)
-    c.numpy()
-    return 2 * size**3 * iterations / (time.perf_counter() - start) / 1e9
-
-
-ISA_CAPS = ("AVX2", "AVX512_CORE", "AVX512_CORE_BF16", "AVX512_CORE_AMX", "SSE41")
-
-
-def cpu_class():
-    """This CPU's model name and the vector/matrix features that decide its speed class."""
-    from nin_keras.precision import cpu_flags
-
-    flags = cpu_flags()
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    keys = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
-    return {"model": model, "features": [k for k in keys if k in flags]}
-
-
-def onednn_isa(env=None):
-    """The instruction set oneDNN picks for a convolution in a fresh TensorFlow process (None if unknown).
-
-    Runs a tiny convolution with ``ONEDNN_VERBOSE=1`` and reads its ``isa:``
-    line, so ``ONEDNN_MAX_CPU_ISA`` caps can be checked, not assumed.
-    """
-    import subprocess
-
-    code = ("import tensorflow as tf; x = tf.random.normal((1, 8, 8, 1)); "
-            "tf.nn.conv2d(x, tf.random.normal((3, 3, 1, 4)), 1, 'SAME').numpy()")
-    full_env = {**os.environ, **(env or {}), "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
-                             timeout=120).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    line = next((line for line in out.splitlines() if ",info,cpu,isa:" in line), None)
-    return line.split("isa:", 1)[1].strip() if line else None
 
 
 def _timed_fit(model, dataset, steps, cores_used=None):
@@ -107,18 +55,6 @@ def _timed_fit(model, dataset, steps, cores_used=None):
     if cores_used is not None:
         cores_used.append((time.process_time() - cpu_start) / seconds)
     return seconds
-
-
-def _configure_threads(intra_op_threads, inter_op_threads):
-    """Set TensorFlow's thread pools (before any op runs); return the values in effect (0 = TF's default)."""
-    import tensorflow as tf
-
-    if intra_op_threads is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-    if inter_op_threads is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    return (tf.config.threading.get_intra_op_parallelism_threads(),
-            tf.config.threading.get_inter_op_parallelism_threads())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,153 +94,219 @@ class BenchSettings:
         return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
 
-def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, formats=("float32", "float16", "dynamic", "int8"),
-              data_dir=None, settings=None, inference=True, print_fn=print, image_dir=None, image_size=None):
+@dataclasses.dataclass
+class Bench:
+    """One benchmark as it moves through :func:`run_bench`'s stages: what to build, the data, the results."""
+
+    cfg: object
+    settings: BenchSettings
+    steps: int
+    repeats: int
+    precision: str
+    kwargs: dict
+    raw_shape: list
+    resize_to: object = None
+    folder: object = None
+    images: object = None
+    labels: object = None
+    model: object = None
+    model_only: list = None
+    results: dict = dataclasses.field(default_factory=dict)
+
+
+def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, *, formats=("float32", "float16", "dynamic", "int8"),
+              data_dir=None, settings=None, inference=True, print_fn=print, image_dir=None, image_size=None,
+              config_file=None):
     """Run every measurement; return the results dict.
 
     ``settings`` (a :class:`BenchSettings`, default the project's) are what
     the benchmark compares (``--sweep`` runs each in a fresh process): XLA,
     compute precision, TensorFlow thread pools, tensor layout, where the
-    28->224 resize of resizing presets runs, and tf.data caching. With
-    ``image_dir`` the pipeline streams that folder's images (decoded and
-    resized in tf.data, at ``image_size`` if given) and the model is the
-    preset's at that size.
+    28->224 resize of resizing presets runs, and tf.data caching. The network
+    is the one fit would build (the preset's, or a ``config_file``'s model
+    section, e.g. a run's ``config.json``). With ``image_dir`` the pipeline
+    streams that folder's images (decoded and resized in tf.data, at
+    ``image_size`` if given).
     """
+    settings = settings or BenchSettings()
+    threads = configure_threads(settings.intra_op_threads, settings.inter_op_threads)
+    bench = _plan(preset, batch_size, steps, repeats, settings=settings, image_dir=image_dir, image_size=image_size,
+                  config_file=config_file, print_fn=print_fn)
+    bench.results.update(_describe(bench, threads, image_dir))
+    print_fn("1/5 matmul ceiling ...")
+    _matmul_ceiling(bench)
+    _build(bench)
+    print_fn("2-3/5 model-only and end-to-end training, interleaved ...")
+    _load_images(bench, data_dir)
+    _training_throughput(bench)
+    print_fn("4/5 tf.data pipeline alone ...")
+    _pipeline_throughput(bench)
+    if inference:
+        print_fn("5/5 inference ...")
+        _inference(bench, formats)
+    import resource
+
+    # Peak resident memory of the whole benchmark (ru_maxrss is in KiB on Linux).
+    bench.results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return bench.results
+
+
+def _plan(preset, batch_size, steps, repeats, *, settings, image_dir, image_size, config_file, print_fn):
+    """Resolve the config and the network's arguments (the path fit takes); load an image folder's list."""
+    from nin_keras.config import model_kwargs, resolve_config
+    from nin_keras.data import load_data
+    from nin_keras.precision import resolve_precision
+
+    overrides = {"preset": preset, "batch_size": batch_size, "xla": settings.xla, "image_size": image_size}
+    cfg = resolve_config(overrides, config_file, print_fn=print_fn)
+    kwargs = {**model_kwargs(cfg), "data_format": settings.data_format}
+    folder = None
+    if image_dir is not None:
+        folder = load_data(image_dir=image_dir, image_size=kwargs["input_shape"][:2],
+                           channels=kwargs["input_shape"][2], print_fn=print_fn)
+        kwargs["num_classes"] = len(folder.class_names)
+    bench = Bench(cfg, settings, steps, repeats, resolve_precision(settings.precision), kwargs,
+                  list(kwargs["input_shape"]), folder=folder)
+    resize_to = kwargs.get("image_size")
+    if settings.resize_in == "pipeline" and resize_to and list(resize_to) != bench.raw_shape[:2]:
+        # The model takes already-resized images; tf.data resizes each batch.
+        kwargs.update(input_shape=[*resize_to, bench.raw_shape[2]], image_size=None)
+        bench.resize_to = resize_to
+    return bench
+
+
+def _describe(bench, threads, image_dir):
+    """The results' header: what was measured, on what software and machine."""
     import keras
     import tensorflow as tf
 
-    settings = settings or BenchSettings()
-    precision, xla, data_format, resize_in, cache = (settings.precision, settings.xla, settings.data_format,
-                                                     settings.resize_in, settings.cache)
-    intra_op_threads, inter_op_threads = settings.intra_op_threads, settings.inter_op_threads
+    cfg, settings = bench.cfg, bench.settings
+    return {"preset": cfg.preset, "batch_size": cfg.batch_size, "steps": bench.steps, "repeats": bench.repeats,
+            "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
+            "inter_op_threads": threads[1], "data_format": settings.data_format,
+            "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
+            "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "cpu": cpu_class(), "onednn_isa": onednn_isa(), "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
 
-    threads = _configure_threads(intra_op_threads, inter_op_threads)
-    from nin_keras.config import resolve_config
-    from nin_keras.data import load_data, make_train_dataset
+
+def _matmul_ceiling(bench):
+    """(1) the float32 matmul ceiling, and the compute precision's when it is not float32."""
+    results = bench.results
+    results["matmul_gflops"] = _stats([matmul_gflops() for _ in range(bench.repeats)])
+    if bench.precision != "float32":
+        results["matmul_gflops_compute_dtype"] = _stats([matmul_gflops(dtype=bench.precision)
+                                                         for _ in range(bench.repeats)])
+
+
+def _build(bench):
+    """The model under the strategy fit's ``--strategy auto`` picks, so the bench measures the path fit runs."""
+    from nin_keras.distribute import describe, make_strategy
     from nin_keras.fit import compile_model
     from nin_keras.model import build_nin
-    from nin_keras.precision import float32_copy, precision_scope, resolve_precision
-    from nin_keras.presets import get_preset
+    from nin_keras.precision import precision_scope
     from nin_keras.report import resource_report
 
-    precision = resolve_precision(precision)
-    cfg = resolve_config({"preset": preset, "batch_size": batch_size, "xla": xla, "image_size": image_size})
-    kwargs = {**get_preset(preset)["model"], "data_format": data_format}
-    folder = None
-    if image_dir is not None:
-        from nin_keras.config import model_kwargs
-
-        kwargs = {**model_kwargs(cfg), "data_format": data_format}
-        folder = load_data(image_dir=image_dir, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
-                           print_fn=print_fn)
-        kwargs["num_classes"] = len(folder.class_names)
-    raw_shape = list(kwargs["input_shape"])
-    resize_to = kwargs.get("image_size")
-    if resize_in == "pipeline" and resize_to and list(resize_to) != raw_shape[:2]:
-        # The model takes already-resized images; tf.data resizes each batch.
-        kwargs.update(input_shape=[*resize_to, raw_shape[2]], image_size=None)
-    else:
-        resize_in, resize_to = "model", None
-
-    def resize_batch(images, labels):
-        return tf.image.resize(images, resize_to), labels
-
-    results = {"preset": preset, "batch_size": batch_size, "steps": steps, "repeats": repeats, "xla": xla,
-               "precision": precision, "intra_op_threads": threads[0], "inter_op_threads": threads[1],
-               "data_format": data_format, "resize_in": resize_in, "cache": cache,
-               "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
-               "cpu": cpu_class(), "onednn_isa": onednn_isa(), "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-               "image_dir": image_dir, "images": len(folder.x_train) if folder else None}
-
-    print_fn("1/5 matmul ceiling ...")
-    results["matmul_gflops"] = _stats([matmul_gflops() for _ in range(repeats)])
-    if precision != "float32":
-        results["matmul_gflops_compute_dtype"] = _stats([matmul_gflops(dtype=precision) for _ in range(repeats)])
-
-    from nin_keras.distribute import describe, make_strategy
-
-    # The strategy fit's `--strategy auto` picks, so the bench measures the path fit runs.
     strategy = make_strategy("auto")
-    results["strategy"] = describe(strategy)
-    with precision_scope(precision), strategy.scope():
-        model = build_nin(**kwargs)
-        compile_model(model, cfg, steps)
-    macs = resource_report(model)["macs"]
-    train_flops_per_image = 6 * macs  # forward 2*MACs; backward about twice the forward
-    results["model"] = {"parameters": int(model.count_params()), "macs_per_image": int(macs),
-                        "train_gflop_per_image": train_flops_per_image / 1e9}
+    bench.results["strategy"] = describe(strategy)
+    with precision_scope(bench.precision), strategy.scope():
+        bench.model = build_nin(**bench.kwargs)
+        compile_model(bench.model, bench.cfg, bench.steps)
+    macs = resource_report(bench.model)["macs"]
+    bench.results["model"] = {"parameters": int(bench.model.count_params()), "macs_per_image": int(macs),
+                              # forward 2*MACs; backward about twice the forward
+                              "train_gflop_per_image": 6 * macs / 1e9}
 
-    print_fn("2-3/5 model-only and end-to-end training, interleaved ...")
+
+def _load_images(bench, data_dir):
+    """The training images the pipeline reads: the folder's, Fashion-MNIST's, or synthetic of the right shape."""
+    from nin_keras.data import load_data
+
+    if bench.folder is not None:  # streamed from disk: decode, resize (and augment) in tf.data
+        bench.images, bench.labels = bench.folder.x_train, bench.folder.y_train
+    elif bench.raw_shape[:2] == [28, 28] and bench.raw_shape[2] == 1:
+        splits = load_data(data_dir=data_dir)
+        bench.images, bench.labels = splits.x_train, splits.y_train
+    else:  # presets for other inputs: synthetic data of the right shape through the same pipeline
+        rng = np.random.default_rng(1)
+        bench.images = rng.integers(0, 256, (bench.steps * bench.cfg.batch_size * 2, *bench.raw_shape), dtype=np.uint8)
+        bench.labels = rng.integers(0, 10, (len(bench.images),), dtype=np.int32)
+
+
+def _pipeline(bench):
+    """The training tf.data pipeline fit would use (plus the batch resize when measured in tf.data)."""
+    import tensorflow as tf
+
+    from nin_keras.data import make_train_dataset
+
+    ds, n_steps = make_train_dataset(bench.images, bench.labels, bench.cfg.batch_size, seed=0,
+                                     cache=bench.settings.cache, augment=bench.folder is not None and bench.cfg.augment)
+    if bench.resize_to:
+        ds = ds.map(lambda x, y: (tf.image.resize(x, bench.resize_to), y),
+                    num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds, n_steps
+
+
+def _training_throughput(bench):
+    """(2) model-only training from one batch held in memory, and (3) end-to-end through tf.data, interleaved."""
+    import tensorflow as tf
+
+    batch_size, steps, results = bench.cfg.batch_size, bench.steps, bench.results
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (batch_size, *raw_shape), dtype=np.uint8)
+    x = rng.integers(0, 256, (batch_size, *bench.raw_shape), dtype=np.uint8)
     y = rng.integers(0, 10, (batch_size,), dtype=np.int32)
     in_memory = tf.data.Dataset.from_tensors((x, y))
-    if resize_in == "pipeline":
-        in_memory = in_memory.map(resize_batch).cache()  # resized once: "data already in memory"
+    if bench.resize_to:  # resized once: "data already in memory"
+        in_memory = in_memory.map(lambda a, b: (tf.image.resize(a, bench.resize_to), b)).cache()
     in_memory = in_memory.repeat()
-
-    if folder is not None:  # streamed from disk: decode, resize (and augment) in tf.data
-        images, labels = folder.x_train, folder.y_train
-    elif raw_shape[:2] == [28, 28] and raw_shape[2] == 1:
-        splits = load_data(data_dir=data_dir)
-        images, labels = splits.x_train, splits.y_train
-    else:  # presets for other inputs: synthetic data of the right shape through the same pipeline
-        images = rng.integers(0, 256, (steps * batch_size * 2, *raw_shape), dtype=np.uint8)
-        labels = rng.integers(0, 10, (len(images),), dtype=np.int32)
-
-    def pipeline():
-        ds, n_steps = make_train_dataset(images, labels, batch_size, seed=0, cache=cache,
-                                         augment=folder is not None and cfg.augment)
-        if resize_in == "pipeline":
-            ds = ds.map(resize_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-        return ds, n_steps
-
     # Interleaved (A, B, A, B ...) so both measures see the same host
     # conditions; on a throttled VM back-to-back blocks would not.
     model_only, end_to_end, model_only_cores, end_to_end_cores = [], [], [], []
-    for _ in range(repeats):
-        model_only.append(steps * batch_size / _timed_fit(model, in_memory, steps, model_only_cores))
-        end_to_end.append(steps * batch_size / _timed_fit(model, pipeline()[0].repeat(), steps, end_to_end_cores))
+    for _ in range(bench.repeats):
+        model_only.append(steps * batch_size / _timed_fit(bench.model, in_memory, steps, model_only_cores))
+        end_to_end.append(steps * batch_size / _timed_fit(bench.model, _pipeline(bench)[0].repeat(), steps,
+                                                          end_to_end_cores))
+    bench.model_only = model_only
     results["model_only_images_per_sec"] = _stats(model_only)
     results["model_only_cores_used"] = _stats(model_only_cores)
-    achieved = max(model_only) * train_flops_per_image / 1e9
+    achieved = max(model_only) * results["model"]["train_gflop_per_image"]
     results["achieved_gflops"] = achieved
     results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["max"]
-    if precision != "float32":
-        results["achieved_fraction_of_compute_dtype_matmul"] = (
-            achieved / results["matmul_gflops_compute_dtype"]["max"])
+    if "matmul_gflops_compute_dtype" in results:
+        results["achieved_fraction_of_compute_dtype_matmul"] = achieved / results["matmul_gflops_compute_dtype"]["max"]
     results["end_to_end_images_per_sec"] = _stats(end_to_end)
     results["end_to_end_cores_used"] = _stats(end_to_end_cores)
     results["end_to_end_fraction_of_model_only"] = max(end_to_end) / max(model_only)
 
-    print_fn("4/5 tf.data pipeline alone ...")
-    pipeline_rates = []
-    for _ in range(repeats):
-        ds, n_steps = pipeline()
+
+def _pipeline_throughput(bench):
+    """(4) the tf.data pipeline alone."""
+    rates = []
+    for _ in range(bench.repeats):
+        ds, n_steps = _pipeline(bench)
         # Up to an epoch, at most 10x the training steps (d2l's 224x224 resize
         # in tf.data would otherwise take minutes per repeat).
-        n_steps = min(n_steps, 10 * steps)
+        n_steps = min(n_steps, 10 * bench.steps)
         start = time.perf_counter()
         for _batch in ds.take(n_steps):
             pass
-        pipeline_rates.append(n_steps * batch_size / (time.perf_counter() - start))
-    results["pipeline_images_per_sec"] = _stats(pipeline_rates)
-    results["pipeline_fraction_of_model_only"] = max(pipeline_rates) / max(model_only)
+        rates.append(n_steps * bench.cfg.batch_size / (time.perf_counter() - start))
+    bench.results["pipeline_images_per_sec"] = _stats(rates)
+    bench.results["pipeline_fraction_of_model_only"] = max(rates) / max(bench.model_only)
 
-    if inference:
-        print_fn("5/5 inference ...")
-        from nin_keras.images import as_array
 
-        sample = as_array(images[:200])
-        if resize_in == "pipeline":
-            sample = tf.image.resize(sample, resize_to).numpy()
-        # Deployed models compute in float32 (TFLite has no bfloat16 kernels).
-        results["inference"] = _bench_inference(float32_copy(model), sample, formats, repeats)
-    import resource
+def _inference(bench, formats):
+    """(5) Keras and every TFLite format, on 200 of the training images."""
+    import tensorflow as tf
 
-    # Peak resident memory of the whole benchmark (ru_maxrss is in KiB on Linux).
-    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return results
+    from nin_keras.images import as_array
+    from nin_keras.precision import float32_copy
+
+    sample = as_array(bench.images[:200])
+    if bench.resize_to:
+        sample = tf.image.resize(sample, bench.resize_to).numpy()
+    # Deployed models compute in float32 (TFLite has no bfloat16 kernels).
+    bench.results["inference"] = _bench_inference(float32_copy(bench.model), sample, formats, bench.repeats)
 
 
 def _bench_inference(model, images, formats, repeats, n_latency=200):
@@ -429,19 +431,31 @@ SWEEP_CHANGES = [
 ]
 
 
-def sweep_variants(preset, default_precision):
-    """(name, extra flags) of every sweep run for ``preset``: defaults first."""
+def sweep_variants(preset, default_precision, settings=None, config_file=None):
+    """(name, flags) of every sweep run for ``preset``: ``settings`` (default: the project's) first, then
+    each variant, ``settings`` with one change, as the flags that give it."""
+    from nin_keras.config import model_kwargs, resolve_config
     from nin_keras.precision import PRECISIONS
-    from nin_keras.presets import get_preset
 
-    defaults = BenchSettings()
+    defaults = settings or BenchSettings()
     changes = [(p, {"precision": p}) for p in PRECISIONS[1:] if p != default_precision] + SWEEP_CHANGES
-    if get_preset(preset)["model"].get("image_size"):
+    if model_kwargs(resolve_config({"preset": preset}, config_file, print_fn=lambda *a: None)).get("image_size"):
         changes.append(("resize in tf.data", {"resize_in": "pipeline"}))
-    return [("defaults", [])] + [(name, dataclasses.replace(defaults, **change).flags()) for name, change in changes]
+    return [("defaults", defaults.flags())] + [(name, dataclasses.replace(defaults, **change).flags())
+                                                for name, change in changes]
 
 
-def run_sweep(base_argv, preset, timeout=900, print_fn=print):
+def base_flags(args):
+    """The command line of a sweep's child: what to measure (preset, sizes, data, ISA cap), no settings."""
+    flags = ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--repeats", str(args.repeats),
+             "--formats", args.formats]
+    for name in ("preset", "data_dir", "image_dir", "image_size", "isa_cap", "config"):
+        if getattr(args, name) is not None:
+            flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    return flags
+
+
+def run_sweep(base_argv, preset, timeout=900, print_fn=print, settings=None, config_file=None):
     """Run the benchmark once per setting, each in a fresh process.
 
     Returns [{"name", "flags", "result"}]; a setting that fails or runs past
@@ -455,7 +469,7 @@ def run_sweep(base_argv, preset, timeout=900, print_fn=print):
     from nin_keras.precision import resolve_precision
 
     default_precision = resolve_precision("auto")
-    variants = sweep_variants(preset, default_precision)
+    variants = sweep_variants(preset, default_precision, settings, config_file)
     rows = []
     with tempfile.TemporaryDirectory(prefix="nin_keras-sweep-") as tmp:
         for i, (name, flags) in enumerate(variants, start=1):
@@ -512,10 +526,9 @@ def build_parser():
     from nin_keras.precision import PRECISIONS
     from nin_keras.presets import PRESETS
 
-    # No abbreviations: --sweep re-runs this command line minus --sweep/--json.
     parser = OneLineParser(prog="python -m nin_keras.bench", description=__doc__.split("\n\n")[0],
                            allow_abbrev=False)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the preset (default: fashion, or --config's)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="training steps per measurement (default 30)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -525,6 +538,8 @@ def build_parser():
     parser.add_argument("--image-dir", help="measure the streaming pipeline over this image folder (one sub-folder "
                                             "per class; e.g. made by python -m nin_keras.images)")
     parser.add_argument("--image-size", type=int, help="with --image-dir: the model's input size (default: the preset's)")
+    parser.add_argument("--config", help="measure the network of this config file (e.g. a run's config.json) "
+                                         "instead of the preset's")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--isa-cap", choices=ISA_CAPS,
                         help="cap oneDNN's instruction set (sets ONEDNN_MAX_CPU_ISA before TensorFlow starts): "
@@ -553,7 +568,6 @@ def main(argv=None):
     """CLI entry point."""
     from nin_keras.cli import run_cli
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
 
     if args.isa_cap:
@@ -561,24 +575,14 @@ def main(argv=None):
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa_cap
 
     def body():
-        for name in ("batch_size", "steps", "repeats"):
-            if getattr(args, name) < 1:
-                raise NinError(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(args, name)}")
-        for name in ("intra_op_threads", "inter_op_threads"):
-            value = getattr(args, name)
-            if value is not None and value < 0:
-                raise NinError(f"--{name.replace('_', '-')} must be >= 0 (0: TensorFlow's default). Received: {value}")
-        if args.sweep_timeout <= 0:
-            raise NinError(f"--sweep-timeout must be > 0 seconds. Received: {args.sweep_timeout}")
+        from nin_keras.settings import validate_numeric_args
+
+        validate_numeric_args(args)
         from nin_keras.io import atomic_write_text
 
         if args.sweep:
-            base_argv = [a for a in argv if a != "--sweep" and not a.startswith(("--json=", "--sweep-timeout="))]
-            for flag in ("--json", "--sweep-timeout"):
-                if flag in base_argv:
-                    at = base_argv.index(flag)
-                    del base_argv[at:at + 2]
-            rows = run_sweep(base_argv, args.preset, args.sweep_timeout)
+            rows = run_sweep(base_flags(args), args.preset, args.sweep_timeout,
+                             settings=BenchSettings.from_args(args), config_file=args.config)
             print(format_sweep(rows))
             if args.json:
                 atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
@@ -587,9 +591,9 @@ def main(argv=None):
                 raise NinError(f"the benchmark with default settings failed: {rows[0]['result']['error']}")
             return 0
         formats = tuple(f for f in args.formats.split(",") if f)
-        results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats, args.data_dir,
-                            BenchSettings.from_args(args), args.inference, image_dir=args.image_dir,
-                            image_size=args.image_size)
+        results = run_bench(args.preset, args.batch_size, args.steps, args.repeats, formats=formats,
+                            data_dir=args.data_dir, settings=BenchSettings.from_args(args), inference=args.inference,
+                            image_dir=args.image_dir, image_size=args.image_size, config_file=args.config)
         print(format_results(results))
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")

@@ -19,7 +19,14 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     (the stock callback writes the `.keras` zip in place). An epoch whose loss
     is NaN/inf is never saved: after ``TerminateOnNaN`` Keras still validates
     and could otherwise keep the diverged weights as the "best" model.
+
+    The path is used as given: Keras' ``str.format`` placeholders
+    (``{epoch}``) are not expanded, so a run folder whose name holds ``{`` or
+    ``}`` saves where it says (nin_keras never uses placeholders).
     """
+
+    def _get_file_path(self, epoch, batch, logs):
+        return self.filepath
 
     def _save_model(self, epoch, batch, logs):
         loss = (logs or {}).get("loss")
@@ -32,6 +39,31 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                     self.model.save_weights(tmp, overwrite=True)
                 else:
                     self.model.save(tmp, overwrite=True)
+
+
+class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that never backs up non-finite weights.
+
+    After ``TerminateOnNaN`` stops an epoch, Keras still calls
+    ``on_epoch_end``, and the stock callback would replace the last good
+    backup with NaN weights, so a ``--resume`` with a lower learning rate
+    would restore them and fail the same way. Here the previous backup stays.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return
+        if not all_weights_finite(self.model):
+            return
+        super().on_epoch_end(epoch, logs)
+
+
+def all_weights_finite(model):
+    """True when every weight of ``model`` is finite (a NaN in one batch can reach the weights first)."""
+    import numpy as np
+
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
 
 
 def read_history(path):
@@ -127,7 +159,8 @@ class StopOnSignal(keras.callbacks.Callback):
         if self.received is not None:
             raise Interrupted(self.received)
 
-    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+    # predict() too: the final test pass stops at its next batch, not after the whole set.
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = _check
     check = _check
 
     def restore(self):

@@ -24,24 +24,30 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_data_flags(parser):
-    """Data-source flags shared by fit, tuning and export."""
+def add_data_flags(parser, exclude=()):
+    """Data-source flags shared by fit, tuning and export (without ``exclude``)."""
     from nin_keras.settings import DATA_FLAGS, add_flags
 
-    return add_flags(parser, DATA_FLAGS, group=parser.add_argument_group("data"))
+    names = [name for name in DATA_FLAGS if name not in exclude]
+    return add_flags(parser, names, group=parser.add_argument_group("data"))
 
 
 def run_cli(body):
     """Run ``body()`` and return the process exit code.
 
     ``body`` returns an exit code (None means 0). A :class:`NinError` is a
-    user mistake: printed as one ``error: ...`` line, exit code 1.
+    user mistake: printed as one ``error: ...`` line, exit code 1. Ctrl-C
+    where no stage handles it (scanning images, building the model) is one
+    line and exit code 130, like a shell's.
     """
     try:
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C): stopped; nothing was half-written", file=sys.stderr)
+        return 130
     return 0 if code is None else code
 
 

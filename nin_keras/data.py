@@ -53,46 +53,77 @@ class Splits:
 # --------------------------------------------------------------------------- IDX
 
 
-def read_idx(path, expected_magic=None):
-    """Read one IDX file (raw or gzip) into a uint8 array.
+# Deflate cannot expand data by more than about 1032:1: a gzip'd IDX file whose
+# header announces more than that is lying, and is refused before decompressing.
+_MAX_DEFLATE_RATIO = 1032
+_CHUNK = 1 << 20
 
-    Validates the magic number (unsigned-byte type, 1-3 dimensions, and
-    ``expected_magic`` when given) and that the payload holds exactly the
-    bytes the header announces. Any problem raises :class:`DataError` naming
-    the file.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read or decompress ({e})") from None
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    (magic,) = struct.unpack(">i", raw[:4])
+
+def _idx_header(path, stream, expected_magic):
+    """Read and check an IDX header (magic number, dimensions) from ``stream``; returns (dims, header bytes)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated IDX header ({len(head)} bytes)")
+    (magic,) = struct.unpack(">i", head)
     ndim = magic & 0xFF
     if (magic >> 8) != 0x08 or not 1 <= ndim <= 3:
         raise DataError(f"{path}: bad IDX magic number {magic} (expected an unsigned-byte array such as 2049 or 2051)")
     if expected_magic is not None and magic != expected_magic:
         raise DataError(f"{path}: IDX magic number {magic}, expected {expected_magic}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    dims = struct.unpack(f">{ndim}i", raw[4:header])
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes)")
+    dims = struct.unpack(f">{ndim}i", raw_dims)
     if any(d <= 0 for d in dims):
         raise DataError(f"{path}: invalid IDX dimensions {dims}")
+    return dims, 4 + 4 * ndim
+
+
+def _read_payload(path, stream, dims, limit):
+    """Read exactly the bytes ``dims`` announce (at most ``limit``), in chunks; nothing more is decompressed."""
     expected = 1
     for d in dims:  # Python ints: a forged header must not overflow int64 into a plausible size
         expected *= d
-    payload = len(raw) - header
-    if payload != expected:
-        kind = "truncated" if payload < expected else "has trailing bytes"
-        raise DataError(f"{path}: {kind}: header announces {expected} bytes of data for shape {dims}, found {payload}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if expected > limit:
+        raise DataError(f"{path}: truncated: header announces {expected} bytes of data for shape {dims}, "
+                        f"more than the file can hold ({limit})")
+    array = np.empty(expected, np.uint8)
+    view, filled = memoryview(array), 0
+    while filled < expected:
+        n = stream.readinto(view[filled:filled + _CHUNK])
+        if not n:
+            raise DataError(f"{path}: truncated: header announces {expected} bytes of data for shape {dims}, "
+                            f"found {filled}")
+        filled += n
+    if stream.read(1):
+        raise DataError(f"{path}: has trailing bytes: header announces {expected} bytes of data for shape {dims}, "
+                        "found more")
+    return array.reshape(dims)
+
+
+def read_idx(path, expected_magic=None):
+    """Read one IDX file (raw or gzip) into a uint8 array.
+
+    Validates the magic number (unsigned-byte type, 1-3 dimensions, and
+    ``expected_magic`` when given) before reading any data, then reads
+    exactly the bytes the header announces, streaming through gzip: a
+    decompression bomb or a forged header is refused without expanding it.
+    Any problem raises :class:`DataError` naming the file.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            compressed = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            stream = gzip.GzipFile(fileobj=f, mode="rb") if compressed else f
+            dims, header = _idx_header(path, stream, expected_magic)
+            limit = size * _MAX_DEFLATE_RATIO if compressed else size - header
+            return _read_payload(path, stream, dims, limit)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read or decompress ({e})") from None
 
 
 def _find_file(directory, stem):
@@ -215,16 +246,22 @@ def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, s
     return Splits(x_train, y_train, x_val, y_val, x_test, y_test, class_names, source)
 
 
-def _augment(image, label, pad=3):
-    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels."""
+def _augment(image, label, seed_pair, pad=3):
+    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels.
+
+    Stateless ops seeded per element (``seed_pair``, from a seeded random
+    stream), so a run's augmentation is the same whatever order tf.data's
+    parallel map calls run in: the seed reproduces it.
+    """
     import tensorflow as tf
 
     height, width = image.shape[0], image.shape[1]
-    image = tf.image.random_flip_left_right(image)
+    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if not pad:
         return image, label
     image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
-    image = tf.image.random_crop(image, [height, width, image.shape[-1]])
+    image = tf.image.stateless_random_crop(image, [height, width, image.shape[-1]], crop_seed)
     return image, label
 
 
@@ -261,7 +298,8 @@ def make_dataset(x, y, batch_size, shuffle=False, seed=0, drop_remainder=False, 
         if augment:
             # In the pipeline, not the model: keeps random ops out of exported
             # models and runs on the CPU threads tf.data already uses.
-            ds = ds.map(lambda image, label: _augment(image, label, augment_shift),
+            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+            ds = ds.map(lambda pair, seed_pair: _augment(pair[0], pair[1], seed_pair, augment_shift),
                         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if one_hot_classes:

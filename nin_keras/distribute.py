@@ -7,6 +7,7 @@ to check batch sizes and metrics across replicas without a GPU).
 
 import json
 import os
+import sys
 
 from nin_keras.errors import ConfigError
 
@@ -82,9 +83,10 @@ def make_strategy(name="auto", cpu_replicas=None):
     """Create the tf.distribute strategy called ``name``.
 
     - ``auto``: multi-worker when $TF_CONFIG lists more than one worker,
-      MirroredStrategy when there are several local devices (GPUs, or a CPU
-      split with ``cpu_replicas``), and TensorFlow's default strategy on a
-      single device. (On one CPU device, MirroredStrategy and
+      MirroredStrategy over several GPUs or a CPU split asked for with
+      ``cpu_replicas`` > 1, and TensorFlow's default strategy otherwise (a
+      CPU split this process made for another reason, as the test suite
+      does, does not turn it on). (On one CPU device, MirroredStrategy and
       OneDeviceStrategy trained a 105k-parameter NiN at 338 and 447 images/s
       against 765 for the default strategy, with 10x the system time: the
       distributed input iterator's overhead, for nothing with one replica.)
@@ -102,7 +104,7 @@ def make_strategy(name="auto", cpu_replicas=None):
     if name == "auto":
         if tf_config_workers() > 1:
             name = "multi-worker"
-        elif len(local_devices()) > 1:
+        elif len(tf.config.list_logical_devices("GPU")) > 1 or (cpu_replicas or 1) > 1:
             name = "mirrored"
         else:
             return tf.distribute.get_strategy()
@@ -123,8 +125,27 @@ def make_strategy(name="auto", cpu_replicas=None):
         if not isinstance(json.loads(os.environ["TF_CONFIG"]).get("task"), dict):
             raise ConfigError("--strategy multi-worker: $TF_CONFIG has no 'task' naming this worker "
                               '(e.g. {"type": "worker", "index": 0})')
+        print_cluster_notice("MultiWorkerMirroredStrategy's gRPC port (from $TF_CONFIG)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown strategy. Received: {name!r}")
+
+
+_NOTICED = set()
+
+
+def print_cluster_notice(service, print_fn=None):
+    """Say once per process that a cluster port is open without authentication (stderr by default).
+
+    TensorFlow's collective gRPC server and keras-tuner's oracle accept any
+    peer that reaches them; README's Security section says what to do.
+    """
+    if service in _NOTICED:
+        return
+    _NOTICED.add(service)
+    message = (f"note: {service} is unauthenticated: anyone who can reach it can make this job read or write "
+               "files and change its results; keep the cluster on a trusted network (a firewall, or an SSH "
+               "tunnel). See README, Security.")
+    (print_fn or (lambda m: print(m, file=sys.stderr, flush=True)))(message)
 
 
 def describe(strategy):
@@ -244,13 +265,35 @@ def agree(strategy, step, share=None):
     message = {"worker": "chief" if is_chief(strategy) else name,
                "error": None if error is None else [type(error).__name__, str(error)],
                "shared": share(result) if share is not None and error is None else None}
-    messages = exchange(strategy, message)
+    messages = exchange(strategy, _bounded(message, name))
     for m in messages:
         if m["error"]:
             kind, text = m["error"]
             error_type = _error_types().get(kind, ConfigError)
             raise error_type(text if m["worker"] == "chief" else f"{m['worker']}: {text}")
     return result, [m["shared"] for m in messages]
+
+
+def _bounded(message, name):
+    """``message`` when it fits an exchange row; otherwise a shortened error that every worker raises.
+
+    Raising here instead would leave this worker's peers waiting in the
+    collective for :data:`AGREEMENT_TIMEOUT_SECONDS`.
+    """
+    def size(m):
+        return len(json.dumps(m).encode())
+
+    if size(message) <= _MESSAGE_BYTES:
+        return message
+    if message["error"] is None:
+        message = {**message, "shared": None, "error": [
+            "ClusterError", f"{name}: its summary for the other workers is {size(message)} bytes, more than the "
+                            f"{_MESSAGE_BYTES} an agreement carries"]}
+    kind, text = message["error"]
+    while size(message) > _MESSAGE_BYTES:  # JSON escapes may triple non-ASCII text: cut until it fits
+        text = text[: len(text) // 2]
+        message = {**message, "shared": None, "error": [kind, text + " [...]"]}
+    return message
 
 
 def _error_types():

@@ -7,6 +7,7 @@ plot are written into the run directory.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,28 +16,13 @@ import sys
 import time
 
 from nin_keras import config as config_lib
-from nin_keras import precise_bn, settings
+from nin_keras import precise_bn, rundir, settings
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ClusterError, ConfigError, TrainingDiverged
-from nin_keras.io import atomic_path, atomic_write_text, read_json_object
+from nin_keras.io import atomic_path, atomic_write_text
 from nin_keras.precision import precision_scope, resolve_precision
 from nin_keras.presets import describe_presets
-
-RUN_FILES = {
-    "config": "config.json",
-    "model": "model.keras",
-    "best": "best.keras",
-    "history": "history.csv",
-    "metrics": "metrics.json",
-    "labels": "labels.txt",
-    "plot": "history.png",
-    "per_class": "per_class.json",
-    "confusion": "confusion.png",
-    "logs": "logs",
-    "backup": "backup",
-    "split": "split.json",
-}
-
+from nin_keras.rundir import RUN_FILES, default_output_dir, read_finished_metrics  # noqa: F401  (public here too)
 
 def build_parser():
     """The ``nin_keras.fit`` command-line parser (every flag defaults to None)."""
@@ -65,82 +51,48 @@ def overrides_from_args(args):
 # ------------------------------------------------------------------ run folder
 
 
-def prepare_run_dir(cfg, resume=False, overwrite=False):
-    """Check the run directory; refuse one that holds a different run or files that are not a run.
+def prepare_run_dir(cfg, resume=False, overwrite=False, print_fn=print):
+    """Decide what to do with the run folder; refuse one that is not a nin_keras run or holds a different run.
 
-    Returns ("new" | "resume" | "done" | "replace", path). Rerunning the same
-    settings on an unfinished run resumes it; a finished one is reported as
-    done. "replace" (``--overwrite`` on a folder holding a nin_keras run)
-    deletes nothing yet: :func:`replace_old_run` moves the old run aside once
-    the new run's data and model are known good.
+    Call with the folder's :class:`~nin_keras.rundir.RunLock` held. Returns
+    ("new" | "resume" | "done" | "replace", path). Rerunning the same
+    settings on an unfinished run resumes it (rebuilding the network its
+    ``config.json`` records); a finished one is reported as done. "replace"
+    (``--overwrite`` on a nin_keras run) moves nothing yet: the old run is
+    set aside once the new run's data and model are known good.
     """
     run_dir = cfg.output_dir
-    config_path = os.path.join(run_dir, RUN_FILES["config"])
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ConfigError(f"--output-dir {run_dir}: exists and is not a directory")
-    holds_files = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
-    if overwrite and holds_files:
-        if not os.path.isfile(config_path):
-            # Never delete what we did not write: `--output-dir . --overwrite` must not empty the folder.
-            raise ConfigError(f"--overwrite refuses to replace {run_dir}: it holds files but no nin_keras run "
-                              f"(no {RUN_FILES['config']}); choose an empty or new --output-dir")
-        return "replace", _check_writable(run_dir)
-    state = "new"
-    if os.path.exists(config_path):
-        saved = read_json_object(config_path, "run config", "; use --overwrite to start afresh")
-        diff = config_lib.config_differences(saved, cfg.to_dict())
-        if diff and not resume:
-            raise ConfigError(
-                f"--output-dir {run_dir} holds a different run (settings differ: {', '.join(diff)}); "
-                "pass --resume to continue it with the new settings, --overwrite to replace it, or another --output-dir"
-            )
-        state = "done" if os.path.exists(os.path.join(run_dir, RUN_FILES["metrics"])) else "resume"
-    elif holds_files and not resume:
-        raise ConfigError(f"--output-dir {run_dir}: not empty and holds no nin_keras run; choose another folder or --overwrite")
-    return state, _check_writable(run_dir)
-
-
-def _check_writable(run_dir):
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"--output-dir {run_dir}: cannot write ({e.strerror or e})") from None
-    return run_dir
-
-
-def replace_old_run(run_dir):
-    """Move the run in ``run_dir`` aside (``<run_dir>.replaced-<time>``) and recreate ``run_dir`` empty.
-
-    Returns the aside path; the caller deletes it once the new run has
-    finished its first epoch, so a new run that fails early loses nothing.
-    """
-    aside = f"{run_dir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    try:
-        os.rename(run_dir, aside)
-        os.makedirs(run_dir)
-    except OSError as e:
-        raise ConfigError(f"--overwrite: cannot move the old run in {run_dir} aside ({e.strerror or e})") from None
-    return aside
-
-
-def default_output_dir(preset, root="runs"):
-    """A new, empty ``runs/<preset>-<time>`` folder, created exclusively (two runs started
-    in the same second get ``-2``, ``-3``...)."""
-    stem = os.path.join(root, f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    for n in range(1, 1000):
-        path = stem if n == 1 else f"{stem}-{n}"
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise ConfigError(f"cannot create the run folder {path} ({e.strerror or e}); pass --output-dir") from None
-    raise ConfigError(f"cannot find a free run folder name after {stem}; pass --output-dir")
+    rundir.recover_interrupted_replacement(run_dir, print_fn)
+    saved, version = rundir.read_run_config(run_dir)
+    if saved is None:
+        if rundir.folder_entries(run_dir):
+            # Never touch what we did not write: `--output-dir . --overwrite` must not empty the folder.
+            action = ("--overwrite refuses to replace" if overwrite else "--resume refuses to adopt" if resume
+                      else "--output-dir: not empty and no run to continue in")
+            raise rundir.not_a_run(run_dir, action)
+        return "new", rundir.check_writable(run_dir)
+    if overwrite:
+        return "replace", rundir.check_writable(run_dir)
+    finished = os.path.exists(os.path.join(run_dir, rundir.RUN_FILES["metrics"]))
+    if version == 0 and not finished:
+        raise ConfigError(f"--output-dir {run_dir} holds an unfinished run of an older nin_keras that did not record "
+                          "its network, so it cannot be resumed exactly; pass --overwrite to replace it or choose "
+                          "another --output-dir")
+    diff = config_lib.config_differences(saved, cfg)
+    if diff and not resume:
+        raise ConfigError(
+            f"--output-dir {run_dir} holds a different run (settings differ: {', '.join(diff)}); "
+            "pass --resume to continue it with the new settings, --overwrite to replace it, or another --output-dir"
+        )
+    if version and not finished:
+        if "model" in diff:
+            print_fn(f"--resume: the network is the one {run_dir} recorded (its weights are saved for it); "
+                     "model settings given now are not used")
+        # Whatever the preset table says today, the run continues with the network it trained.
+        cfg.model = saved["model"]
+    return ("done" if finished else "resume"), rundir.check_writable(run_dir)
 
 
 # -------------------------------------------------------------------- training
@@ -233,6 +185,9 @@ class Run:
     finished_metrics: dict = None
     splits: object = None
     model_kwargs: dict = None
+    lock: object = None
+    aside: str = None
+    stopper: object = None
 
     @property
     def path(self):
@@ -244,10 +199,11 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     """Run one training job described by a resolved :class:`FitConfig`.
 
     Stages: strategy, :func:`open_run` (the run folder's state, agreed by
-    every worker), :func:`load_run_data` (agreed too), then build, fit and
-    finish in :func:`fit_run`. Returns the metrics dict (also written to
-    ``metrics.json``). Raises :class:`NinError` subclasses for user-facing
-    problems; under multi-worker training every worker raises the same one.
+    every worker; the chief locks the folder), :func:`load_run_data` (agreed
+    too), then build, fit and finish in :func:`fit_run`. Returns the metrics
+    dict (also written to ``metrics.json``). Raises :class:`NinError`
+    subclasses for user-facing problems; under multi-worker training every
+    worker raises the same one.
     """
     started = time.monotonic()
     from nin_keras import distribute
@@ -257,16 +213,32 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     # Resolved before the run-dir check so config.json records what ran and a
     # rerun of the same command matches it.
     cfg.precision = resolve_precision(cfg.precision)
+    # A folder this run makes (or the default one, made fresh) goes again if nothing gets written into it.
+    created = cfg.output_dir is None or not os.path.exists(cfg.output_dir)
     run = open_run(cfg, strategy, resume, overwrite, print_fn, started)
-    if run.state == "done":
-        return run.finished_metrics
     try:
+        if run.state == "done":
+            return run.finished_metrics
         load_run_data(run)
         with precision_scope(cfg.precision):
             return fit_run(run)
     finally:
-        if not run.chief:
+        if not run.chief and run.run_dir != run.final_dir:
+            # A worker's private folder (never the shared run folder a finished run leaves it pointing at).
             shutil.rmtree(run.run_dir, ignore_errors=True)
+        _close_run_dir(run, created)
+
+
+def _close_run_dir(run, created):
+    """Release the folder's lock; a folder this run created and never wrote into goes again."""
+    if run.lock is None:
+        return
+    untouched = rundir.folder_entries(run.final_dir) == []
+    run.lock.release(remove=untouched)
+    if created and untouched:
+        # Refused before anything was written (bad data, say): leave no empty run folder behind.
+        with contextlib.suppress(OSError):
+            os.rmdir(run.final_dir)
 
 
 def _check_strategy_settings(cfg, strategy):
@@ -285,19 +257,6 @@ def _check_strategy_settings(cfg, strategy):
                           f"Received: time_budget={cfg.time_budget}")
 
 
-def read_finished_metrics(run_dir):
-    """The metrics of a finished run, or a one-line error if they cannot be read."""
-    metrics_path = os.path.join(run_dir, RUN_FILES["metrics"])
-    try:
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-        float(metrics["test_accuracy"])
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"{metrics_path}: unreadable metrics of a finished run ({type(e).__name__}: {e}); "
-                          "pass --overwrite to train it again") from None
-    return metrics
-
-
 def open_run(cfg, strategy, resume, overwrite, print_fn=print, started=0.0):
     """Decide the run folder's state on the chief and share it with every worker.
 
@@ -310,23 +269,33 @@ def open_run(cfg, strategy, resume, overwrite, print_fn=print, started=0.0):
 
     chief = distribute.is_chief(strategy)
 
+    lock = None
+
     def decide():
+        nonlocal lock
         _check_strategy_settings(cfg, strategy)
         if not chief:
             return None
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir(cfg.preset)
-        state, run_dir = prepare_run_dir(cfg, resume, overwrite)
-        metrics = read_finished_metrics(run_dir) if state == "done" else None
-        return {"state": state, "run_dir": run_dir, "metrics": metrics}
+        # Before anything is read or written: a second process on this folder stops here.
+        lock = rundir.RunLock(cfg.output_dir).acquire()
+        try:
+            state, run_dir = prepare_run_dir(cfg, resume, overwrite, print_fn)
+            metrics = read_finished_metrics(run_dir) if state == "done" else None
+        except BaseException:
+            lock.release(remove=True)
+            raise
+        return {"state": state, "run_dir": run_dir, "metrics": metrics, "model": cfg.model}
 
     decision, shared = distribute.agree(strategy, decide, share=lambda d: d)
     if not chief:
         decision = shared[0]
-        # The chief may have chosen the default folder: every worker names the same one.
-        cfg.output_dir = decision["run_dir"]
+        # The chief may have chosen the default folder, and a resumed run's recorded network:
+        # every worker names the same folder and builds the same model.
+        cfg.output_dir, cfg.model = decision["run_dir"], decision["model"]
     run = Run(cfg, strategy, chief, decision["state"], decision["run_dir"], decision["run_dir"], print_fn, started,
-              finished_metrics=decision["metrics"])
+              finished_metrics=decision["metrics"], lock=lock)
     if run.state == "done":
         print_fn(f"{run.final_dir} already holds this finished run (test acc "
                  f"{run.finished_metrics['test_accuracy']:.3f}); pass --overwrite to train it again.")
@@ -376,155 +345,233 @@ def _copy_chief_backup(run):
 
 
 def fit_run(run):
-    """Build and compile the model under the strategy, ``model.fit`` it, then evaluate and save."""
+    """Build and compile the model under the strategy, ``model.fit`` it, then evaluate and save.
+
+    Stages: :func:`make_datasets`, :func:`build_model`, :func:`start_writing`
+    (where a replaced run is set aside and the recipe recorded),
+    :func:`train_and_finish`. A replaced run comes back if the new one fails
+    in any way before its metrics are written.
+    """
     import keras
 
-    from nin_keras import distribute
-    from nin_keras.callbacks import (AtomicModelCheckpoint, HistoryCSV, Interrupted, StopOnSignal, TimeBudget,
-                                     TrainThroughput)
-    from nin_keras.data import make_dataset, make_train_dataset
-    from nin_keras.model import build_nin
+    keras.utils.set_random_seed(run.cfg.seed)
+    datasets = make_datasets(run)
+    schedule = make_adjustable_schedule(run.cfg, datasets.steps_per_epoch) if run.cfg.time_budget else None
+    model = build_model(run, datasets.steps_per_epoch, schedule)
+    start_writing(run, model)
+    try:
+        metrics, per_class = train_and_finish(run, model, datasets, schedule)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}{_after_failure(run)}") from None
+    except BaseException:
+        restored = _after_failure(run)
+        if restored:
+            run.print_fn(restored.lstrip("; "))
+        raise
+    if run.aside:
+        rundir.discard(run.aside)
+    _print_summary(run, metrics, per_class)
+    return metrics
 
-    cfg, strategy, splits, path, print_fn = run.cfg, run.strategy, run.splits, run.path, run.print_fn
-    state, chief, run_dir, final_dir = run.state, run.chief, run.run_dir, run.final_dir
-    keras.utils.set_random_seed(cfg.seed)
 
+def _after_failure(run):
+    """Undo a replacement after a failed run; returns what to tell the user ('' if nothing was replaced)."""
+    if not (run.chief and run.aside):
+        return ""
+    rundir.restore(run.final_dir, run.aside)
+    return f"; the previous run in {run.final_dir} is restored"
+
+
+@dataclasses.dataclass
+class Datasets:
+    """The tf.data pipelines of a run and the number of training steps per epoch."""
+
+    train: object
+    val: object
+    test: object
+    steps_per_epoch: int
+
+
+def make_datasets(run):
+    """The run's training (shuffled, augmented), validation and test pipelines."""
     import tensorflow as tf
 
-    shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(strategy) else None
+    from nin_keras import distribute
+    from nin_keras.data import make_dataset, make_train_dataset
+
+    cfg, splits = run.cfg, run.splits
+    shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(run.strategy) else None
     one_hot = one_hot_classes(cfg, len(splits.class_names))
     train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
                                                    augment=cfg.augment, augment_shift=cfg.augment_shift,
                                                    one_hot_classes=one_hot)
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
     test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
+    return Datasets(train_ds, val_ds, test_ds, steps_per_epoch)
 
-    schedule = make_adjustable_schedule(cfg, steps_per_epoch) if cfg.time_budget else None
-    with strategy.scope():
+
+def build_model(run, steps_per_epoch, schedule=None):
+    """The run's network, built and compiled inside the strategy's scope."""
+    from nin_keras.model import build_nin
+
+    with run.strategy.scope():
         model = build_nin(**run.model_kwargs)
-        compile_model(model, cfg, steps_per_epoch, schedule)
-    aside = None
-    if chief:
-        if state == "replace":
-            # Only now that data and model are good; deleted after the new run's first epoch.
-            aside = replace_old_run(run_dir)
-            print_fn(f"--overwrite: the previous run is kept in {aside} until this run's first epoch is saved")
-        # Written only once the data and model are known good, so a typo in a
-        # flag does not leave a "different run" behind in the folder.
+        compile_model(model, run.cfg, steps_per_epoch, schedule)
+    return model
+
+
+def start_writing(run, model):
+    """On the chief, once data and model are known good: set a replaced run aside, write split.json and
+    config.json (the whole recipe), and say what runs."""
+    from nin_keras import distribute
+
+    cfg, splits, path = run.cfg, run.splits, run.path
+    if run.chief:
+        if run.state == "replace":
+            run.aside = rundir.set_aside(run.run_dir)
+            run.print_fn(f"--overwrite: the previous run is set aside in {run.aside} and comes back if this run "
+                         "fails; it is deleted once this run has finished")
+        # Written only now, so a typo in a flag does not leave a "different run" behind in the folder.
         if splits.split_record is not None and not os.path.exists(path["split"]):
             from nin_keras.images import write_split
 
             write_split(path["split"], splits.split_record)
-        config_lib.save_config(cfg, path["config"])
+        config_lib.save_config(cfg, path["config"], run.model_kwargs)
+    run.print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, {cfg.precision}, "
+                 f"{run.strategy.num_replicas_in_sync} replica(s) ({distribute.describe(run.strategy)}), "
+                 f"global batch {cfg.batch_size}")
+    run.print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, "
+                 f"{len(splits.x_test)} test")
+    if run.state == "resume":
+        run.print_fn(f"resuming the run in {run.final_dir}")
 
-    print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, {cfg.precision}, "
-             f"{strategy.num_replicas_in_sync} replica(s) ({distribute.describe(strategy)}), global batch {cfg.batch_size}")
-    print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, {len(splits.x_test)} test")
-    if state == "resume":
-        print_fn(f"resuming the run in {final_dir}")
 
-    throughput = TrainThroughput()
-    history_csv = HistoryCSV(path["history"])
-    stopper = StopOnSignal()
+def make_callbacks(run, steps_per_epoch, schedule=None):
+    """The run's callbacks: history, backup, best model, TensorBoard, NaN stop, throughput, signals, budget."""
+    import keras
+
+    from nin_keras.callbacks import (AtomicModelCheckpoint, FiniteBackupAndRestore, HistoryCSV, StopOnSignal,
+                                     TimeBudget, TrainThroughput)
+
+    path = run.path
+    run.stopper = StopOnSignal()
     callbacks = [
         # History first: an epoch's row is written before its backup (see HistoryCSV).
-        history_csv,
-        precise_bn.before_validation(splits.x_train, splits.y_train, cfg.batch_size, strategy.num_replicas_in_sync,
-                                     cfg.seed),
+        HistoryCSV(path["history"]),
+        precise_bn.before_validation(run.splits.x_train, run.splits.y_train, run.cfg.batch_size,
+                                     run.strategy.num_replicas_in_sync, run.cfg.seed),
         # The backup outlives fit(): it is deleted only once metrics.json is
         # written, so a kill during the test evaluation or the saving reruns
-        # into a finished training instead of epoch 1.
-        keras.callbacks.BackupAndRestore(path["backup"], double_checkpoint=True, delete_checkpoint=False),
+        # into a finished training instead of epoch 1. It never keeps NaN weights.
+        FiniteBackupAndRestore(path["backup"], double_checkpoint=True, delete_checkpoint=False),
         AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.TensorBoard(path["logs"]),
         keras.callbacks.TerminateOnNaN(),
-        throughput,
-        stopper,
+        TrainThroughput(),
+        run.stopper,
     ]
-    if aside:
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: shutil.rmtree(aside, ignore_errors=True)))
-    if cfg.time_budget:
+    if run.cfg.time_budget:
         # The schedule first: TimeBudget shortens it once epoch 1 is timed.
         if schedule is not None:
             callbacks.append(schedule)
-        callbacks.append(TimeBudget(cfg.time_budget, run.started, steps_per_epoch, cfg.epochs, schedule, print_fn=print_fn))
+        callbacks.append(TimeBudget(run.cfg.time_budget, run.started, steps_per_epoch, run.cfg.epochs, schedule,
+                                    print_fn=run.print_fn))
+    return callbacks
+
+
+def train_and_finish(run, model, datasets, schedule=None):
+    """``model.fit`` with the run's callbacks, then :func:`_finish`; returns (metrics, per-class report).
+
+    Signals become exit code 128 + signal (the last finished epoch stays
+    saved); a lost worker of a multi-worker cluster is a one-line ClusterError.
+    """
+    import tensorflow as tf
+
+    from nin_keras import distribute
+    from nin_keras.callbacks import HistoryCSV, Interrupted, TrainThroughput
+
+    cfg = run.cfg
+    callbacks = make_callbacks(run, datasets.steps_per_epoch, schedule)
+    history = next(c for c in callbacks if isinstance(c, HistoryCSV))
+    throughput = next(c for c in callbacks if isinstance(c, TrainThroughput))
     try:
         # shuffle=False: the tf.data pipeline already shuffles (seeded).
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
-        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)
-        metrics, per_class = _finish(cfg, model, strategy, splits, test_ds, history_csv.rows, throughput,
-                                     steps_per_epoch, path, chief, stopper)
+        model.fit(datasets.train, epochs=cfg.epochs, validation_data=datasets.val, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+        return _finish(run, model, datasets, history.rows, throughput)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
-        if not distribute.is_multi_worker(strategy):
+        if not distribute.is_multi_worker(run.strategy):
             raise
         # A worker was killed or lost: the collectives were aborted. Every
         # worker's restart resumes from the chief's last saved epoch.
         raise ClusterError(f"{distribute.cluster_failure(e)} from the last finished epoch "
-                           f"(saved in {os.path.join(final_dir, RUN_FILES['backup'])})") from None
+                           f"(saved in {os.path.join(run.final_dir, RUN_FILES['backup'])})") from None
     except Interrupted as e:
-        code = 128 + e.signum
-        print_fn(f"\ninterrupted by {e}: the last finished epoch is saved in {path['backup']}; "
-                 f"resume with: python -m nin_keras.fit --output-dir {final_dir} (same settings)")
-        raise SystemExit(code) from None
+        restored = _after_failure(run)
+        where = (f"the new run is abandoned{restored}" if restored else
+                 f"the last finished epoch is saved in {run.path['backup']}; resume with: "
+                 f"python -m nin_keras.fit --output-dir {run.final_dir} (same settings)")
+        run.aside = None
+        run.print_fn(f"\ninterrupted by {e}: {where}")
+        raise SystemExit(128 + e.signum) from None
     finally:
-        stopper.restore()
-    if chief:
-        shutil.rmtree(path["backup"], ignore_errors=True)
-    eps = metrics["examples_per_sec"]
-    speed = f"{eps:.1f} examples/sec" if eps else "examples/sec n/a"
-    # One line like the seeds': loss, train acc, test acc, throughput.
-    print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
-             f"test acc {metrics['test_accuracy']:.3f}, {speed} on {strategy.num_replicas_in_sync} replica(s)")
-    if chief:
-        if per_class is not None:
-            from nin_keras.per_class import summary_line
-
-            print_fn(summary_line(per_class))
-        print_fn(f"run saved in {final_dir}")
-    return metrics
+        run.stopper.restore()
 
 
-def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_per_epoch, path, chief, stopper):
-    """After fit: divergence check, test evaluation, per-class results, model/labels/plot/metrics files.
-
-    Returns (metrics, per-class report or None).
-
-    Signals still stop the run here (``stopper.check``), between whole files,
-    and the training backup still exists, so a rerun finishes these steps
-    without training again.
-    """
-    from nin_keras import distribute
+def _divergence(run, history):
+    """The one-line TrainingDiverged for a history whose loss became NaN/inf, or None."""
     from nin_keras.callbacks import first_non_finite
-    from nin_keras.plotting import plot_history
 
     bad_epoch = first_non_finite(history)
-    if bad_epoch is not None:
-        kept = f"; the best model so far is kept in {path['best']}" if os.path.exists(path["best"]) else ""
-        raise TrainingDiverged(
-            f"training diverged: the loss became NaN/inf in epoch {bad_epoch} "
-            f"(learning rate {cfg.learning_rate} may be too high){kept}"
-        )
+    if bad_epoch is None:
+        return None
+    cfg, path = run.cfg, run.path
+    message = (f"training diverged: the loss became NaN/inf in epoch {bad_epoch} "
+               f"(learning rate {cfg.learning_rate} may be too high)")
+    if not run.aside:
+        kept = f"the best model so far is kept in {path['best']}; " if os.path.exists(path["best"]) else ""
+        saved = (f"epochs 1-{bad_epoch - 1} are saved; " if bad_epoch > 1 else "")
+        message += (f"; {kept}{saved}continue with a lower learning rate: python -m nin_keras.fit "
+                    f"--output-dir {run.final_dir} --resume --learning-rate {cfg.learning_rate / 10:g}")
+    return TrainingDiverged(message)
 
+
+def evaluate_test(run, model, test_ds):
+    """Test loss, accuracy and (single machine) the per-class report, in one pass."""
+    from nin_keras import distribute
+
+    if distribute.is_multi_worker(run.strategy):
+        # Sharded across workers: only evaluate() combines their results.
+        test_loss, test_acc = model.evaluate(test_ds, verbose=0, callbacks=[run.stopper])
+        return float(test_loss), float(test_acc), None
+    import keras
+
+    from nin_keras.per_class import per_class_report
+
+    splits = run.splits
+    probs = model.predict(test_ds, verbose=0, callbacks=[run.stopper])
+    test_loss = float(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+        splits.y_test, probs)).mean())
+    per_class = per_class_report(splits.y_test, probs.argmax(axis=1), splits.class_names)
+    return test_loss, float(per_class["accuracy"]), per_class
+
+
+def _finish(run, model, datasets, history, throughput):
+    """After fit: divergence check, test evaluation, per-class results, model/labels/plot/metrics files.
+
+    Returns (metrics, per-class report or None). Signals still stop the run
+    here (``stopper.check``), between whole files, and the training backup
+    still exists, so a rerun finishes these steps without training again.
+    """
+    cfg, strategy, splits, path, stopper = run.cfg, run.strategy, run.splits, run.path, run.stopper
+    diverged = _divergence(run, history)
+    if diverged is not None:
+        raise diverged
     with strategy.scope():  # BatchNorm's moving statistics from training images, before anything is evaluated or saved
         precise = precise_bn.recalibrate_on_training_images(model, splits.x_train, splits.y_train, cfg.batch_size,
                                                             strategy.num_replicas_in_sync, cfg.seed)
-    per_class = None
-    if distribute.is_multi_worker(strategy):
-        # Sharded across workers: only evaluate() combines their results.
-        test_loss, test_acc = model.evaluate(test_ds, verbose=0, callbacks=[stopper])
-    else:
-        # One pass gives the loss, the accuracy and the per-class results.
-        import keras
-
-        from nin_keras.per_class import per_class_report
-
-        probs = model.predict(test_ds, verbose=0, callbacks=[stopper])
-        test_loss = float(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
-            splits.y_test, probs)).mean())
-        per_class = per_class_report(splits.y_test, probs.argmax(axis=1), splits.class_names)
-        test_acc = per_class["accuracy"]
+    test_loss, test_acc, per_class = evaluate_test(run, model, datasets.test)
     last = history[-1] if history else {}
     metrics = {
         "preset": cfg.preset,
@@ -533,12 +580,12 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
         "train_loss": last.get("loss"),
         "train_accuracy": last.get("accuracy"),
         "val_accuracy": last.get("val_accuracy"),
-        "test_loss": float(test_loss),
-        "test_accuracy": float(test_acc),
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
         "test_examples": int(len(splits.x_test)),
         # Full batches only: the pipeline drops the last partial one. None
         # when this process trained no epoch (a rerun that only finished up).
-        "examples_per_sec": (steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
+        "examples_per_sec": (datasets.steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
         if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
         "precise_bn": precise,
@@ -547,20 +594,42 @@ def _finish(cfg, model, strategy, splits, test_ds, history, throughput, steps_pe
     # Every worker must take part in saving (collectives); only the chief's files are kept.
     with atomic_path(path["model"]) as tmp:
         model.save(tmp)
-    if chief:
-        stopper.check()
-        atomic_write_text(path["labels"], "\n".join(splits.class_names) + "\n")
-        if per_class is not None:
-            from nin_keras.per_class import plot_confusion
-
-            atomic_write_text(path["per_class"], json.dumps(per_class, indent=2) + "\n")
-            plot_confusion(per_class, path["confusion"], title=f"NiN ({cfg.preset}) on the test set")
-        plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")
-        stopper.check()
-        # Last: its presence marks the run finished.
-        atomic_write_text(path["metrics"], json.dumps(metrics, indent=2) + "\n")
+    if run.chief:
+        _write_results(run, history, metrics, per_class)
     return metrics, per_class
 
+
+def _write_results(run, history, metrics, per_class):
+    """The chief's result files; ``metrics.json`` last, since its presence marks the run finished."""
+    from nin_keras.plotting import plot_history
+
+    cfg, path, stopper = run.cfg, run.path, run.stopper
+    stopper.check()
+    atomic_write_text(path["labels"], "\n".join(run.splits.class_names) + "\n")
+    if per_class is not None:
+        from nin_keras.per_class import plot_confusion
+
+        atomic_write_text(path["per_class"], json.dumps(per_class, indent=2) + "\n")
+        plot_confusion(per_class, path["confusion"], title=f"NiN ({cfg.preset}) on the test set")
+    plot_history(history, path["plot"], test_accuracy=metrics["test_accuracy"], title=f"NiN ({cfg.preset})")
+    stopper.check()
+    atomic_write_text(path["metrics"], json.dumps(metrics, indent=2) + "\n")
+    # The backup is kept until now so a crash above reruns into a finished training.
+    shutil.rmtree(path["backup"], ignore_errors=True)
+
+
+def _print_summary(run, metrics, per_class):
+    """The seeds' one-line summary (loss, train acc, test acc, throughput), then where the run is."""
+    eps = metrics["examples_per_sec"]
+    speed = f"{eps:.1f} examples/sec" if eps else "examples/sec n/a"
+    run.print_fn(f"loss {metrics['train_loss']:.3f}, train acc {metrics['train_accuracy']:.3f}, "
+                 f"test acc {metrics['test_accuracy']:.3f}, {speed} on {run.strategy.num_replicas_in_sync} replica(s)")
+    if run.chief:
+        if per_class is not None:
+            from nin_keras.per_class import summary_line
+
+            run.print_fn(summary_line(per_class))
+        run.print_fn(f"run saved in {run.final_dir}")
 
 def main(argv=None):
     """CLI entry point; returns the process exit code."""

@@ -258,27 +258,90 @@ def split_record(directory, class_names, splits):
 
 
 def write_split(path, record):
-    """Write a :func:`split_record` as the run's split file (atomically)."""
+    """Write a :func:`split_record` as the run's split file (atomically).
+
+    ``image_dir`` is stored relative to the split file's folder: run folders
+    are shared, and an absolute path carries the user's name and layout.
+    """
     from nin_keras.io import atomic_write_text
 
+    record = dict(record)
+    try:
+        record["image_dir"] = os.path.relpath(record["image_dir"], os.path.dirname(os.path.abspath(path)))
+    except ValueError:  # another drive (Windows): the folder's name is all that is kept
+        record["image_dir"] = os.path.basename(record["image_dir"])
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
 
-def read_split(path, directory):
-    """Read a split file; every listed file must still be in ``directory``. Returns (class_names, splits)."""
+def _split_classes(path, doc):
+    """The split file's class names: a list of at least two distinct strings."""
+    classes = doc.get("classes")
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise DataError(f"{path}: field 'classes' must list at least two distinct class names; move the file "
+                        f"away to split again. Received: {str(classes)[:200]}")
+    return classes
+
+
+def _split_entry(path, field, entry, root, num_classes):
+    """One ``[relative path, label]`` of a split file, checked as untrusted input; returns (path, label).
+
+    The path must name an image file inside ``root`` (the real path of the
+    image folder): no ``..``, no symlink leading out, and an absolute path
+    only when it lies inside (split files from older versions). A run folder
+    someone sends you must not make nin_keras read other files you can read.
+    """
+    def bad(problem):
+        return DataError(f"{path}: {field}: {problem}; move the file away to split again. "
+                         f"Received: {str(entry)[:200]}")
+
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+        raise bad("expected [relative path, label]")
+    rel, label = entry
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+        raise bad(f"label must be an integer 0..{num_classes - 1} ({num_classes} classes)")
+    if not rel or "\0" in rel:
+        raise bad("empty or invalid path")
+    if os.path.isabs(rel):
+        if os.path.commonpath([root, os.path.realpath(rel)]) != root:
+            raise bad("absolute path outside the image folder")
+        rel = os.path.relpath(os.path.realpath(rel), root)
+    elif ".." in rel.replace("\\", "/").split("/"):
+        raise bad("path leaves the image folder ('..')")
+    if os.path.commonpath([root, os.path.realpath(os.path.join(root, rel))]) != root:
+        raise bad("path leads out of the image folder through a symbolic link")
+    if not rel.lower().endswith(IMAGE_EXTENSIONS):
+        raise bad(f"not an image file name (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    return rel, label
+
+
+def read_split(path, directory, skip_bad=False, print_fn=print, max_pixels=None):
+    """Read a split file as untrusted input; returns (class_names, splits).
+
+    Every entry is checked (:func:`_split_entry`), every listed file must
+    still be in ``directory``, and the files are header-scanned like a
+    fresh folder's (:func:`scan`); problems are one line naming the file and
+    the field.
+    """
     from nin_keras.io import read_json_object
 
-    doc = read_json_object(path, "split file")
-    try:
-        class_names = [str(c) for c in doc["classes"]]
-        splits = {name: ([str(p) for p, _ in doc[name]], [int(y) for _, y in doc[name]]) for name in SPLIT_NAMES}
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{path}: malformed split file ({type(e).__name__}: {e}); move it away to split again") from None
+    doc = read_json_object(path, "split file", "; move it away to split again")
+    class_names = _split_classes(path, doc)
+    root = os.path.realpath(directory)
+    splits = {}
     for name in SPLIT_NAMES:
-        for rel in splits[name][0]:
+        if not isinstance(doc.get(name), list):
+            raise DataError(f"{path}: field {name!r} must be a list of [relative path, label]; move the file "
+                            f"away to split again. Received: {str(doc.get(name))[:200]}")
+        pairs = [_split_entry(path, f"{name}[{i}]", entry, root, len(class_names))
+                 for i, entry in enumerate(doc[name])]
+        for rel, _ in pairs:
             if not os.path.isfile(os.path.join(directory, rel)):
                 raise DataError(f"{path}: lists {rel} ({name}), which is no longer in {directory}; restore it, "
                                 "or start a new run to split again")
+        splits[name] = scan(directory, [p for p, _ in pairs], [y for _, y in pairs], skip_bad, print_fn, max_pixels)
+        if not splits[name][0]:
+            raise DataError(f"{path}: the {name} split lists no usable image; move the file away to split again")
     return class_names, splits
 
 
@@ -300,7 +363,7 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
     if split_file and os.path.isfile(split_file):
         if not os.path.isdir(directory):
             raise DataError(f"--image-dir {directory}: no such directory")
-        class_names, splits = read_split(split_file, directory)
+        class_names, splits = read_split(split_file, directory, skip_bad, print_fn, max_pixels)
     else:
         class_names, splits, files = list_folder(directory)
         if splits is None:
@@ -333,6 +396,10 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
 
 class BadImage(Exception):
     """A file the pipeline cannot read; the message is the one-line reason (without the path)."""
+
+
+class ImageTooLarge(BadImage):
+    """An image over the pixel cap, or a decompression bomb (Pillow's own limit)."""
 
 
 @functools.cache
@@ -413,7 +480,7 @@ def open_image(path, max_pixels=None):
         img = Image.open(path, formats=_formats())
     except Image.DecompressionBombError as e:
         claimed = re.search(r"\((\d+) pixels\)", str(e))
-        raise BadImage(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
+        raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
     except UnidentifiedImageError:
         raise BadImage(_unidentified(path)) from None
     except (OSError, SyntaxError, ValueError, struct.error) as e:
@@ -421,7 +488,7 @@ def open_image(path, max_pixels=None):
     width, height = img.size
     if width * height > max_pixels:
         img.close()
-        raise BadImage(_too_large(width * height, max_pixels))
+        raise ImageTooLarge(_too_large(width * height, max_pixels))
     return img
 
 
@@ -465,6 +532,10 @@ def check_image(path, max_pixels=None):
             raise BadImage(f"corrupt or unreadable image ({e})") from None
     if kind in ("JPEG", "MPO") and not _jpeg_complete(path):
         raise BadImage("corrupt or unreadable image (JPEG cut short: no end marker)")
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        # The content decides how a file is read, but split.json (read as untrusted input) only lists
+        # image file names: a run must not write a split its own resume would refuse.
+        raise BadImage(f"a {kind} image without an image file name extension (rename it, e.g. to .jpg or .png)")
 
 
 def _rgb(img):

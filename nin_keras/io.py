@@ -31,6 +31,8 @@ def atomic_path(path, suffix=None):
         raise NinError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         yield tmp
+        # mkstemp makes 0600 files: give the file what the user's umask gives any new file (0644 under 022).
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
@@ -38,6 +40,21 @@ def atomic_path(path, suffix=None):
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def file_mode():
+    """The mode a new file gets under the process's umask (0o666 & ~umask): what every file nin_keras writes gets."""
+    umask = None
+    try:
+        # Linux >= 4.7 reports it without changing it (os.umask would, briefly, for every thread).
+        with open("/proc/self/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), None)
+    except (OSError, ValueError):
+        pass
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _remove_quietly(path):
@@ -52,12 +69,14 @@ def read_json_object(path, what, hint=""):
     from nin_keras.errors import ConfigError
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:  # JSON is UTF-8 (RFC 8259), whatever the locale says
             data = json.load(f)
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, found {type(data).__name__}")
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"{path}: unreadable {what} ({e}){hint}") from None
+    except RecursionError:  # a file of deeply nested lists, not a traceback
+        raise ConfigError(f"{path}: unreadable {what} (JSON nested too deeply){hint}") from None
     return data
 
 

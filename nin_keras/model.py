@@ -68,6 +68,7 @@ def mlpconv_block(
     x,
     filters,
     kernel_size,
+    *,
     strides=1,
     padding="same",
     mlp_filters=(None, None),
@@ -160,6 +161,7 @@ class MirrorAverage(layers.Layer):
 def build_nin(
     blocks,
     head_block=None,
+    *,
     num_classes=10,
     input_shape=(28, 28, 1),
     image_size=None,
@@ -219,7 +221,8 @@ def build_nin(
             (linear class scores, which trains faster without BatchNorm).
         classifier_activation: "softmax" (probabilities) or None (logits).
         data_format: layout of the convolutions, "channels_last" (NHWC) or
-            "channels_first" (NCHW); None takes ``keras.config.image_data_format()``.
+            "channels_first" (NCHW); None means "channels_last", whatever
+            ``keras.json`` says (the layout is part of the recipe).
             The input is always (H, W, C) raw pixels; for channels_first the
             model transposes it after rescaling. (NHWC is the default because
             it measured 2.4-3x faster on CPU; see README.)
@@ -234,7 +237,41 @@ def build_nin(
     Returns:
         A ``keras.Model``.
     """
-    require(isinstance(blocks, (list, tuple)) and len(blocks) >= 1, "`blocks` must be a non-empty list of block specs.", blocks)
+    _check_arguments(blocks, num_classes, input_shape, image_size, mlp_layers, mlp_kernel_size=mlp_kernel_size,
+                     width_multiplier=width_multiplier, dropout=dropout, batch_norm_momentum=batch_norm_momentum,
+                     head=head, head_activation=head_activation, classifier_activation=classifier_activation,
+                     data_format=data_format, test_time_flip=test_time_flip)
+    # Not keras.config.image_data_format(): a user's ~/.keras/keras.json must not change the network a
+    # preset or a recorded run builds (TensorFlow's CPU Conv2D refuses NCHW on AVX2-only machines).
+    data_format = data_format or "channels_last"
+    specs = [_validate_block(spec, i + 1, mlp_layers) for i, spec in enumerate(blocks)]
+    head_spec = _validate_block(head_block or {"filters": None, "kernel_size": 3}, 0, mlp_layers, is_head=True)
+    if dropout is not None:
+        specs[-1]["dropout"] = dropout
+    conv = {"mlp_kernel_size": mlp_kernel_size, "data_format": data_format, "batch_norm_momentum": batch_norm_momentum}
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = _stem(inputs, input_shape, image_size, data_format, test_time_flip)
+    for i, spec in enumerate(specs, start=1):
+        spec = {**spec, "filters": _scaled(spec["filters"], width_multiplier),
+                "mlp_filters": [_scaled(w, width_multiplier) for w in spec["mlp_filters"]]}
+        x = _feature_block(x, spec, f"block{i}", batch_norm, conv)
+    if head == "gap":
+        x = _gap_head(x, head_spec, num_classes, batch_norm=batch_norm, head_activation=head_activation, conv=conv)
+    else:
+        x = _dense_head(x, dense_units, num_classes)
+    if test_time_flip:
+        x = MirrorAverage(name="tta_average")(x)
+    if classifier_activation == "softmax":
+        # float32 output even under mixed precision, for a stable loss.
+        x = layers.Activation("softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _check_arguments(blocks, num_classes, input_shape, image_size, mlp_layers, **kw):
+    """build_nin's argument checks, each a one-line ConfigError that repeats the bad value."""
+    require(isinstance(blocks, (list, tuple)) and len(blocks) >= 1, "`blocks` must be a non-empty list of block specs.",
+            blocks)
     require(_positive_int(num_classes) and num_classes >= 2, "`num_classes` must be an int >= 2.", num_classes)
     require(
         isinstance(input_shape, (list, tuple)) and len(input_shape) == 3 and all(_positive_int(d) for d in input_shape),
@@ -248,91 +285,79 @@ def build_nin(
             image_size,
         )
     require(mlp_layers in (1, 2, 3), "`mlp_layers` must be 1, 2 or 3.", mlp_layers)
-    require(_positive_int(mlp_kernel_size), "`mlp_kernel_size` must be a positive int.", mlp_kernel_size)
-    require(
-        isinstance(width_multiplier, (int, float)) and width_multiplier > 0,
-        "`width_multiplier` must be > 0.",
-        width_multiplier,
-    )
+    require(_positive_int(kw["mlp_kernel_size"]), "`mlp_kernel_size` must be a positive int.", kw["mlp_kernel_size"])
+    require(isinstance(kw["width_multiplier"], (int, float)) and kw["width_multiplier"] > 0,
+            "`width_multiplier` must be > 0.", kw["width_multiplier"])
+    dropout = kw["dropout"]
     if dropout is not None:
         require(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "`dropout` must be in [0, 1).", dropout)
-    require(isinstance(batch_norm_momentum, float) and 0 < batch_norm_momentum < 1,
-            "`batch_norm_momentum` must be a float in (0, 1).", batch_norm_momentum)
-    require(head in HEADS, f"`head` must be one of {HEADS}.", head)
-    require(head_activation in ("relu", None), "`head_activation` must be 'relu' or None.", head_activation)
-    require(classifier_activation in ("softmax", None), "`classifier_activation` must be 'softmax' or None.", classifier_activation)
-    data_format = data_format or keras.config.image_data_format()
+    momentum = kw["batch_norm_momentum"]
+    require(isinstance(momentum, float) and 0 < momentum < 1, "`batch_norm_momentum` must be a float in (0, 1).",
+            momentum)
+    require(kw["head"] in HEADS, f"`head` must be one of {HEADS}.", kw["head"])
+    require(kw["head_activation"] in ("relu", None), "`head_activation` must be 'relu' or None.", kw["head_activation"])
+    require(kw["classifier_activation"] in ("softmax", None), "`classifier_activation` must be 'softmax' or None.",
+            kw["classifier_activation"])
+    data_format = kw["data_format"] or "channels_last"
     require(data_format in DATA_FORMATS, f"`data_format` must be one of {DATA_FORMATS}.", data_format)
-    require(isinstance(test_time_flip, bool), "`test_time_flip` must be True or False.", test_time_flip)
+    require(isinstance(kw["test_time_flip"], bool), "`test_time_flip` must be True or False.", kw["test_time_flip"])
 
-    specs = [_validate_block(spec, i + 1, mlp_layers) for i, spec in enumerate(blocks)]
-    head_spec = _validate_block(head_block or {"filters": None, "kernel_size": 3}, 0, mlp_layers, is_head=True)
-    if dropout is not None:
-        specs[-1]["dropout"] = dropout
 
-    def scaled(width):
-        return max(1, int(round(width * width_multiplier)))
+def _scaled(width, multiplier):
+    return max(1, int(round(width * multiplier)))
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
+
+def _stem(inputs, input_shape, image_size, data_format, test_time_flip):
+    """Rescale raw pixels, add the mirrors (test_time_flip), resize, and transpose for NCHW."""
     # Pixels arrive as raw [0, 255] values; scaling inside the graph means a
     # phone app (and the int8 TFLite model) can feed camera bytes directly.
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if test_time_flip:
         x = MirrorBatch(name="tta_mirror")(x)
     if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
-        x = layers.Resizing(image_size[0], image_size[1], name="resize")(x)
+        # The input is NHWC whatever keras.json says.
+        x = layers.Resizing(image_size[0], image_size[1], data_format="channels_last", name="resize")(x)
     if data_format == "channels_first":
         x = layers.Permute((3, 1, 2), name="to_channels_first")(x)
+    return x
 
-    for i, spec in enumerate(specs, start=1):
-        x = mlpconv_block(
-            x,
-            scaled(spec["filters"]),
-            spec["kernel_size"],
-            strides=spec["strides"],
-            padding=spec["padding"],
-            mlp_filters=[scaled(w) for w in spec["mlp_filters"]],
-            mlp_kernel_size=mlp_kernel_size,
-            batch_norm=batch_norm if spec["batch_norm"] is None else spec["batch_norm"],
-            data_format=data_format,
-            name=f"block{i}",
-            batch_norm_momentum=batch_norm_momentum,
-        )
-        x = _pool(x, spec["pool"], f"block{i}", data_format)
-        if spec["dropout"]:
-            x = layers.Dropout(spec["dropout"], name=f"block{i}_dropout")(x)
 
-    if head == "gap":
-        filters = head_spec["filters"] or num_classes
-        mlp = [num_classes if w is None else w for w in head_spec["mlp_filters"]]
-        require(mlp[-1] == num_classes, "head block: its last convolution must have `num_classes` filters.", mlp)
-        x = mlpconv_block(
-            x,
-            filters,
-            head_spec["kernel_size"],
-            strides=head_spec["strides"],
-            padding=head_spec["padding"],
-            mlp_filters=mlp,
-            mlp_kernel_size=mlp_kernel_size,
-            batch_norm=batch_norm if head_spec["batch_norm"] is None else head_spec["batch_norm"],
-            last_activation=head_activation,
-            data_format=data_format,
-            name="head",
-            batch_norm_momentum=batch_norm_momentum,
-        )
-        x = layers.GlobalAveragePooling2D(data_format=data_format, name="head_gap")(x)
-    else:
-        x = layers.Flatten(name="head_flatten")(x)
-        for j, units in enumerate(dense_units, start=1):
-            x = layers.Dense(units, activation="relu", name=f"head_dense{j}")(x)
-            x = layers.Dropout(0.5, name=f"head_dense{j}_dropout")(x)
-        x = layers.Dense(num_classes, name="head_logits")(x)
-    if test_time_flip:
-        x = MirrorAverage(name="tta_average")(x)
-    if classifier_activation == "softmax":
-        # float32 output even under mixed precision, for a stable loss.
-        x = layers.Activation("softmax", dtype="float32", name="predictions")(x)
-    return keras.Model(inputs, x, name=name)
+def _feature_block(x, spec, name, batch_norm, conv):
+    """One validated block spec: its mlpconv block, its pool and its dropout."""
+    x = mlpconv_block(
+        x, spec["filters"], spec["kernel_size"], strides=spec["strides"], padding=spec["padding"],
+        mlp_filters=spec["mlp_filters"], mlp_kernel_size=conv["mlp_kernel_size"],
+        batch_norm=batch_norm if spec["batch_norm"] is None else spec["batch_norm"],
+        data_format=conv["data_format"], name=name, batch_norm_momentum=conv["batch_norm_momentum"],
+    )
+    x = _pool(x, spec["pool"], name, conv["data_format"])
+    if spec["dropout"]:
+        x = layers.Dropout(spec["dropout"], name=f"{name}_dropout")(x)
+    return x
+
+
+def _gap_head(x, spec, num_classes, *, batch_norm, head_activation, conv):
+    """NiN's head: a class block (its last conv ``num_classes`` wide), then global average pooling."""
+    filters = spec["filters"] or num_classes
+    mlp = [num_classes if w is None else w for w in spec["mlp_filters"]]
+    require(mlp[-1] == num_classes, "head block: its last convolution must have `num_classes` filters.", mlp)
+    x = mlpconv_block(
+        x, filters, spec["kernel_size"], strides=spec["strides"], padding=spec["padding"], mlp_filters=mlp,
+        mlp_kernel_size=conv["mlp_kernel_size"],
+        batch_norm=batch_norm if spec["batch_norm"] is None else spec["batch_norm"],
+        last_activation=head_activation, data_format=conv["data_format"], name="head",
+        batch_norm_momentum=conv["batch_norm_momentum"],
+    )
+    return layers.GlobalAveragePooling2D(data_format=conv["data_format"], name="head_gap")(x)
+
+
+def _dense_head(x, dense_units, num_classes):
+    """The AlexNet/VGG head NiN replaced (for comparison): flatten, ReLU dense layers with dropout, logits."""
+    x = layers.Flatten(name="head_flatten")(x)
+    for j, units in enumerate(dense_units, start=1):
+        x = layers.Dense(units, activation="relu", name=f"head_dense{j}")(x)
+        x = layers.Dropout(0.5, name=f"head_dense{j}_dropout")(x)
+    return layers.Dense(num_classes, name="head_logits")(x)
 
 
 def block_summary(model, print_fn=print):

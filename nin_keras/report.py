@@ -11,7 +11,6 @@ import json
 import math
 import sys
 
-from nin_keras.errors import NinError
 
 
 def layer_macs(layer):
@@ -130,18 +129,23 @@ def main(argv=None):
 
     parser = OneLineParser(prog="python -m nin_keras.report", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the preset (default: fashion, or --config's)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size for training memory")
+    parser.add_argument("--config", help="report the network of this config file (e.g. a run's config.json) "
+                                         "instead of the preset's")
     parser.add_argument("--json", help="also write the report to this JSON file")
     args = parser.parse_args(argv)
 
     def body():
-        if args.batch_size < 1:
-            raise NinError(f"--batch-size must be >= 1. Received: {args.batch_size}")
+        from nin_keras.config import model_kwargs, resolve_config
         from nin_keras.model import build_nin
-        from nin_keras.presets import get_preset
+        from nin_keras.settings import validate_numeric_args
 
-        model = build_nin(**get_preset(args.preset)["model"])
+        validate_numeric_args(args)
+        # The path fit takes: the preset's network, or the one a config file records.
+        cfg = resolve_config({"preset": args.preset}, args.config)
+        args.preset = cfg.preset
+        model = build_nin(**model_kwargs(cfg))
         gap = resource_report(model, args.batch_size)
         twin = dense_head_twin(model)
         dense = resource_report(twin, args.batch_size) if twin is not None else None

@@ -4,8 +4,8 @@ Everything else is derived from :data:`SETTINGS`: the :class:`FitConfig`
 dataclass, the fallbacks used when a preset is silent, the validation of a
 resolved config (:func:`validate`), the flags of ``nin_keras.fit`` and the
 shared flags of ``tuning`` (:func:`add_flags`), and unknown-key suggestions.
-``tests/test_settings.py`` fails when the parsers or README's flag table
-drift from it.
+``tests/test_settings.py`` fails when the parsers drift from it; the docs'
+flag table is generated from it (``docs/hooks.py``).
 
 A setting whose ``default`` is None takes the preset's value (or
 ``fallback`` when the preset has none), so "not given" always means "the
@@ -106,8 +106,8 @@ SETTINGS = (
     Setting("time_budget", float, "choose the number of epochs (at most --epochs) from the first epoch's time so "
             "the whole run, data loading and test evaluation included, fits MINUTES", optional=True,
             check=lambda v: is_number(v) and v > 0, rule="a number of minutes > 0", metavar="MINUTES"),
-    Setting("seed", int, "random seed (shuffle, split, initial weights)", default=0, check=is_int,
-            rule="an integer"),
+    Setting("seed", int, "random seed (split, shuffle, augmentation, initial weights)", default=0,
+            check=lambda v: is_int(v) and 0 <= v < 2**32, rule="an integer from 0 to 4294967295 (2**32 - 1)"),
     # Data.
     Setting("data_dir", str, "folder with Fashion-MNIST IDX files (.gz or raw); default $NIN_KERAS_DATA_DIR, "
             "then /usr/share/datasets/fashion-mnist", optional=True),
@@ -144,6 +144,28 @@ SETTINGS = (
             check=lambda v: isinstance(v, dict), rule="a JSON object", label="model overrides"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+
+# The other tools' own numeric flags (export, tuning, bench): not training settings, but checked by the
+# same rules, so no command has a hand-written check beside the schema (see validate_numeric_args).
+TOOL_SETTINGS = (
+    Setting("calibration_samples", int, "training images used to calibrate int8", check=_int_at_least(1),
+            rule="an integer >= 1"),
+    Setting("max_accuracy_drop", float, "largest int8 accuracy loss, in points", check=lambda v: is_number(v) and v >= 0,
+            rule="a number of points >= 0"),
+    Setting("mediapipe_scale", int, "MediaPipe frames are this many times the model's size", check=_int_at_least(1),
+            rule="an integer >= 1"),
+    Setting("max_trials", int, "tuning trials", check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("patience", int, "early-stopping patience in epochs", check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("steps", int, "training steps per measurement", check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("repeats", int, "measurements per setting", check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("intra_op_threads", int, "TensorFlow intra-op threads (0: TensorFlow's default)", optional=True,
+            check=_int_at_least(0), rule="an integer >= 0 (0: TensorFlow's default)"),
+    Setting("inter_op_threads", int, "TensorFlow inter-op threads (0: TensorFlow's default)", optional=True,
+            check=_int_at_least(0), rule="an integer >= 0 (0: TensorFlow's default)"),
+    Setting("sweep_timeout", float, "seconds before the sweep gives up on a setting",
+            check=lambda v: is_number(v) and v > 0, rule="a number of seconds > 0"),
+)
+NUMERIC = {s.name: s for s in (*SETTINGS, *TOOL_SETTINGS) if s.type in (int, float)}
 DATA_FLAGS = ("data_dir", "image_dir", "tfds", "image_size", "resize", "skip_bad_images", "max_image_pixels", "limit",
               "test_limit", "val_fraction")
 
@@ -174,6 +196,15 @@ def validate(cfg):
         setting.validate(getattr(cfg, setting.name))
     sources = [s for s in (cfg.data_dir, cfg.image_dir, cfg.tfds) if s is not None]
     require(len(sources) <= 1, "give at most one data source (--data-dir, --image-dir, --tfds).", sources)
+
+
+def validate_numeric_args(args):
+    """Check every numeric flag of a parsed command line (fit's, export's, tuning's, bench's) against the
+    schema; a one-line ConfigError repeats the bad value. Flags left at None are not checked."""
+    for name, value in vars(args).items():
+        setting = NUMERIC.get(name)
+        if setting is not None and value is not None:
+            setting.validate(value)
 
 
 def add_flags(parser, names, defaults=None, group=None):

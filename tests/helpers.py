@@ -10,13 +10,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_preset(name="tiny", **overrides):
-    """Build a preset's model with optional build_nin overrides."""
-    from nin_keras.model import build_nin
-    from nin_keras.presets import get_preset
+    """Build a preset's model with optional build_nin overrides (the library's own create_model path)."""
+    from nin_keras.presets import create_model
 
-    kwargs = get_preset(name)["model"]
-    kwargs.update(overrides)
-    return build_nin(**kwargs)
+    return create_model(name, **overrides)
 
 
 def save_and_reload(model, tmp_path, name="model.keras"):

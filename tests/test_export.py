@@ -92,12 +92,41 @@ def test_int8_with_int8_io(trained_tiny_run, fashion_test):
     assert len(per_channel) > len(convert(model, "int8", fashion_test[0][:50]))
 
 
-def test_accuracy_gate_fails_when_forced(exported, capsys):
+def test_accuracy_gate_fails_when_forced(exported, capsys, monkeypatch, tmp_path):
     run_dir, out, _, _ = exported
+    real_gate = exporter.int8_gate
+    # No real int8 model loses 50 points: ask the gate for int8 to *beat* Keras by 50 instead.
+    monkeypatch.setattr(exporter, "int8_gate", lambda report, rows, max_drop: real_gate(report, rows, -50.0))
     code = exporter.main([run_dir, "--output-dir", out, "--format", "int8", "--test-limit", "200",
-                          "--calibration-samples", "50", "--max-accuracy-drop", "-50"])
+                          "--calibration-samples", "50"])
     assert code == exporter.EXIT_ACCURACY_GATE
     assert "int8 accuracy" in capsys.readouterr().out
+    saved = json.loads(open(os.path.join(out, "report.json")).read())
+    assert saved["int8_gate"]["passed"] is False and "int8_accuracy_drop_points" in saved
+    report = exporter.export(run_dir, output_dir=str(tmp_path), formats=["int8"], test_limit=200,
+                             calibration_samples=50, print_fn=lambda *a: None)
+    assert report["int8_gate"]["passed"] is False  # a notebook sees the verdict too
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--test-limit", "-5", "test limit must be an integer >= 1"),
+    ("--calibration-samples", "0", "calibration samples must be an integer >= 1"),
+    ("--max-accuracy-drop", "-1", "max accuracy drop must be a number of points >= 0"),
+    ("--mediapipe-scale", "0", "mediapipe scale must be an integer >= 1"),
+])
+def test_bad_numeric_export_flags_are_one_line_and_write_nothing(trained_tiny_run, tmp_path, capsys, flag, value,
+                                                                  message):
+    run_dir, _ = trained_tiny_run
+    code = exporter.main([run_dir, "--output-dir", str(tmp_path / "o"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and message in err and value in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_has_no_image_size_flag_it_would_ignore(capsys):
+    with pytest.raises(SystemExit):
+        exporter.main(["run", "--image-size", "64"])
+    assert "unrecognized arguments: --image-size" in capsys.readouterr().err
 
 
 def test_saved_model_format(trained_tiny_run, tmp_path):
@@ -424,9 +453,20 @@ def test_int8_scales_default_to_the_runs_preset_and_the_flag_overrides(trained_t
     assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {}  # tiny says nothing
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
+    # A run from before run records: today's preset table decides.
+    legacy = {k: v for k, v in config.items() if k not in ("format", "format_version", "nin_keras_version", "export")}
     with open(os.path.join(run, "config.json"), "w") as f:
-        json.dump({**config, "preset": "fashion-best"}, f)
+        json.dump({**legacy, "preset": "fashion-best"}, f)
     assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {"per_channel": True}
+    # A recorded run: what its config.json recorded, whatever the table says now.
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "export": {"per_channel": True}}, f)
+    assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {"per_channel": True}
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "preset": "fashion-best", "export": {}}, f)
+    assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {}
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump({**config, "export": {"per_channel": True}}, f)
     for flags, expected in (([], "per-channel"), (["--no-per-channel"], "per-tensor")):
         out = str(tmp_path / expected)
         assert exporter.main([run, "--output-dir", out, "--format", "int8", "--test-limit", "100",

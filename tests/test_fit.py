@@ -46,7 +46,9 @@ def test_tiny_real_run_beats_chance_and_writes_the_run_dir(trained_tiny_run):
     run_dir, metrics = trained_tiny_run
     assert metrics["test_examples"] == 10000
     assert metrics["test_accuracy"] > 0.6  # chance is 0.1
-    assert metrics["replicas"] == 2 and metrics["epochs"] == 3
+    # `--strategy auto` on one device: TensorFlow's default strategy, what users get (the session's
+    # CPU split does not turn MirroredStrategy on; test_two_replica_run covers that).
+    assert metrics["replicas"] == 1 and metrics["epochs"] == 3
     for name in ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "labels.txt", "history.png",
                  "per_class.json", "confusion.png"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
@@ -144,7 +146,7 @@ def test_invalid_settings(overrides, message):
 
 
 def test_global_batch_not_divisible_by_replicas(tmp_path, capsys):
-    code = fit.main(["--preset", "tiny", "--batch-size", "33", "--output-dir", str(tmp_path / "r")])
+    code = fit.main(["--preset", "tiny", "--batch-size", "33", "--cpu-replicas", "2", "--output-dir", str(tmp_path / "r")])
     assert code == 1
     assert "global batch size 33 is not divisible by the 2 replicas" in capsys.readouterr().err
 
@@ -197,23 +199,24 @@ def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
     import time
 
     lines = []
-    cfg = resolve_config({"preset": "tiny", "epochs": 200, "limit": 3000, "test_limit": 500, "time_budget": 0.3,
+    cfg = resolve_config({"preset": "tiny", "epochs": 200, "limit": 2000, "test_limit": 500, "time_budget": 0.4,
                           "precision": "float32", "output_dir": str(tmp_path / "r"), "verbose": 0})
     start = time.monotonic()
     metrics = fit.train(cfg, print_fn=lines.append)
     elapsed = time.monotonic() - start
-    chosen = [line for line in lines if line.startswith("time budget 0.3 min")]
+    chosen = [line for line in lines if line.startswith("time budget 0.4 min")]
     assert len(chosen) == 1, lines
     assert 1 <= metrics["epochs"] < 200 and f"training {metrics['epochs']} epochs" in chosen[0]
     from nin_keras.callbacks import read_history
 
     history = read_history(str(tmp_path / "r" / "history.csv"))
     assert [row["epoch"] for row in history] == list(range(1, metrics["epochs"] + 1))
-    if metrics["epochs"] >= 3:
-        # The cosine ran to (nearly) zero over the chosen epochs, not the 200 asked for.
-        assert history[-1]["learning_rate"] < 0.2 * cfg.learning_rate
+    # 24 s holds several epochs of 1,833 images even on a loaded 2-core host; from epoch 2 on the
+    # schedule is the shortened one, so the cosine ran to (nearly) zero over the chosen epochs.
+    assert metrics["epochs"] >= 2
+    assert history[-1]["learning_rate"] < 0.2 * cfg.learning_rate
     # Generous: the host may be throttled, but a budget ignored would take minutes.
-    assert elapsed < 0.3 * 60 * 2.5
+    assert elapsed < 0.4 * 60 * 2.5
 
 
 def test_label_smoothing_trains_on_one_hot_labels_and_saves_a_plain_model(tmp_path, fashion_test):

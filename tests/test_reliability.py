@@ -218,7 +218,7 @@ def test_an_error_on_one_worker_stops_every_worker_with_the_same_line(tmp_path, 
     envs = ({}, {})
     if problem == "chief folder":
         (out / "notes.txt").write_text("mine")  # only the chief looks at the run folder
-        expected = "not empty and holds no nin_keras run"
+        expected = "it holds files but no nin_keras run"
     else:
         envs = ({}, {"NIN_KERAS_DATA_DIR": str(tmp_path / "nowhere")})  # only worker 1 misses its data
         expected = "worker 1: "

@@ -54,8 +54,12 @@ def test_bench_runs_and_reports_every_measure(tmp_path, capsys):
     assert r["cpu"]["model"] is not None and isinstance(r["cpu"]["features"], list)
 
 
-@pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps must be >= 1. Received: 0"),
-                                           (["--batch-size", "-4"], "--batch-size must be >= 1. Received: -4")])
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "steps must be an integer >= 1. Received: 0"),
+    (["--batch-size", "-4"], "batch size must be an integer >= 1. Received: -4"),
+    (["--intra-op-threads", "-1"], "intra op threads must be an integer >= 0 (0: TensorFlow's default). Received: -1"),
+    (["--sweep-timeout", "0"], "sweep timeout must be a number of seconds > 0. Received: 0.0"),
+])
 def test_bench_bad_settings(argv, message, capsys):
     assert bench.main(argv) == 1
     assert capsys.readouterr().err.strip() == f"error: {message}"
@@ -80,7 +84,7 @@ def test_bench_sweep_runs_each_setting_in_a_fresh_process(tmp_path, monkeypatch,
     # Three settings only (the full sweep takes minutes): defaults, a thread
     # setting that can only take effect in a new process.
     # setting that can only take effect in a new process, and one that fails.
-    monkeypatch.setattr(bench, "sweep_variants", lambda preset, precision: [
+    monkeypatch.setattr(bench, "sweep_variants", lambda preset, precision, settings, config_file: [
         ("defaults", []), ("intra-op 1 thread", ["--intra-op-threads", "1"]),
         ("broken", ["--inter-op-threads", "-3"])])
     path = tmp_path / "sweep.json"
@@ -88,9 +92,33 @@ def test_bench_sweep_runs_each_setting_in_a_fresh_process(tmp_path, monkeypatch,
     rows = json.loads(path.read_text())
     assert [row["name"] for row in rows] == ["defaults", "intra-op 1 thread", "broken"]
     assert rows[1]["result"]["intra_op_threads"] == 1 and rows[0]["result"]["intra_op_threads"] == 0
-    assert rows[2]["result"]["error"] == "error: --inter-op-threads must be >= 0 (0: TensorFlow's default). Received: -3"
+    assert rows[2]["result"]["error"] == ("error: inter op threads must be an integer >= 0 (0: TensorFlow's default). "
+                                          "Received: -3")
     out = capsys.readouterr().out
     assert "vs defaults" in out and "intra-op 1 thread" in out and "1.00x" in out and "failed: error:" in out
+
+
+def test_sweep_children_get_settings_not_edited_argv():
+    args = bench.build_parser().parse_args(["--preset", "tiny", "--steps", "2", "--xla", "--json", "x.json",
+                                            "--sweep", "--sweep-timeout", "5", "--isa-cap", "AVX2"])
+    flags = bench.base_flags(args)
+    assert flags[:2] == ["--batch-size", "128"] and "--isa-cap" in flags and "--preset" in flags
+    assert not {"--json", "--sweep", "--sweep-timeout", "--xla"} & set(flags)
+    names = dict(bench.sweep_variants("tiny", "float32", bench.BenchSettings.from_args(args)))
+    assert names["defaults"] == ["--xla"]  # the user's settings are the sweep's baseline
+    assert names["intra-op 1 thread"] == ["--xla", "--intra-op-threads", "1"]
+
+
+def test_report_and_bench_honour_a_configs_model_section(tmp_path, capsys):
+    from nin_keras import report
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"preset": "tiny", "model": {"width_multiplier": 2.0}}))
+    assert report.main(["--config", str(config), "--json", str(tmp_path / "r.json")]) == 0
+    assert report.main(["--preset", "tiny", "--json", str(tmp_path / "p.json")]) == 0
+    wide = json.loads((tmp_path / "r.json").read_text())["gap"]["parameters"]
+    plain = json.loads((tmp_path / "p.json").read_text())["gap"]["parameters"]
+    assert wide > 3 * plain
 
 
 def test_sweep_covers_every_compared_default():

@@ -13,11 +13,13 @@ untuned preset.
 
 import copy
 import dataclasses
+import math
 
 import keras_tuner
 
 from nin_keras import config as config_lib
 from nin_keras import precise_bn
+from nin_keras.errors import ConfigError
 from nin_keras.fit import compile_model, one_hot_classes
 from nin_keras.model import build_nin
 
@@ -118,6 +120,26 @@ class NinHyperModel(keras_tuner.HyperModel):
         })
         return values
 
+    def check_in_space(self, values, source="the search"):
+        """Refuse (one line) hyperparameter ``values`` outside the space this hypermodel declares.
+
+        The space is declared afresh here, not read from the oracle: trial
+        values arrive from files and, in distributed tuning, from peers over
+        an unauthenticated port, and ``best_config.json`` is what
+        ``--retrain-best`` trains.
+        """
+        space = keras_tuner.HyperParameters()
+        self.declare(space)
+        declared = {hp.name: hp for hp in space.space}
+        for name in sorted(set(values) | set(declared)):
+            if name.startswith("tuner/"):  # Hyperband's own bookkeeping, never part of a config
+                continue
+            hp, value = declared.get(name), values.get(name, "(missing)")
+            if hp is None or name not in values or not _in_space(hp, value):
+                why = "not a hyperparameter of this search" if hp is None else f"outside {_describe(hp)}"
+                raise ConfigError(f"{source}: hyperparameter {name!r} {why}; refusing to write or retrain it. "
+                                  f"Received: {value!r}")
+
     def model_overrides(self, values):
         """The build_nin overrides (explicit ``blocks`` and ``head_block``) these values stand for."""
         blocks, head, _ = _base_blocks(self.base)
@@ -174,3 +196,33 @@ class NinHyperModel(keras_tuner.HyperModel):
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
                                precise_bn.before_validation(images, labels, cfg.batch_size, replicas, self.base.seed)]
         return model.fit(train, *args, validation_data=val, shuffle=False, **kwargs)
+
+
+def _in_space(hp, value):
+    """Whether ``value`` is one keras-tuner hyperparameter ``hp`` can take."""
+    kind = type(hp).__name__
+    if value == hp.default and isinstance(value, bool) == isinstance(hp.default, bool):
+        return True  # the preset's own value (the first trial), which may lie outside a range
+    if kind == "Choice":
+        return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in hp.values)
+    if kind == "Boolean":
+        return isinstance(value, bool)
+    if kind == "Fixed":
+        return value == hp.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    slack = 1e-9 * (hp.max_value - hp.min_value) if kind == "Float" else 0  # log sampling's rounding
+    if not hp.min_value - slack <= value <= hp.max_value + slack:
+        return False
+    if kind == "Int":
+        return isinstance(value, int) and (value - hp.min_value) % (hp.step or 1) == 0
+    return kind == "Float"
+
+
+def _describe(hp):
+    kind = type(hp).__name__
+    if kind == "Choice":
+        return f"its choices {list(hp.values)}"
+    if kind in ("Int", "Float"):
+        return f"its range {kind}({hp.min_value}..{hp.max_value})"
+    return f"its {kind} values"

@@ -48,16 +48,9 @@ def validate_args(args):
     """Check the flags fit's config does not cover; fill in the default output folder."""
     if args.tuner not in TUNERS:
         raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}. Received: {args.tuner!r}")
-    for name in ("max_trials", "epochs", "patience"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1. Received: {value}")
+    settings.validate_numeric_args(args)
     if args.tuner == "hyperband" and args.epochs < 2:
         raise ConfigError(f"--epochs (hyperband's max epochs) must be >= 2. Received: {args.epochs}")
-    if args.limit is not None and args.limit < 2:
-        raise ConfigError(f"--limit must be an integer >= 2. Received: {args.limit}")
-    if args.cpu_replicas is not None and args.cpu_replicas < 1:
-        raise ConfigError(f"--cpu-replicas must be >= 1. Received: {args.cpu_replicas}")
     if args.output_dir is None:
         args.output_dir = os.path.join("tuning_runs", args.preset)
 
@@ -68,24 +61,88 @@ SEARCH_SETTINGS = ("preset", "tuner", "max_trials", "epochs", "patience", "seed"
 SEARCH_FILE = "search.json"
 
 
+# How long a distributed-tuning worker waits for the chief's search.json to
+# appear (the chief writes it first thing, before loading data).
+WORKER_WAIT_SECONDS = 60
+
+
 def check_search_dir(args):
-    """Refuse to resume a search folder that holds a search with other settings; record ours.
+    """Refuse a search folder that holds another search; record ours (chief) or check against it (worker).
 
     Called before keras-tuner touches the folder. ``--overwrite`` discards
-    the old search (keras-tuner deletes its project folder).
+    the old search only when its ``search.json`` marks it as one of ours
+    (:func:`discard_search`). A keras-tuner worker never writes or deletes:
+    it must have been started with the chief's settings.
     """
     path = os.path.join(args.output_dir, SEARCH_FILE)
+    project = os.path.join(args.output_dir, PROJECT)
     settings = {k: getattr(args, k) for k in SEARCH_SETTINGS}
-    if not args.overwrite and os.path.exists(path):
-        saved = read_json_object(path, "search settings", "; pass --overwrite to start afresh")
-        diff = sorted(k for k in SEARCH_SETTINGS if saved.get(k) != settings[k])
+    if os.path.islink(project):
+        raise ConfigError(f"{project} is a symbolic link; tuning neither follows nor deletes one. Move it away or "
+                          f"pass another --output-dir. Received: {project} -> {os.readlink(project)}")
+    if not distribute_is_tuning_chief():
+        return check_worker_settings(args, path, settings)
+    if args.overwrite:
+        discard_search(args.output_dir)
+    elif os.path.exists(path):
+        diff = _differences(read_json_object(path, "search settings", "; pass --overwrite to start afresh"), settings)
         if diff:
             raise ConfigError(f"--output-dir {args.output_dir} holds a different search (settings differ: "
                               f"{', '.join(diff)}); pass --overwrite to replace it, or another --output-dir")
-    elif not args.overwrite and os.path.isdir(os.path.join(args.output_dir, PROJECT)):
+    elif os.path.isdir(project):
         raise ConfigError(f"--output-dir {args.output_dir} holds a search without {SEARCH_FILE} (made by an older "
-                          "version); pass --overwrite to replace it, or another --output-dir")
+                          f"version, or not by nin_keras); remove {project} yourself, or pass another --output-dir")
     atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _differences(saved, settings):
+    return sorted(k for k in SEARCH_SETTINGS if saved.get(k) != settings[k])
+
+
+def discard_search(output_dir):
+    """Delete ``output_dir``'s keras-tuner project for ``--overwrite``: only a nin_keras search, never through a link.
+
+    The project folder goes only when ``search.json`` (which nin_keras writes
+    beside it) marks the folder as a search. ``shutil.rmtree`` removes links
+    inside it rather than following them (on Linux it works through file
+    descriptors, so a link swapped in meanwhile is not followed either);
+    keras-tuner's own overwrite uses ``tf.io.gfile.rmtree``, which follows a
+    symlinked project folder.
+    """
+    import shutil
+
+    project = os.path.join(output_dir, PROJECT)
+    marker = os.path.join(output_dir, SEARCH_FILE)
+    if not os.path.lexists(project):
+        return
+    if os.path.islink(marker) or not os.path.isfile(marker):
+        raise ConfigError(f"--overwrite: {project} has no {SEARCH_FILE} beside it, so it is not known to be a "
+                          "nin_keras search; nothing was deleted. Remove it yourself, or pass another --output-dir")
+    try:
+        shutil.rmtree(project)
+    except OSError as e:
+        raise ConfigError(f"--overwrite: cannot delete {project} ({e.strerror or e})") from None
+
+
+def check_worker_settings(args, path, settings):
+    """A distributed-tuning worker joins only a search with its own settings (the chief's ``search.json``).
+
+    Waits up to :data:`WORKER_WAIT_SECONDS` for the chief to write the file,
+    then refuses other settings in one line (nothing is written).
+    """
+    deadline = time.monotonic() + WORKER_WAIT_SECONDS
+    while not os.path.isfile(path) and time.monotonic() < deadline:
+        time.sleep(1)
+    worker = os.environ.get("KERASTUNER_TUNER_ID")
+    if not os.path.isfile(path):
+        raise ConfigError(f"worker {worker}: no {path} after {WORKER_WAIT_SECONDS} s; start the chief with the same "
+                          "--output-dir (a folder every machine shares)")
+    saved = read_json_object(path, "search settings")
+    diff = _differences(saved, settings)
+    if diff:
+        raise ConfigError(f"worker {worker}: the chief's search in {args.output_dir} has other settings ("
+                          + ", ".join(f"{k}={saved.get(k)!r}" for k in diff) + "); start every worker with the "
+                          "chief's flags. Received: " + ", ".join(f"{k}={settings[k]!r}" for k in diff))
 
 
 def _timed(tuner_class):
@@ -142,14 +199,16 @@ def distribute_is_tuning_chief():
 
 
 def make_tuner(args, hypermodel, strategy):
-    """The keras-tuner tuner ``args`` ask for, resuming unless --overwrite."""
+    """The keras-tuner tuner ``args`` ask for, resuming what is in its folder (:func:`check_search_dir` clears it)."""
     import keras_tuner
 
     common = dict(
         objective="val_accuracy",
         directory=args.output_dir,
         project_name=PROJECT,
-        overwrite=args.overwrite,
+        # check_search_dir has already discarded an old search (never through a link); keras-tuner's own
+        # overwrite follows a symlinked project folder, and on a worker would delete the chief's search.
+        overwrite=False,
         seed=args.seed,
         distribution_strategy=strategy,
     )
@@ -233,9 +292,10 @@ def run_search(args, print_fn=print):
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     kwargs = config_lib.model_kwargs(base)
     chief = distribute_is_tuning_chief()
-    if chief:
-        # Before the split file is read: a folder holding another search is refused first.
-        check_search_dir(args)
+    if os.environ.get("KERASTUNER_ORACLE_IP"):
+        distribute.print_cluster_notice("keras-tuner's oracle port ($KERASTUNER_ORACLE_IP:$KERASTUNER_ORACLE_PORT)")
+    # Before the split file is read: a folder holding another search is refused first (workers too).
+    check_search_dir(args)
     # An image folder's split is kept in the search folder, so a resumed search tunes on the same images.
     split_file = os.path.join(args.output_dir, "split.json")
     splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
@@ -276,6 +336,8 @@ def run_search(args, print_fn=print):
         raise NinError("no trial finished; nothing to report")
     best = max(done, key=lambda r: r["val_accuracy"])
     best_values = {k: v for k, v in best["hyperparameters"].items() if not k.startswith("tuner/")}
+    # Trial values come from trial files and, in distributed tuning, from peers on an unauthenticated port.
+    hypermodel.check_in_space(best_values, f"trial {best['trial']} in {args.output_dir}")
     best_cfg = hypermodel.config_for(best_values)
     # Retraining uses the full training set and the preset's epochs.
     best_cfg.limit = None

@@ -1,0 +1,172 @@
+"""``python -m export.serve FOLDER``: serve the web page (``--format web``) to a browser or a phone.
+
+Only FOLDER is served: paths that leave it (``..``, symlinks out) are 404,
+and there are no directory listings. ``127.0.0.1`` by default; ``--host
+0.0.0.0`` makes it reachable from a phone on the same Wi-Fi and prints the
+URL and a QR code. Phones allow the live camera only over https (or on
+localhost): ``--https`` serves with a self-signed certificate, which the
+browser warns about once ("Your connection is not private": Advanced, then
+Proceed). The photo button works over plain http.
+"""
+
+import datetime
+import http.server
+import ipaddress
+import os
+import socket
+import ssl
+import sys
+
+from nin_keras.cli import OneLineParser, run_cli
+from nin_keras.errors import NinError
+
+#: Types browsers insist on: WebAssembly streaming compilation needs application/wasm, modules a JS type.
+MIME_TYPES = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript",
+              ".tflite": "application/octet-stream", ".json": "application/json", ".html": "text/html",
+              ".css": "text/css", ".txt": "text/plain; charset=utf-8", ".png": "image/png"}
+
+
+class ServeError(NinError):
+    """The folder cannot be served."""
+
+
+def build_parser():
+    parser = OneLineParser(prog="python -m export.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="the web folder written by `python -m export RUN --format web`")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for a phone on the same Wi-Fi)")
+    parser.add_argument("--https", action="store_true",
+                        help="serve https with a self-signed certificate (the phone's live camera needs it)")
+    return parser
+
+
+class FolderHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files under ``directory`` only: no listings, nothing outside it (symlinks included)."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+
+    def list_directory(self, path):
+        self.send_error(404, "Not found")
+        return None
+
+    def send_head(self):
+        path = os.path.realpath(self.translate_path(self.path))
+        root = os.path.realpath(self.directory)
+        if path != root and not path.startswith(root + os.sep):
+            self.send_error(404, "Not found")
+            return None
+        return super().send_head()
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-cache")  # a re-export is picked up on reload
+        super().end_headers()
+
+    def log_message(self, format, *args):  # one short line per request, on stderr
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+def make_server(folder, host="127.0.0.1", port=8000, certificate=None):
+    """An HTTP(S) server of ``folder`` (not started); ``certificate`` is (cert path, key path) for https."""
+    if not os.path.isfile(os.path.join(folder, "index.html")):
+        raise ServeError(f"{folder}: no index.html here (write the page with: python -m export RUN --format web)")
+    handler = lambda *a, **k: FolderHandler(*a, directory=os.path.abspath(folder), **k)  # noqa: E731
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    if certificate:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
+
+
+def lan_address():
+    """This machine's address on the local network (the one a default route uses); 127.0.0.1 if none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # UDP connect sends nothing; it only picks the route
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def self_signed_certificate(folder, addresses):
+    """Write a self-signed certificate and key (valid 30 days for ``addresses`` and localhost); their paths."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        raise ServeError('--https needs the cryptography package: pip install "nin_keras[web]"') from None
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nin_keras serve")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    alt = [x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(set(addresses))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False).sign(key, hashes.SHA256()))
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    with open(key_path, "wb") as f:
+        os.chmod(key_path, 0o600)
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def qr_text(url):
+    """``url`` as a QR code drawn with terminal characters, or "" without the segno package."""
+    try:
+        import segno
+    except ImportError:
+        return ""
+    import io
+
+    out = io.StringIO()
+    segno.make(url, error="l").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
+def serve(args, print_fn=print):
+    """Serve until Ctrl-C (then exit code 130, one line)."""
+    shown = lan_address() if args.host in ("0.0.0.0", "") else args.host
+    certificate = None
+    if args.https:
+        import tempfile
+
+        certificate = self_signed_certificate(tempfile.mkdtemp(prefix="nin_keras-serve-"), [shown, "127.0.0.1"])
+    server = make_server(args.folder, args.host, args.port, certificate)
+    port = server.server_address[1]
+    url = f"{'https' if args.https else 'http'}://{shown}:{port}/"
+    print_fn(f"serving {os.path.abspath(args.folder)} at {url} (Ctrl-C stops)", flush=True)
+    if shown != args.host:
+        print_fn("open it on a phone on the same Wi-Fi (scan):\n" + qr_text(url), flush=True)
+    if args.https:
+        print_fn("the certificate is self-signed: the browser warns once (\"Your connection is not private\"); "
+                 "choose Advanced, then Proceed", flush=True)
+    elif shown not in ("127.0.0.1", "localhost"):
+        print_fn("plain http: phones allow the photo button but not the live camera; add --https for it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print_fn("stopped", flush=True)
+        return 130
+    finally:
+        server.server_close()
+    return 0
+
+
+def main(argv=None):
+    """CLI entry point; returns the process exit code (130 after Ctrl-C)."""
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
