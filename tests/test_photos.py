@@ -297,3 +297,10 @@ def test_a_bomb_in_a_folder_is_one_line_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "huge.png: too large (900,000,000 pixels" in err and err.count("\n") == 1
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_an_image_without_an_image_file_name_is_named_so(tmp_path):
+    """split.json only lists image file names, so the scan refuses what a resume would refuse, and says why."""
+    scene().save(tmp_path / "IMG_0001", format="JPEG")
+    with pytest.raises(DataError, match=r"IMG_0001: a JPEG image without an image file name extension"):
+        images.scan(str(tmp_path), ["IMG_0001"], [0])
