@@ -225,11 +225,26 @@ def io_details(tflite_bytes):
     return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
 
 
-def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False, float_blocks=()):
+def image_rules(resize):
+    """The preprocessing contract of :func:`nin_keras.images.load_pixels` (resize mode, orientation, alpha,
+    pad colour, filter) and what an app must do to follow it, as sidecar fields."""
+    from nin_keras.images import preprocessing_contract
+
+    app = {"stretch": "hand the whole upright frame to the model (MediaPipe's own resize stretches it)",
+           "crop": "crop the upright frame's centre to the input's aspect ratio first (MediaPipe: set that box "
+                   "as the region of interest), then resize",
+           "pad": "letterbox the upright frame on black to the input's aspect ratio first (MediaPipe cannot "
+                  "pad: do it before classify), then resize"}[resize]
+    return {**preprocessing_contract(resize), "app": app}
+
+
+def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False, float_blocks=(), resize="stretch"):
     """The JSON an app needs beside the .tflite: labels, I/O and preprocessing.
 
     ``model`` is the exported graph (RGB-input when the luminance layer was
-    added). ``model_sha256`` ties the sidecar to its model file.
+    added). ``model_sha256`` ties the sidecar to its model file. ``resize``
+    is the run's resize mode: with the orientation rule it is the
+    preprocessing contract ``export.predict`` applies (:func:`image_rules`).
     """
     import hashlib
 
@@ -254,6 +269,7 @@ def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False,
             "pixel_range": [0, 255],
             "note": ("feed raw pixel values 0..255 (no normalisation: the model rescales "
                      "and resizes internally); for int8 input, q = round(pixel / scale) + zero_point"),
+            **image_rules(resize),
         },
     }
 
@@ -359,7 +375,7 @@ def convert_onnx(model):
             return f.read()
 
 
-def onnx_sidecar(onnx_bytes, labels, model):
+def onnx_sidecar(onnx_bytes, labels, model, resize="stretch"):
     """The JSON beside ``nin.onnx``: labels, input, preprocessing and the model's SHA-256."""
     import hashlib
 
@@ -371,5 +387,6 @@ def onnx_sidecar(onnx_bytes, labels, model):
         "input": {"shape": [None, int(height), int(width), int(channels)], "dtype": "float32", "layout": "NHWC"},
         "output": {"meaning": "class probabilities (softmax)"},
         "preprocessing": {"color": "grayscale" if channels == 1 else "RGB", "pixel_range": [0, 255],
-                          "note": "feed raw pixel values 0..255 as float32 (the model rescales internally)"},
+                          "note": "feed raw pixel values 0..255 as float32 (the model rescales internally)",
+                          **image_rules(resize)},
     }

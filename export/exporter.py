@@ -16,6 +16,7 @@ from export.converter import (
     check_float_blocks,
     convert,
     convert_onnx,
+    image_rules,
     export_saved_model,
     onnx_sidecar,
     load_keras_model,
@@ -161,7 +162,7 @@ def data_settings(args, model_path):
     # An image-folder run's split file: calibration and test images are exactly the run's.
     split_file = os.path.join(run_dir(model_path), "split.json")
     out["split_file"] = split_file if os.path.isfile(split_file) else None
-    for key in ("skip_bad_images", "resize"):
+    for key in ("skip_bad_images", "resize", "max_image_pixels"):
         flag = getattr(args, key)
         # A flag wins, then the run's setting, then the schema's default (a run from before the setting existed).
         out[key] = flag if flag is not None else run.get(key, BY_NAME[key].default)
@@ -282,7 +283,8 @@ def _export_files(args, print_fn=print):
                            seed=data["seed"], limit=data["limit"], test_limit=data["test_limit"],
                            image_size=model.input_shape[1:3], num_classes=num_classes,
                            channels=model.input_shape[3], split_file=data["split_file"],
-                           skip_bad_images=data["skip_bad_images"], resize=data["resize"])
+                           skip_bad_images=data["skip_bad_images"], resize=data["resize"],
+                           max_image_pixels=data["max_image_pixels"])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
         if len(splits.class_names) != num_classes:
@@ -290,6 +292,11 @@ def _export_files(args, print_fn=print):
                            f"has {num_classes} outputs. Received: classes={splits.class_names[:20]}")
 
     from export.phone import add_metadata, with_rgb_input
+    from nin_keras.images import ORIENTATION_RULE
+
+    # The run's resize mode (the preprocessing contract the sidecar and metadata record).
+    resize = (data["resize"] if splits is not None else
+              args.resize or run_config(model_path).get("resize", BY_NAME["resize"].default))
 
     channels = model.input_shape[-1]
     rgb = args.rgb_input if args.rgb_input is not None else channels == 1
@@ -310,7 +317,7 @@ def _export_files(args, print_fn=print):
         if fmt == "onnx":
             # The model's own input (desktop and server runtimes); phones get the TFLite files.
             onnx = convert_onnx(model)
-            written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, model), suffix=".onnx")
+            written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, model, resize), suffix=".onnx")
             print_fn(f"wrote {written[fmt]} ({len(onnx) / 1024:,.1f} KB)")
             continue
         calibration = None
@@ -327,10 +334,11 @@ def _export_files(args, print_fn=print):
         if args.metadata:
             tflite = add_metadata(tflite, labels, name=f"NiN {run_name} ({fmt})",
                                   description=f"Network-in-Network image classifier ({len(labels)} classes), "
-                                              f"{fmt} TFLite exported by nin_keras")
+                                              f"{fmt} TFLite exported by nin_keras. Input: {image_rules(resize)['app']}; "
+                                              f"{ORIENTATION_RULE}.")
         written[fmt] = write_tflite(out_dir, fmt, tflite,
                                     sidecar(fmt, tflite, labels, deployed, per_channel, args.metadata,
-                                            float_blocks=float_blocks))
+                                            float_blocks=float_blocks, resize=resize))
         print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
     # Relative to the run folder: reports are shared, and absolute paths carry user names.

@@ -1,8 +1,11 @@
 """``python -m export.predict MODEL.tflite IMAGE...``: classify image files with an exported model.
 
-Uses the sidecar JSON written beside the model (labels, input size, colour);
-every image is converted to the model's colour mode and resized, then fed as
-raw 0..255 pixels. A bad file gets a one-line error and the rest still run.
+Uses the sidecar JSON written beside the model (labels, colour, resize
+mode; the size comes from the model); every image is read as the run's
+training and evaluation read it (:func:`nin_keras.images.load_pixels`: any
+supported format, EXIF orientation applied, the resize mode), then fed as
+raw 0..255 pixels. A bad file (unreadable, an unsupported format, over
+``--max-image-pixels``) gets a one-line error and the rest still run.
 """
 
 import json
@@ -13,6 +16,7 @@ import numpy as np
 
 from nin_keras.cli import OneLineParser, run_cli
 from nin_keras.errors import NinError
+from nin_keras.settings import BY_NAME, validate_numeric_args
 
 
 def load_sidecar(model_path):
@@ -62,22 +66,22 @@ def check_against_model(path, meta, input_shape, num_outputs):
                            f"Received: {str(value)[:200]}")
 
 
-def load_image(path, size, color):
-    """Read an image file as uint8 (H, W, C) in the model's colour mode and size."""
-    from PIL import Image
+def load_image(path, size, color, resize="stretch", max_pixels=None):
+    """Read an image file as uint8 (H, W, C) in the model's colour mode and size.
 
-    with Image.open(path) as img:
-        img = img.convert("L" if color == "grayscale" else "RGB")
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
-        arr = np.asarray(img, np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
+    The training pipeline's own function (:func:`nin_keras.images.load_pixels`):
+    the same formats, EXIF orientation, resize mode and filter, so a photo
+    gets the pixels it got in the run's evaluation.
+    """
+    from nin_keras.images import load_pixels
+
+    return load_pixels(path, size, 1 if color == "grayscale" else 3, resize, max_pixels=max_pixels)
 
 
-def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
+def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None, max_pixels=None):
     """Print the top-k labels of each image; return {path: [(label, prob), ...]} for the readable ones."""
-    from PIL import Image, UnidentifiedImageError
-
     from export.evaluator import TFLiteClassifier
+    from nin_keras.images import RESIZE_MODES, BadImage, ImageTooLarge
 
     err_fn = err_fn or (lambda msg: print(msg, file=sys.stderr))
     meta = load_sidecar(model_path)
@@ -89,18 +93,22 @@ def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None):
     check_against_model(os.path.splitext(model_path)[0] + ".json", meta, shape, int(clf.output["shape"][-1]))
     labels = meta["labels"]
     size, color = [int(shape[1]), int(shape[2])], meta["preprocessing"]["color"]
+    resize = meta["preprocessing"].get("resize_mode", "stretch")  # sidecars from before the contract: stretch
+    if resize not in RESIZE_MODES:
+        raise NinError(f"{os.path.splitext(model_path)[0]}.json: field 'preprocessing.resize_mode' must be one of "
+                       f"{', '.join(RESIZE_MODES)}; export again. Received: {str(resize)[:200]}")
     results = {}
     for path in image_paths:
-        try:
-            image = load_image(path, size, color)
-        except FileNotFoundError:
+        if not os.path.isfile(path):
             err_fn(f"error: {path}: no such file")
             continue
-        except Image.DecompressionBombError as e:
+        try:
+            image = load_image(path, size, color, resize, max_pixels)
+        except ImageTooLarge as e:
             err_fn(f"error: {path}: refused, too many pixels to decode safely ({e})")
             continue
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            err_fn(f"error: {path}: not a readable image ({type(e).__name__})")
+        except (BadImage, OSError) as e:  # one line each: unsupported formats, corrupt files
+            err_fn(f"error: {path}: not a readable image ({e})")
             continue
         probs = clf.predict(image[None])[0]
         order = np.argsort(probs)[::-1][:top_k]
@@ -113,8 +121,10 @@ def main(argv=None):
     """CLI entry point; exit code 1 if any file could not be classified."""
     parser = OneLineParser(prog="python -m export.predict", description=__doc__)
     parser.add_argument("model", help="an exported .tflite file (its .json sidecar must be beside it)")
-    parser.add_argument("images", nargs="+", help="PNG/JPEG files")
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, HEIC, ...)")
     parser.add_argument("--top-k", type=int, default=3)
+    max_pixels = BY_NAME["max_image_pixels"]
+    parser.add_argument("--max-image-pixels", type=int, default=max_pixels.default, metavar="N", help=max_pixels.help)
     args = parser.parse_args(argv)
 
     def body():
@@ -122,7 +132,8 @@ def main(argv=None):
             raise NinError(f"{args.model}: no such file")
         if args.top_k < 1:
             raise NinError(f"--top-k must be >= 1. Received: {args.top_k}")
-        results = classify(args.model, args.images, args.top_k)
+        validate_numeric_args(args)  # --max-image-pixels by the schema's rule
+        results = classify(args.model, args.images, args.top_k, max_pixels=args.max_image_pixels)
         return 0 if len(results) == len(args.images) else 1
 
     return run_cli(body)

@@ -205,7 +205,7 @@ def _split_validation(x, y, val_fraction, seed):
 
 def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, seed=0, limit=None,
               test_limit=None, image_size=(28, 28), num_classes=10, channels=1, split_file=None,
-              skip_bad_images=False, resize="stretch", print_fn=print):
+              skip_bad_images=False, resize="stretch", print_fn=print, max_image_pixels=None):
     """Load the chosen source and split it into train / validation / test sets.
 
     Sources: ``image_dir`` (class folders, streamed from disk: see
@@ -213,14 +213,15 @@ def load_data(data_dir=None, image_dir=None, tfds_name=None, val_fraction=0.1, s
     exists), ``tfds_name``, or Fashion-MNIST IDX files (default). ``limit``
     keeps the first N training examples (before the validation split),
     ``test_limit`` the first N test examples. Image folders are read at
-    ``image_size`` in the model's colour mode (``channels`` 1: grayscale, 3: RGB).
+    ``image_size`` in the model's colour mode (``channels`` 1: grayscale, 3: RGB); files over
+    ``max_image_pixels`` pixels are refused from their header.
     """
     if image_dir is not None:
         from nin_keras import images
 
         (x_train, y_train), (x_val, y_val), (x_test, y_test), class_names, record = images.load_folder_splits(
             image_dir, image_size, channels, val_fraction, seed, limit, test_limit, split_file=split_file,
-            skip_bad=skip_bad_images, resize=resize, print_fn=print_fn)
+            skip_bad=skip_bad_images, resize=resize, print_fn=print_fn, max_pixels=max_image_pixels)
         return Splits(x_train, y_train, x_val, y_val, x_test, y_test, class_names, f"image folder {image_dir}",
                       split_record=record)
     if tfds_name is not None:

@@ -16,7 +16,7 @@ import sys
 import time
 
 from nin_keras import config as config_lib
-from nin_keras import rundir, settings
+from nin_keras import precise_bn, rundir, settings
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
 from nin_keras.errors import ClusterError, ConfigError, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text
@@ -326,7 +326,7 @@ def load_run_data(run):
         splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
                            cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
                            split_file=split_file, skip_bad_images=cfg.skip_bad_images, resize=cfg.resize,
-                           print_fn=run.print_fn)
+                           print_fn=run.print_fn, max_image_pixels=cfg.max_image_pixels)
         kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
         if not run.chief and run.state == "resume":
             _copy_chief_backup(run)
@@ -458,6 +458,8 @@ def make_callbacks(run, steps_per_epoch, schedule=None):
     callbacks = [
         # History first: an epoch's row is written before its backup (see HistoryCSV).
         HistoryCSV(path["history"]),
+        precise_bn.before_validation(run.splits.x_train, run.splits.y_train, run.cfg.batch_size,
+                                     run.strategy.num_replicas_in_sync, run.cfg.seed),
         # The backup outlives fit(): it is deleted only once metrics.json is
         # written, so a kill during the test evaluation or the saving reruns
         # into a finished training instead of epoch 1. It never keeps NaN weights.
@@ -566,6 +568,9 @@ def _finish(run, model, datasets, history, throughput):
     diverged = _divergence(run, history)
     if diverged is not None:
         raise diverged
+    with strategy.scope():  # BatchNorm's moving statistics from training images, before anything is evaluated or saved
+        precise = precise_bn.recalibrate_on_training_images(model, splits.x_train, splits.y_train, cfg.batch_size,
+                                                            strategy.num_replicas_in_sync, cfg.seed)
     test_loss, test_acc, per_class = evaluate_test(run, model, datasets.test)
     last = history[-1] if history else {}
     metrics = {
@@ -583,6 +588,7 @@ def _finish(run, model, datasets, history, throughput):
         "examples_per_sec": (datasets.steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
         if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
+        "precise_bn": precise,
     }
     stopper.check()
     # Every worker must take part in saving (collectives); only the chief's files are kept.

@@ -6,22 +6,58 @@ used as given. Otherwise a seeded split, stratified by class, is made once
 and written into the run directory (``split.json``); resume, export and
 tuning read it back instead of splitting again.
 
-Nothing is decoded up front: :class:`ImageFiles` stands in for an image array
-(``len``, ``shape``, indexing), and :func:`image_pipeline` reads, decodes,
-resizes and (for training) augments in parallel tf.data map calls, so memory
-stays bounded whatever the folder's size. Files are checked before training
-by a header scan (Pillow's ``verify``, plus the JPEG end marker), which
-names a bad file in one line, or skips bad files with ``--skip-bad-images``.
+Class folders are walked with their sub-folders (hidden files and folders
+skipped, symlink loops entered once). Nothing is decoded up front:
+:class:`ImageFiles` stands in for an image array (``len``, ``shape``,
+indexing), and :func:`image_pipeline` reads, decodes, resizes and (for
+training) augments in parallel tf.data map calls, so memory stays bounded
+whatever the folder's size. Files are checked before training by a header
+scan (format by content, pixel cap, Pillow's ``verify``, the JPEG's end
+marker), which names a bad file in one line, or skips bad files with
+``--skip-bad-images``.
+
+Every path that turns a file into pixels (training, evaluation, int8
+calibration, ``export.predict``) goes through one function,
+:func:`load_pixels`: Pillow decodes (JPEGs at a DCT-reduced scale), applies
+the EXIF orientation, composites transparency on white and applies the
+resize mode; tf.data runs it in parallel map calls (Pillow releases the GIL
+while it decodes and resizes).
 """
 
+import functools
 import json
+import mmap
 import os
+import re
+import struct
 
 import numpy as np
 
 from nin_keras.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+#: Formats read (Pillow's names), recognised by content whatever a file is called. MPO: multi-picture
+#: JPEGs (many phones' photos); HEIF (HEIC, the iPhone's default) needs pillow-heif (optional); AVIF
+#: when Pillow is built with libavif.
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "HEIF", "AVIF")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
+                    ".avif", ".mpo")
+HEIF_INSTALL = 'pip install "nin_keras[heif]" (or: pip install pillow-heif)'
+#: Image formats that are not read, named in the error instead of "not an image file".
+_OTHER_IMAGES = ((b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"), (b"8BPS", "Photoshop (PSD)"),
+                 (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                 (b"\x00\x00\x01\x00", "ICO"), (b"FUJIFILMCCD-RAW", "Fujifilm RAW"), (b"IIRO", "Olympus RAW"))
+_OTHER_EXTENSIONS = {".jxl": "JPEG XL", ".psd": "Photoshop (PSD)", ".svg": "SVG", ".jp2": "JPEG 2000",
+                     ".ico": "ICO", ".dng": "DNG (RAW)", ".cr2": "Canon RAW", ".cr3": "Canon RAW",
+                     ".nef": "Nikon RAW", ".arw": "Sony RAW", ".orf": "Olympus RAW", ".raf": "Fujifilm RAW",
+                     ".rw2": "Panasonic RAW", ".heic": "HEIC/HEIF", ".heif": "HEIC/HEIF", ".avif": "AVIF"}
+#: The pixel cap's default (``--max-image-pixels``): about 40 megapixels, above today's 12-50 MP phone
+#: photos' common sizes; checked from the header before anything is decoded.
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Transparent pixels are shown on white, as browsers and photo viewers show them.
+ALPHA_BACKGROUND = (255, 255, 255)
+#: The letterbox colour of ``--resize pad``.
+PAD_COLOUR = (0, 0, 0)
+ORIENTATION_RULE = "EXIF Orientation applied: pixels as a phone or browser shows the picture (upright)"
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_FILE = "split.json"
 RESIZE_MODES = ("stretch", "pad", "crop")
@@ -36,11 +72,12 @@ class ImageFiles:
     array returns another :class:`ImageFiles`. :meth:`to_array` decodes.
     """
 
-    def __init__(self, paths, image_size, channels, resize="stretch"):
+    def __init__(self, paths, image_size, channels, resize="stretch", max_pixels=None):
         self.paths = np.asarray(paths, dtype=str)
         self.image_size = tuple(int(s) for s in image_size)
         self.channels = int(channels)
         self.resize = resize
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
 
     def __len__(self):
         return len(self.paths)
@@ -52,14 +89,15 @@ class ImageFiles:
     def __getitem__(self, index):
         if np.isscalar(index):
             index = [index]
-        return ImageFiles(self.paths[index], self.image_size, self.channels, self.resize)
+        return ImageFiles(self.paths[index], self.image_size, self.channels, self.resize, self.max_pixels)
 
     def to_array(self, batch_size=256):
         """Decode every image (uint8 N×H×W×C); only for sets small enough to hold, such as a test set."""
         import tensorflow as tf
 
         ds = tf.data.Dataset.from_tensor_slices(self.paths).map(
-            lambda p: decode(p, self.image_size, self.channels, self.resize), num_parallel_calls=tf.data.AUTOTUNE)
+            lambda p: decode(p, self.image_size, self.channels, self.resize, self.max_pixels),
+            num_parallel_calls=tf.data.AUTOTUNE)
         parts = [b.numpy() for b in ds.batch(batch_size)]
         return np.concatenate(parts) if parts else np.zeros(self.shape, np.uint8)
 
@@ -78,8 +116,24 @@ def _class_folders(directory):
 
 
 def _files(folder):
-    """The files of a class folder; hidden files (``.DS_Store``) are ignored."""
-    return sorted(f for f in os.listdir(folder) if not f.startswith(".") and os.path.isfile(os.path.join(folder, f)))
+    """Every file under a class folder, sub-folders included, as paths relative to it, sorted.
+
+    Hidden files and folders (``.DS_Store``, ``.thumbnails``) are skipped;
+    symlinked folders are followed once (a folder already visited, such as a
+    link back up to a parent, is not entered again).
+    """
+    found, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or a second link to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(root, folder)
+        found += [n if rel == "." else os.path.join(rel, n) for n in names
+                  if not n.startswith(".") and os.path.isfile(os.path.join(root, n))]
+    return sorted(found)
 
 
 def list_folder(directory):
@@ -129,39 +183,27 @@ def _check_classes(directory, class_names):
         raise DataError(f"{directory}: only one class folder ({class_names[0]!r}); a classifier needs at least two")
 
 
-def scan(directory, paths, labels, skip_bad=False, print_fn=print):
+def scan(directory, paths, labels, skip_bad=False, print_fn=print, max_pixels=None):
     """Check every file's header without decoding its pixels; returns the good (paths, labels).
 
-    A file that is not an image, cannot be identified, fails Pillow's
-    ``verify`` or is a JPEG without its end marker (cut short) is bad: the
-    first is named in a one-line error, or all are skipped and counted when
-    ``skip_bad``.
+    A file is bad when its content is not one of :data:`FORMATS` (whatever
+    its name: a TIFF named ``.png`` is read as the TIFF it is), when it is
+    larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) or a
+    decompression bomb, fails Pillow's ``verify``, or is a JPEG cut short
+    (no end marker after its image data; a motion photo's video after the
+    marker is fine). The first bad file is named in a one-line error, or all
+    are skipped and counted when ``skip_bad``.
     """
-    from PIL import Image, UnidentifiedImageError
-
     good_paths, good_labels, bad = [], [], []
     for rel, label in zip(paths, labels):
         path = os.path.join(directory, rel)
-        problem = None
-        if not rel.lower().endswith(IMAGE_EXTENSIONS):
-            problem = f"not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
-        else:
-            try:
-                with Image.open(path) as img:
-                    kind = img.format
-                    img.verify()
-                if kind == "JPEG":
-                    with open(path, "rb") as f:
-                        f.seek(-2, os.SEEK_END)
-                        if f.read(2) != b"\xff\xd9":
-                            problem = "corrupt or unreadable image (JPEG cut short: no end marker)"
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                problem = f"corrupt or unreadable image ({e})"
-        if problem:
-            bad.append((path, problem))
-        else:
-            good_paths.append(rel)
-            good_labels.append(label)
+        try:
+            check_image(path, max_pixels)
+        except BadImage as e:
+            bad.append((path, str(e)))
+            continue
+        good_paths.append(rel)
+        good_labels.append(label)
     if bad and not skip_bad:
         more = f"; {len(bad) - 1} more bad file(s)" if len(bad) > 1 else ""
         raise DataError(f"{bad[0][0]}: {bad[0][1]}{more}; fix or remove them, or pass --skip-bad-images")
@@ -273,7 +315,7 @@ def _split_entry(path, field, entry, root, num_classes):
     return rel, label
 
 
-def read_split(path, directory, skip_bad=False, print_fn=print):
+def read_split(path, directory, skip_bad=False, print_fn=print, max_pixels=None):
     """Read a split file as untrusted input; returns (class_names, splits).
 
     Every entry is checked (:func:`_split_entry`), every listed file must
@@ -297,14 +339,15 @@ def read_split(path, directory, skip_bad=False, print_fn=print):
             if not os.path.isfile(os.path.join(directory, rel)):
                 raise DataError(f"{path}: lists {rel} ({name}), which is no longer in {directory}; restore it, "
                                 "or start a new run to split again")
-        splits[name] = scan(directory, [p for p, _ in pairs], [y for _, y in pairs], skip_bad, print_fn)
+        splits[name] = scan(directory, [p for p, _ in pairs], [y for _, y in pairs], skip_bad, print_fn, max_pixels)
         if not splits[name][0]:
             raise DataError(f"{path}: the {name} split lists no usable image; move the file away to split again")
     return class_names, splits
 
 
 def load_folder_splits(directory, image_size, channels, val_fraction, seed, limit=None, test_limit=None,
-                       split_file=None, skip_bad=False, resize="stretch", print_fn=print):
+                       split_file=None, skip_bad=False, resize="stretch", print_fn=print,
+                       max_pixels=None):
     """Files of the train / val / test splits as :class:`ImageFiles` and int32 labels, plus the class names.
 
     With an existing ``split_file`` the split is read from it (nothing is
@@ -320,13 +363,13 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
     if split_file and os.path.isfile(split_file):
         if not os.path.isdir(directory):
             raise DataError(f"--image-dir {directory}: no such directory")
-        class_names, splits = read_split(split_file, directory, skip_bad, print_fn)
+        class_names, splits = read_split(split_file, directory, skip_bad, print_fn, max_pixels)
     else:
         class_names, splits, files = list_folder(directory)
         if splits is None:
-            splits = make_split(*scan(directory, *files, skip_bad, print_fn), val_fraction, seed, limit)
+            splits = make_split(*scan(directory, *files, skip_bad, print_fn, max_pixels), val_fraction, seed, limit)
         else:
-            splits = {name: scan(directory, *pair, skip_bad, print_fn) for name, pair in splits.items()}
+            splits = {name: scan(directory, *pair, skip_bad, print_fn, max_pixels) for name, pair in splits.items()}
             if "val" not in splits:
                 rest, val = stratified_split(splits["train"][1], val_fraction, seed)
                 train = (np.asarray(splits["train"][0]), np.asarray(splits["train"][1]))
@@ -343,26 +386,263 @@ def load_folder_splits(directory, image_size, channels, val_fraction, seed, limi
 
     def files(name):
         paths = [os.path.join(directory, p) for p in splits[name][0]]
-        return ImageFiles(paths, image_size, channels, resize), np.asarray(splits[name][1], np.int32)
+        return ImageFiles(paths, image_size, channels, resize, max_pixels), np.asarray(splits[name][1], np.int32)
 
     return files("train"), files("val"), files("test"), class_names, record
+
+
+# ------------------------------------------------------------- decoding
+
+
+class BadImage(Exception):
+    """A file the pipeline cannot read; the message is the one-line reason (without the path)."""
+
+
+class ImageTooLarge(BadImage):
+    """An image over the pixel cap, or a decompression bomb (Pillow's own limit)."""
+
+
+@functools.cache
+def _heif_opener():
+    """Register pillow-heif's HEIC/HEIF opener once; False when it is not installed.
+
+    A HEIF file's rotation is its container's ``irot``/``imir`` (the EXIF
+    Orientation is informative there, per the HEIF spec): libheif applies
+    them and pillow-heif resets the EXIF tag to 1, so the picture is upright
+    and ``exif_transpose`` does not turn it twice.
+    """
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _formats():
+    """The Pillow plugins tried on a file: only :data:`FORMATS`, and only those this install has."""
+    from PIL import Image
+
+    heif = _heif_opener()
+    Image.init()
+    return [f for f in FORMATS if f in Image.OPEN and (f != "HEIF" or heif)]
+
+
+def _sniff(head):
+    """The name of an image format Pillow does not read here, from a file's first bytes, or None."""
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "HEIC/HEIF"
+    for magic, name in _OTHER_IMAGES:
+        if head.startswith(magic):
+            return name
+    if head.lstrip().startswith((b"<svg", b"<?xml")) and b"<svg" in head:
+        return "SVG"
+    return None
+
+
+def _unidentified(path):
+    """Why Pillow found no supported format in ``path``: an image format named as such, or not an image."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    ext = os.path.splitext(path)[1].lower()
+    name = _sniff(head) or _OTHER_EXTENSIONS.get(ext)
+    if name == "HEIC/HEIF" and not _heif_opener():
+        return f"a HEIC/HEIF image, which needs pillow-heif to read: {HEIF_INSTALL}"
+    if name:
+        return f"a {name} image, which nin_keras cannot read (convert it to JPEG or PNG)"
+    if ext in IMAGE_EXTENSIONS:
+        return f"corrupt or unreadable image (its content is none of {', '.join(_formats())})"
+    return f"not an image file (read by content: {', '.join(_formats())})"
+
+
+def _too_large(pixels, max_pixels):
+    return (f"too large ({pixels:,} pixels; the limit is {max_pixels:,}, a guard against decompression bombs: "
+            "raise it with --max-image-pixels)")
+
+
+def open_image(path, max_pixels=None):
+    """``path`` opened by Pillow (header only) as one of :data:`FORMATS`; :class:`BadImage` otherwise.
+
+    The pixel count is checked against ``max_pixels`` (default
+    :data:`DEFAULT_MAX_PIXELS`) from the header, before anything is decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    if Image.MAX_IMAGE_PIXELS and max_pixels > Image.MAX_IMAGE_PIXELS:
+        # Pillow's own guard is a process-wide setting: follow a cap the user raised.
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        img = Image.open(path, formats=_formats())
+    except Image.DecompressionBombError as e:
+        claimed = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
+    except UnidentifiedImageError:
+        raise BadImage(_unidentified(path)) from None
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise BadImage(f"corrupt or unreadable image ({e})") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise ImageTooLarge(_too_large(width * height, max_pixels))
+    return img
+
+
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_complete(path):
+    """Whether the JPEG's image data reaches its end marker (FF D9); what follows it (a motion photo's video) is ignored.
+
+    Walks the markers: header segments are skipped by their length, the
+    entropy-coded data (where FF is always followed by 00 or a restart
+    marker) is searched for the next marker, until the end marker or the
+    end of the file.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos = 2
+        while pos + 4 <= len(data):
+            if data[pos] != 0xFF or data[pos + 1] == 0x00:
+                found = _JPEG_MARKER.search(data, pos)  # inside scan data (FF 00 is a stuffed byte): the next marker
+                if not found:
+                    return False
+                pos = found.start()
+                continue
+            marker = data[pos + 1]
+            if marker == 0xD9:
+                return True
+            if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:
+                pos += 1 if marker == 0xFF else 2
+                continue
+            pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        return data[len(data) - 2 :] == b"\xff\xd9"
+
+
+def check_image(path, max_pixels=None):
+    """:class:`BadImage` unless ``path`` is a complete image the pipeline reads (header checks only)."""
+    with open_image(path, max_pixels) as img:
+        kind = img.format
+        try:
+            img.verify()
+        except Exception as e:  # verify's errors differ by plugin (SyntaxError, OSError, struct.error...)
+            raise BadImage(f"corrupt or unreadable image ({e})") from None
+    if kind in ("JPEG", "MPO") and not _jpeg_complete(path):
+        raise BadImage("corrupt or unreadable image (JPEG cut short: no end marker)")
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        # The content decides how a file is read, but split.json (read as untrusted input) only lists
+        # image file names: a run must not write a split its own resume would refuse.
+        raise BadImage(f"a {kind} image without an image file name extension (rename it, e.g. to .jpg or .png)")
+
+
+def _rgb(img):
+    """Any mode as RGB: 16-bit grey scaled (not clipped), transparency composited on :data:`ALPHA_BACKGROUND`."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        # 16-bit grey (PNG, TIFF): Pillow's convert would clip at 255; keep the top 8 of 16 bits.
+        img = Image.fromarray((np.clip(np.asarray(img).astype(np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", img.size, ALPHA_BACKGROUND)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img.convert("RGB")
+
+
+def _canvas(image, image_size, resize):
+    """``(image, region)``: what the resize mode maps onto the model's input (a box on the returned image).
+
+    stretch: the whole picture; crop: its centre at the input's aspect
+    ratio; pad: the picture letterboxed on :data:`PAD_COLOUR` to that ratio.
+    """
+    from PIL import Image
+
+    width, height = image.size
+    aspect = image_size[1] / image_size[0]
+    if resize == "stretch":
+        return image, (0, 0, width, height)
+    if resize == "crop":
+        crop_w, crop_h = min(width, height * aspect), min(height, width / aspect)
+        left, top = (width - crop_w) / 2, (height - crop_h) / 2
+        return image, (left, top, left + crop_w, top + crop_h)
+    pad_w, pad_h = max(width, round(height * aspect)), max(height, round(width / aspect))
+    canvas = Image.new("RGB", (pad_w, pad_h), PAD_COLOUR)
+    canvas.paste(image, ((pad_w - width) // 2, (pad_h - height) // 2))
+    return canvas, (0, 0, pad_w, pad_h)
+
+
+def load_pixels(path, image_size, channels, resize="stretch", box=(0.0, 0.0, 1.0, 1.0), max_pixels=None):
+    """The preprocessing contract, in one function: an image file as uint8 (H, W, C) of the model's input.
+
+    Every path that turns a file into pixels calls this (the training
+    pipeline, evaluation, int8 calibration, ``export.predict``), so they
+    agree exactly. In order: open by content (:func:`open_image`, pixel
+    cap); JPEGs decoded at 1/2..1/8 scale by libjpeg's DCT scaling while
+    still at least twice the input size (Pillow's ``draft``); the EXIF
+    orientation applied (the picture as a phone shows it); RGB with
+    transparency on white; the resize mode's region (:func:`_canvas`);
+    ``box`` (fractions ``y0, x0, y1, x1`` of that region: a random crop in
+    training, the whole region otherwise) resized to ``image_size`` with
+    Pillow's antialiased bilinear filter; grey by ITU-R 601 luma when
+    ``channels`` is 1. Raises :class:`BadImage`.
+    """
+    from PIL import Image, ImageOps
+
+    side = 2 * max(image_size)
+    try:
+        with open_image(path, max_pixels) as img:
+            img.draft("RGB", (side, side))  # a no-op for formats other than JPEG
+            upright = _rgb(ImageOps.exif_transpose(img))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"corrupt or unreadable image ({e})") from None
+    canvas, (left, top, right, bottom) = _canvas(upright, image_size, resize)
+    y0, x0, y1, x1 = (float(v) for v in box)
+    region = (left + x0 * (right - left), top + y0 * (bottom - top), left + x1 * (right - left),
+              top + y1 * (bottom - top))
+    out = canvas.resize((int(image_size[1]), int(image_size[0])), Image.BILINEAR, box=region)
+    if channels == 1:
+        out = out.convert("L")
+    pixels = np.asarray(out, np.uint8)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def preprocessing_contract(resize):
+    """The preprocessing rules as JSON-able data, for the sidecar, the TFLite metadata and ``config.json``."""
+    return {"resize_mode": resize, "orientation": ORIENTATION_RULE,
+            "alpha_background": list(ALPHA_BACKGROUND), "pad_colour": list(PAD_COLOUR),
+            "resize_filter": "bilinear, antialiased (Pillow)"}
 
 
 # -------------------------------------------------------------- tf.data
 
 
-def decode(path, image_size, channels, resize="stretch"):
-    """Read and decode one image file to uint8 ``image_size`` × ``channels`` (graph-safe)."""
-    return _resize(_colour(_read_rgb(path), channels), image_size, resize)
-
-
-def _read_rgb(path):
-    """Read and decode any supported file as uint8 RGB (GIFs: the first frame)."""
+def _pixels_op(path, box, image_size, channels, resize, max_pixels):
+    """:func:`load_pixels` as a graph op (Pillow releases the GIL while it decodes and resizes, so parallel
+    map calls decode in parallel)."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
+    def run(p, b):
+        try:
+            return load_pixels(os.fsdecode(p), image_size, channels, resize, b, max_pixels)
+        except BadImage as e:  # a file changed after the scan: one line, not a Pillow traceback
+            raise ValueError(f"{os.fsdecode(p)}: {e}") from None
+
+    image = tf.numpy_function(run, [path, box], tf.uint8, stateful=False)
+    image.set_shape([*image_size, channels])
     return image
+
+
+def decode(path, image_size, channels, resize="stretch", max_pixels=None):
+    """Read and decode one image file to uint8 ``image_size`` × ``channels`` (a graph op; see :func:`load_pixels`)."""
+    import tensorflow as tf
+
+    return _pixels_op(path, tf.constant([0.0, 0.0, 1.0, 1.0]), image_size, channels, resize, max_pixels)
 
 
 def _to_uint8(image):
@@ -371,46 +651,30 @@ def _to_uint8(image):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def _colour(image, channels):
+def decode_augmented(path, image_size, channels, seed_pair, resize="stretch", max_pixels=None):
+    """Decode with photo augmentation: random resized crop, flip, brightness/contrast jitter.
+
+    The crop (40–100% of the resize mode's region, aspect 3:4 to 4:3 of the
+    model's input) is drawn here, seeded, and cut and resized by
+    :func:`load_pixels` like every other path, so pixels are at the input
+    size before any float conversion; at full size it is exactly the
+    evaluation image.
+    """
     import tensorflow as tf
 
-    return tf.image.rgb_to_grayscale(image) if channels == 1 else image
-
-
-def _resize(image, image_size, resize):
-    import tensorflow as tf
-
-    if resize == "crop":
-        # Centre crop to the target's aspect ratio, then scale.
-        shape = tf.shape(image)
-        h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-        aspect = image_size[1] / image_size[0]
-        crop_h = tf.cast(tf.minimum(h, w / aspect), tf.int32)
-        crop_w = tf.cast(tf.minimum(w, h * aspect), tf.int32)
-        image = tf.image.resize_with_crop_or_pad(image, crop_h, crop_w)
-    if resize == "pad":
-        image = tf.image.resize_with_pad(image, *image_size, antialias=True)
-    else:
-        image = tf.image.resize(image, image_size, antialias=True)
-    return _to_uint8(image)
-
-
-def decode_augmented(path, image_size, channels, seed_pair):
-    """Decode with photo augmentation: random resized crop (40–100% of the area), flip, brightness/contrast jitter."""
-    import tensorflow as tf
-
-    image = _read_rgb(path)
     seeds = tf.random.experimental.stateless_split(seed_pair, 4)
+    grid = tf.constant([10 * image_size[0], 10 * image_size[1], 1], tf.int32)  # box fractions in steps of 1/10 px
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seeds[0], area_range=(0.4, 1.0),
+        grid, tf.zeros([0, 0, 4], tf.float32), seed=seeds[0], area_range=(0.4, 1.0),
         aspect_ratio_range=(0.75, 1.33), min_object_covered=0.0, use_image_if_no_bounding_boxes=True)
-    image = tf.slice(image, begin, size)
+    scale = tf.cast(tf.concat([grid[:2], grid[:2]], 0), tf.float32)
+    box = tf.cast(tf.concat([begin[:2], begin[:2] + size[:2]], 0), tf.float32) / scale
+    image = _pixels_op(path, box, image_size, channels, resize, max_pixels)
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
     image = tf.cast(image, tf.float32)
     image = tf.image.stateless_random_brightness(image, 0.1 * 255, seeds[2])
     image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[3])
-    image = tf.clip_by_value(image, 0, 255)
-    return _to_uint8(tf.image.resize(_colour(image, channels), image_size, antialias=True))
+    return _to_uint8(image)
 
 
 def image_pipeline(files, labels, shuffle=False, seed=0, augment=False):
@@ -424,13 +688,13 @@ def image_pipeline(files, labels, shuffle=False, seed=0, augment=False):
     ds = tf.data.Dataset.from_tensor_slices((files.paths, np.asarray(labels, np.int32)))
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    size, channels = files.image_size, files.channels
+    size, channels, resize, cap = files.image_size, files.channels, files.resize, files.max_pixels
     if augment:
         # Stateless ops seeded per element by a seeded random stream: reproducible across runs.
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-        return ds.map(lambda pair, s: (decode_augmented(pair[0], size, channels, s), pair[1]),
+        return ds.map(lambda pair, s: (decode_augmented(pair[0], size, channels, s, resize, cap), pair[1]),
                       num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(lambda p, y: (decode(p, size, channels, files.resize), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda p, y: (decode(p, size, channels, resize, cap), y), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ------------------------------------------------------- a generated folder

@@ -123,6 +123,9 @@ SETTINGS = (
             "(letterbox) or crop (centre)", default="stretch", choices=("stretch", "pad", "crop")),
     Setting("skip_bad_images", bool, "--image-dir: skip corrupt and non-image files (counted) instead of stopping",
             default=False, check=lambda v: isinstance(v, bool), rule="true or false"),
+    Setting("max_image_pixels", int, "--image-dir: refuse images larger than N pixels (width x height, read from "
+            "the header before decoding: a guard against decompression bombs)", default=40_000_000,
+            check=_int_at_least(1), rule="an integer >= 1", metavar="N"),
     Setting("val_fraction", float, "fraction of training data held out for validation", fallback=1 / 12,
             check=lambda v: is_number(v) and 0 < v < 1, rule="in (0, 1)", label="validation fraction"),
     # Where and how it runs.
@@ -163,8 +166,8 @@ TOOL_SETTINGS = (
             check=lambda v: is_number(v) and v > 0, rule="a number of seconds > 0"),
 )
 NUMERIC = {s.name: s for s in (*SETTINGS, *TOOL_SETTINGS) if s.type in (int, float)}
-DATA_FLAGS = ("data_dir", "image_dir", "tfds", "image_size", "resize", "skip_bad_images", "limit", "test_limit",
-              "val_fraction")
+DATA_FLAGS = ("data_dir", "image_dir", "tfds", "image_size", "resize", "skip_bad_images", "max_image_pixels", "limit",
+              "test_limit", "val_fraction")
 
 # A setting's value when neither the preset nor the user gives one.
 FALLBACKS = {s.name: s.fallback for s in SETTINGS if s.fallback is not None}

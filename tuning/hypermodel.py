@@ -18,6 +18,7 @@ import math
 import keras_tuner
 
 from nin_keras import config as config_lib
+from nin_keras import precise_bn
 from nin_keras.errors import ConfigError
 from nin_keras.fit import compile_model, one_hot_classes
 from nin_keras.model import build_nin
@@ -189,6 +190,11 @@ class NinHyperModel(keras_tuner.HyperModel):
                                       augment_shift=cfg.augment_shift, one_hot_classes=one_hot)
         val = (make_dataset(*validation_data, cfg.batch_size, one_hot_classes=one_hot)
                if validation_data is not None else None)
+        # A trial is judged on validation: with BatchNorm statistics that match its weights (precise BN).
+        strategy = getattr(model, "distribute_strategy", None)
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
+                               precise_bn.before_validation(images, labels, cfg.batch_size, replicas, self.base.seed)]
         return model.fit(train, *args, validation_data=val, shuffle=False, **kwargs)
 
 

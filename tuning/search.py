@@ -287,7 +287,7 @@ def run_search(args, print_fn=print):
         "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
         "tfds": args.tfds, "val_fraction": args.val_fraction, "test_limit": args.test_limit,
         "precision": args.precision, "image_size": args.image_size, "resize": args.resize,
-        "skip_bad_images": args.skip_bad_images,
+        "skip_bad_images": args.skip_bad_images, "max_image_pixels": args.max_image_pixels,
     })
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     kwargs = config_lib.model_kwargs(base)
@@ -301,7 +301,7 @@ def run_search(args, print_fn=print):
     splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
                        base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
                        split_file=None if args.overwrite else split_file, skip_bad_images=base.skip_bad_images,
-                       resize=base.resize, print_fn=print_fn)
+                       resize=base.resize, print_fn=print_fn, max_image_pixels=base.max_image_pixels)
     hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape,
                                trial_epochs=args.epochs)
     if chief and splits.split_record is not None:

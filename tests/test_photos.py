@@ -1,0 +1,306 @@
+"""Phone photos as they really are: EXIF orientation, motion photos, every format, sub-folders, bombs.
+
+Every file is written the way a phone or browser writes it (Pillow's Exif
+API for the Orientation tag, bytes after a JPEG's end marker, CMYK, 16-bit
+and palette PNGs, WebP, TIFF, HEIC when pillow-heif is installed) and the
+assertions are on what the model's pipeline actually decodes.
+"""
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nin_keras import data, images
+from nin_keras.errors import DataError
+
+SIZE = (32, 32)
+# What exif_transpose applies for each Orientation value; a phone stores the inverse.
+_STORE = {1: None, 2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
+          6: Image.ROTATE_90, 7: Image.TRANSVERSE, 8: Image.ROTATE_270}
+
+
+def scene(label=0, size=(96, 128)):
+    """An upright portrait picture: grey, a bright bar on the left (label 0) or right (1), a red top-left mark."""
+    h, w = size
+    arr = np.full((h, w, 3), 110, np.uint8)
+    x0 = w // 8 if label == 0 else w - w // 8 - w // 5
+    arr[h // 6 : h - h // 6, x0 : x0 + w // 5] = 245
+    arr[: h // 5, : w // 4] = (230, 30, 30)
+    return Image.fromarray(arr)
+
+
+def expected(image, size=SIZE):
+    return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)).astype(float)
+
+
+def save_turned(upright, path, orientation, **kwargs):
+    """Save ``upright`` as a phone does: pixels stored turned, plus the EXIF Orientation tag that undoes it."""
+    stored = upright if _STORE[orientation] is None else upright.transpose(_STORE[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Google"  # Make
+    stored.save(path, exif=exif, **kwargs)
+
+
+def decoded(path, size=SIZE, channels=3, resize="stretch"):
+    return images.ImageFiles([str(path)], size, channels, resize).to_array()[0].astype(float)
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_exif_turned_jpeg_decodes_upright(tmp_path, orientation):
+    path = tmp_path / f"IMG_{orientation}.jpg"
+    save_turned(scene(), path, orientation, quality=95)
+    assert np.abs(decoded(path) - expected(scene())).mean() < 4
+
+
+def _png_16bit(path, upright):
+    grey = np.asarray(upright.convert("L")).astype(np.uint16) * 257  # full 16-bit range
+    Image.fromarray(grey).save(path)  # mode I;16
+
+
+def _png_alpha(path, upright):
+    """The scene drawn on a transparent canvas whose hidden RGB is black: composited, it must show white."""
+    arr = np.asarray(upright)
+    rgba = np.zeros((*arr.shape[:2], 4), np.uint8)
+    rgba[8:-8, 8:-8, :3] = arr[8:-8, 8:-8]
+    rgba[8:-8, 8:-8, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(path)
+    shown = np.full_like(arr, 255)
+    shown[8:-8, 8:-8] = arr[8:-8, 8:-8]
+    return Image.fromarray(shown)
+
+
+def _motion_photo(path, upright):
+    """A Pixel-style motion photo: a complete JPEG, then an MP4 (whose bytes include FF D9) after its end."""
+    save_turned(upright, path, 6, quality=92)
+    mp4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 40 + b"\xff\xd9\x00\x01"
+    with open(path, "ab") as f:
+        f.write(mp4)
+
+
+def _heic(path, upright):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    upright.save(path, format="HEIF", quality=95)
+
+
+KINDS = {
+    "baseline.jpg": lambda p, im: save_turned(im, p, 6, quality=95),
+    "progressive.jpg": lambda p, im: save_turned(im, p, 8, quality=95, progressive=True),
+    "cmyk.jpg": lambda p, im: im.convert("CMYK").save(p, quality=95),
+    "motion.jpg": _motion_photo,
+    "sixteen.png": _png_16bit,
+    "palette.png": lambda p, im: im.quantize(16).save(p),
+    "alpha.png": _png_alpha,
+    "first-frame.gif": lambda p, im: im.save(p, save_all=True, append_images=[Image.new("RGB", im.size, "blue")]),
+    "plain.bmp": lambda p, im: im.save(p),
+    "browser.webp": lambda p, im: save_turned(im, p, 6, lossless=True),
+    "scan.tiff": lambda p, im: save_turned(im, p, 3),
+    "iphone.heic": _heic,
+    "tiff-named.png": lambda p, im: im.save(p, format="TIFF"),  # the content decides, not the name
+}
+
+
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_every_phone_and_browser_format_decodes_as_shown(tmp_path, name):
+    upright = scene()
+    shown = KINDS[name](tmp_path / name, upright) or upright
+    if name == "sixteen.png":
+        shown = shown.convert("L")
+    good, _ = images.scan(str(tmp_path), [name], [0])
+    assert good == [name]  # the header scan accepts it ...
+    tolerance = 12 if name in ("palette.png", "cmyk.jpg") else 5  # 16 colours; CMYK round trip
+    assert np.abs(decoded(tmp_path / name) - expected(shown)).mean() < tolerance  # ... and it decodes as shown
+
+
+def test_truncated_jpeg_is_still_caught_and_motion_photo_is_not(tmp_path):
+    _motion_photo(tmp_path / "motion.jpg", scene())
+    whole = (tmp_path / "motion.jpg").read_bytes()
+    end = whole.index(b"\x00\x00\x00\x18ftypmp42")
+    (tmp_path / "cut.jpg").write_bytes(whole[: end - 300])  # headers whole, image data cut
+    good, _ = images.scan(str(tmp_path), ["motion.jpg", "cut.jpg"], [0, 0], skip_bad=True, print_fn=lambda m: None)
+    assert good == ["motion.jpg"]
+    with pytest.raises(DataError, match=r"cut\.jpg: corrupt or unreadable image \(JPEG cut short"):
+        images.scan(str(tmp_path), ["cut.jpg"], [0])
+
+
+def test_unsupported_images_are_named_as_images_not_as_other_files(tmp_path, monkeypatch):
+    (tmp_path / "photo.jxl").write_bytes(b"\xff\x0a" + bytes(200))  # a JPEG XL codestream
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"photo\.jxl: a JPEG XL image, which nin_keras cannot read"):
+        images.scan(str(tmp_path), ["photo.jxl"], [0])
+    with pytest.raises(DataError, match=r"notes\.txt: not an image file"):
+        images.scan(str(tmp_path), ["notes.txt"], [0])
+    # HEIC without pillow-heif: the file, the format and the install command in one line.
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    monkeypatch.setattr(images, "_heif_opener", lambda: False)
+    with pytest.raises(DataError) as info:
+        images.scan(str(tmp_path), ["IMG_0001.HEIC"], [0])
+    message = str(info.value)
+    assert "IMG_0001.HEIC: a HEIC/HEIF image" in message and "pip install pillow-heif" in message
+    assert "\n" not in message
+
+
+def _bomb_png(path, width, height):
+    """A tiny PNG whose header claims width x height (a decompression bomb's header)."""
+    raw = io.BytesIO()
+    Image.new("L", (1, 1)).save(raw, "PNG")
+    png = bytearray(raw.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(png[24:29])
+    png[16:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(png))
+
+
+def test_decompression_bombs_and_the_pixel_cap_are_one_line_or_skipped(tmp_path, capsys):
+    _bomb_png(tmp_path / "bomb.png", 20000, 20000)  # beyond Pillow's own limit: DecompressionBombError
+    scene(size=(3000, 2000)).save(tmp_path / "big.jpg", quality=80)  # 6 MP
+    with pytest.raises(DataError, match=r"bomb\.png: too large \(400,000,000 pixels; the limit is 40,000,000"):
+        images.scan(str(tmp_path), ["bomb.png"], [0])
+    with pytest.raises(DataError, match=r"big\.jpg: too large \(6,000,000 pixels.*--max-image-pixels"):
+        images.scan(str(tmp_path), ["big.jpg"], [0], max_pixels=5_000_000)
+    good, _ = images.scan(str(tmp_path), ["bomb.png", "big.jpg"], [0, 1], skip_bad=True)
+    assert good == ["big.jpg"] and "skipped 1 bad file(s)" in capsys.readouterr().out
+    files = images.ImageFiles([str(tmp_path / "big.jpg")], SIZE, 3, max_pixels=5_000_000)
+    with pytest.raises(Exception, match="too large"):
+        files.to_array()  # the pipeline keeps the cap too (a file replaced after the scan)
+
+
+def test_class_folders_are_walked_with_hidden_files_and_symlink_loops_handled(tmp_path):
+    for label, cls in enumerate(("left", "right")):
+        for sub in ("", "2024/03", "café été"):
+            os.makedirs(tmp_path / cls / sub, exist_ok=True)
+            scene(label).save(tmp_path / cls / sub / "photo 1 ü.jpg")
+        (tmp_path / cls / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        os.makedirs(tmp_path / cls / ".thumbnails")
+        scene(label).save(tmp_path / cls / ".thumbnails" / "t.jpg")
+        os.symlink("..", tmp_path / cls / "2024" / "loop")  # a symlink loop: back up to the class folder
+    names, given, (paths, labels) = images.list_folder(str(tmp_path))
+    assert names == ["left", "right"] and given is None
+    assert sorted(paths) == sorted(os.path.join(c, s, "photo 1 ü.jpg") if s else os.path.join(c, "photo 1 ü.jpg")
+                                   for c in ("left", "right") for s in ("", "2024/03", "café été"))
+    assert labels == [0] * 3 + [1] * 3
+    splits = data.load_data(image_dir=str(tmp_path), image_size=SIZE, channels=3, val_fraction=0.3)
+    assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 6
+    assert images.as_array(splits.x_test).shape[1:] == (*SIZE, 3)
+
+
+def test_export_predict_reads_the_photo_upright(tmp_path):
+    from export.predict import load_image
+
+    for o in (1, 6, 8):
+        save_turned(scene(), tmp_path / f"o{o}.jpg", o, quality=95)
+    up = load_image(str(tmp_path / "o1.jpg"), list(SIZE), "RGB").astype(float)
+    for o in (6, 8):
+        turned = load_image(str(tmp_path / f"o{o}.jpg"), list(SIZE), "RGB").astype(float)
+        assert np.abs(turned - up).mean() < 3
+
+
+def _wide_photo(path, sides=(128, 128, 128)):
+    """A 240x60 landscape photo, stored turned (EXIF 6): textured, with flat-coloured side thirds unless ``sides`` is None."""
+    rng = np.random.default_rng(5)
+    arr = rng.integers(40, 220, (60, 240, 3)).astype(np.uint8)
+    if sides is not None:
+        arr[:, :90] = arr[:, 150:] = sides
+    save_turned(Image.fromarray(arr), path, 6, quality=95)
+
+
+def _augmented(path, mode, n=12):
+    files = images.ImageFiles([str(path)] * n, SIZE, 3, mode)
+    ds = images.image_pipeline(files, np.zeros(n, np.int32), seed=1, augment=True)
+    return np.stack([x.numpy() for x, _ in ds]).astype(float)
+
+
+def test_training_crops_follow_the_resize_mode(tmp_path):
+    """pad: random crops of the letterboxed picture (flat bars in view); crop: never outside the centre."""
+    _wide_photo(tmp_path / "textured.jpg", sides=None)
+    padded = _augmented(tmp_path / "textured.jpg", "pad")
+    flat_rows = (padded.std(axis=2) < 1.0).all(axis=-1).any(axis=1)  # a row of one colour: the letterbox bar
+    assert flat_rows.all()
+    _wide_photo(tmp_path / "wide.jpg", sides=(250, 20, 20))
+    cropped = _augmented(tmp_path / "wide.jpg", "crop")
+    red = (cropped[..., 0] > 200) & (cropped[..., 1] < 80) & (cropped[..., 2] < 80)
+    assert red.sum() == 0  # the red side thirds are outside the centre crop the model is evaluated on
+
+
+def _classifier(num_classes=3):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((*SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 5, strides=2, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_one_preprocessing_contract_in_evaluation_calibration_and_export_predict(tmp_path, mode):
+    from export import predict
+    from export.converter import convert, sidecar, write_tflite
+
+    _wide_photo(tmp_path / "photo.jpg")
+    files = images.ImageFiles([str(tmp_path / "photo.jpg")], SIZE, 3, mode)
+    evaluation = files.to_array()  # what fit's evaluation and export's report decode
+    calibration = next(iter(data.make_dataset(files, np.zeros(1, np.int32), 1)))[0].numpy()  # int8 calibration
+    app = predict.load_image(str(tmp_path / "photo.jpg"), list(SIZE), "RGB", mode)[None]
+    np.testing.assert_array_equal(calibration, evaluation)
+    np.testing.assert_array_equal(app, evaluation)
+
+    model = _classifier()
+    keras_scores = model.predict(evaluation, verbose=0)[0]
+    stretched = images.ImageFiles(files.paths, SIZE, 3, "stretch").to_array()
+    assert np.abs(model.predict(stretched, verbose=0)[0] - keras_scores).max() > 1e-3  # the mode matters
+
+    tflite = convert(model, "float32")
+    meta = sidecar("float32", tflite, ["a", "b", "c"], model, resize=mode)
+    assert meta["preprocessing"]["resize_mode"] == mode and "EXIF" in meta["preprocessing"]["orientation"]
+    path = write_tflite(str(tmp_path), "float32", tflite, meta)
+    got = dict(predict.classify(path, [str(tmp_path / "photo.jpg")], top_k=3, print_fn=lambda m: None)
+               [str(tmp_path / "photo.jpg")])
+    np.testing.assert_allclose([got[c] for c in "abc"], keras_scores, atol=1e-5)
+
+
+@pytest.mark.slow  # trains the photo preset (about 20 s)
+def test_a_small_phone_folder_trains_a_model_that_predicts_as_well_as_it_trains(tmp_path):
+    """2 x 40 phone photos (EXIF-turned, motion photos, WebP, HEIC, sub-folders): nothing skipped, and the saved
+    model's test accuracy (precise BatchNorm statistics) is as good as its training accuracy."""
+    from nin_keras.config import resolve_config
+    from nin_keras.fit import train
+    from nin_keras.phone_folder import write_phone_folder
+
+    write_phone_folder(str(tmp_path / "photos"), per_class=40, size=(72, 96))
+    settings = {"preset": "photo", "image_dir": str(tmp_path / "photos"), "image_size": 48, "epochs": 8,
+                "batch_size": 16, "strategy": "one-device", "output_dir": str(tmp_path / "run"), "verbose": 0}
+    metrics = train(resolve_config(settings))
+    assert metrics["test_examples"] == 16  # 20% of all 80: none skipped, sub-folders included
+    assert metrics["precise_bn"]["layers"] > 0
+    assert metrics["test_accuracy"] >= min(0.9, metrics["train_accuracy"] - 0.1), metrics
+
+
+def test_a_bomb_in_a_folder_is_one_line_from_the_cli(tmp_path, capsys):
+    from nin_keras.fit import main
+
+    for label, cls in enumerate(("bottom", "top")):
+        os.makedirs(tmp_path / "photos" / cls)
+        for i in range(4):
+            scene(label).save(tmp_path / "photos" / cls / f"{i}.jpg")
+    _bomb_png(tmp_path / "photos" / "top" / "huge.png", 30000, 30000)
+    out = tmp_path / "run"
+    assert main(["--preset", "tiny", "--image-dir", str(tmp_path / "photos"), "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "huge.png: too large (900,000,000 pixels" in err and err.count("\n") == 1
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_an_image_without_an_image_file_name_is_named_so(tmp_path):
+    """split.json only lists image file names, so the scan refuses what a resume would refuse, and says why."""
+    scene().save(tmp_path / "IMG_0001", format="JPEG")
+    with pytest.raises(DataError, match=r"IMG_0001: a JPEG image without an image file name extension"):
+        images.scan(str(tmp_path), ["IMG_0001"], [0])
