@@ -22,7 +22,7 @@ from nin_keras.io import read_json_object
 RUN_FORMAT = "nin_keras.run"
 RUN_FORMAT_VERSION = 1
 #: Keys of ``config.json`` that describe the file, not a setting.
-FORMAT_KEYS = ("format", "format_version", "nin_keras_version", "export")
+FORMAT_KEYS = ("format", "format_version", "nin_keras_version", "export", "preprocessing")
 
 RUN_FILES = {
     "config": "config.json",

@@ -10,10 +10,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_preset(name="tiny", **overrides):
-    """Build a preset's model with optional build_nin overrides (the library's own create_model path)."""
-    from nin_keras.presets import create_model
+    """Build a preset's model with build_nin overrides; unlike ``create_model`` a None override is kept
+    (``classifier_activation=None`` asks for logits)."""
+    from nin_keras.model import build_nin
+    from nin_keras.presets import get_preset
 
-    return create_model(name, **overrides)
+    return build_nin(**{**get_preset(name)["model"], **overrides})
 
 
 def save_and_reload(model, tmp_path, name="model.keras"):

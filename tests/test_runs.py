@@ -77,6 +77,7 @@ def test_config_json_records_the_whole_recipe(finished_run):
     assert RECORDED_MODEL_KEYS <= set(saved["model"]) and saved["model"]["num_classes"] == 10
     assert saved["model"]["blocks"][0]["filters"] == 16 and saved["model"]["data_format"] == "channels_last"
     assert saved["export"] == {} and saved["seed"] == 0 and saved["augment"] is False
+    assert saved["preprocessing"]["resize_mode"] == "stretch" and "EXIF" in saved["preprocessing"]["orientation"]
 
 
 def test_recorded_model_keys_are_build_nin_arguments():

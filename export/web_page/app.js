@@ -35,7 +35,8 @@ function topCategories(categories, k = 3) {
 }
 
 // Draw `source` the way training turned images into the model's square input (page.json "resize"):
-// stretch to the size, centre-crop to its aspect ratio, or fit and pad with black (zeros).
+// stretch to the size, centre-crop to its aspect ratio, or fit and pad with black (zeros). Transparent
+// pixels are composited on white first, as the training pipeline does (nin_keras.images.ALPHA_BACKGROUND).
 function prepare(source, canvas) {
   const [h, w] = state.config.input_size;
   const sw = source.videoWidth || source.naturalWidth || source.width;
@@ -45,15 +46,16 @@ function prepare(source, canvas) {
   ctx.imageSmoothingEnabled = true; ctx.imageSmoothingQuality = "high";
   ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, h);
   const mode = state.config.resize;
+  let from = [0, 0, sw, sh], to = [0, 0, w, h];
   if (mode === "crop") {
     const scale = Math.min(sw / w, sh / h), cw = w * scale, ch = h * scale;
-    ctx.drawImage(source, (sw - cw) / 2, (sh - ch) / 2, cw, ch, 0, 0, w, h);
+    from = [(sw - cw) / 2, (sh - ch) / 2, cw, ch];
   } else if (mode === "pad") {
     const scale = Math.min(w / sw, h / sh), dw = sw * scale, dh = sh * scale;
-    ctx.drawImage(source, 0, 0, sw, sh, (w - dw) / 2, (h - dh) / 2, dw, dh);
-  } else {
-    ctx.drawImage(source, 0, 0, sw, sh, 0, 0, w, h);
+    to = [(w - dw) / 2, (h - dh) / 2, dw, dh];
   }
+  ctx.fillStyle = "#fff"; ctx.fillRect(...to);
+  ctx.drawImage(source, ...from, ...to);
   return canvas;
 }
 
