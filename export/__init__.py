@@ -10,7 +10,7 @@ Use it from Python::
 Names load on first use, so ``import export`` stays light.
 """
 
-from nin_keras.cli import lazy_exports as _lazy_exports
+from nin_keras._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "export": "export.exporter",

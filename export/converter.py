@@ -88,7 +88,7 @@ def _saved_model_converter(model, workdir):
     return tf.lite.TFLiteConverter.from_saved_model(path)
 
 
-def convert(model, fmt, representative_images=None, int8_input="uint8", int8_output="float32", per_channel=False,
+def convert(model, fmt, representative_images=None, *, int8_input="uint8", int8_output="float32", per_channel=False,
             float_blocks=()):
     """Convert ``model`` to TFLite bytes in format ``fmt``.
 
@@ -108,7 +108,8 @@ def convert(model, fmt, representative_images=None, int8_input="uint8", int8_out
         float_blocks = block_names(float_blocks)
         if fmt == "int8" and float_blocks:
             return _selectively_quantize(model, converter, representative_images, per_channel, float_blocks)
-        return _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel)
+        return _configure_and_convert(converter, fmt, representative_images, int8_input=int8_input,
+                                      int8_output=int8_output, per_channel=per_channel)
 
 
 def block_names(value):
@@ -150,11 +151,11 @@ def _selectively_quantize(model, converter, representative_images, per_channel, 
     check_float_blocks(model, float_blocks)
     # Deny-list entries are the float graph's tensor names, which carry the Keras layer names.
     tensors = [d["name"] for d in Interpreter(model_content=_configure_and_convert(
-        converter, "float32", None, None, None)).get_tensor_details()]
+        converter, "float32", None, int8_input=None, int8_output=None)).get_tensor_details()]
     denied = [t for t in tensors if any(f"/{block}_" in t for block in float_blocks)]
     # The same int8 settings as the plain int8 export; the debugger quantizes with float32 input and output.
-    _configure_and_convert(converter, "int8", representative_images, "float32", "float32", per_channel,
-                           convert_now=False)
+    _configure_and_convert(converter, "int8", representative_images, int8_input="float32", int8_output="float32",
+                           per_channel=per_channel, convert_now=False)
     try:
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=_representative_dataset(representative_images),
@@ -175,7 +176,7 @@ def _representative_dataset(images):
     return generate
 
 
-def _configure_and_convert(converter, fmt, representative_images, int8_input, int8_output, per_channel=False,
+def _configure_and_convert(converter, fmt, representative_images, *, int8_input, int8_output, per_channel=False,
                            convert_now=True):
     """Set ``converter`` up for ``fmt`` and convert (or only set it up, ``convert_now=False``)."""
     import tensorflow as tf
@@ -226,9 +227,9 @@ def io_details(tflite_bytes):
 
 
 def image_rules(resize):
-    """The preprocessing contract of :func:`nin_keras.images.load_pixels` (resize mode, orientation, alpha,
+    """The preprocessing contract of :func:`nin_keras.data.folders.load_pixels` (resize mode, orientation, alpha,
     pad colour, filter) and what an app must do to follow it, as sidecar fields."""
-    from nin_keras.images import preprocessing_contract
+    from nin_keras.data.folders import preprocessing_contract
 
     app = {"stretch": "hand the whole upright frame to the model (MediaPipe's own resize stretches it)",
            "crop": "crop the upright frame's centre to the input's aspect ratio first (MediaPipe: set that box "
@@ -238,7 +239,7 @@ def image_rules(resize):
     return {**preprocessing_contract(resize), "app": app}
 
 
-def sidecar(fmt, tflite_bytes, labels, model, per_channel=False, metadata=False, float_blocks=(), resize="stretch"):
+def sidecar(fmt, tflite_bytes, labels, model, *, per_channel=False, metadata=False, float_blocks=(), resize="stretch"):
     """The JSON an app needs beside the .tflite: labels, I/O and preprocessing.
 
     ``model`` is the exported graph (RGB-input when the luminance layer was

@@ -120,7 +120,7 @@ def evaluate_onnx(model_path, images, labels, reference_top1=None, label="onnx")
     return _classify_each(predict, images, labels, reference_top1, label)
 
 
-def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, scale=2, label="mediapipe"):
+def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, *, scale=2, label="mediapipe"):
     """Classify every image with MediaPipe Tasks' ImageClassifier, fed as an app would feed it.
 
     Images become RGB frames ``scale`` times the model's size (MediaPipe

@@ -1,6 +1,7 @@
 """``python -m export``: TFLite/SavedModel export with a verified size/accuracy/latency report."""
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -224,8 +225,8 @@ def web_step(args, report, print_fn=print):
     """``--format web``: the page folder beside the int8 model, and (``--browser-benchmark``) its latencies."""
     from export.web import browser_benchmark, write_web
 
-    out_dir = report["output_dir"]
     model_path = resolve_model_path(args.model)
+    out_dir = export_dir(args, model_path)  # report["output_dir"] is relative to the run folder
     web_dir = write_web(out_dir, os.path.join(out_dir, "nin_int8.tflite"), report,
                         resize=run_config(model_path).get("resize"), run_name=os.path.basename(run_dir(model_path)),
                         runtime=args.web_runtime, print_fn=print_fn)
@@ -254,153 +255,220 @@ def export_formats(args):
     return formats
 
 
-def _export_files(args, print_fn=print):
-    """Export and verify the model files; returns (report dict, exit code)."""
-    from export.evaluator import evaluate_tflite
-    from nin_keras.data import load_data
+@dataclasses.dataclass
+class Export:
+    """One export as it moves through :func:`_export_files`' stages."""
 
+    args: object
+    model_path: str
+    model: object
+    out_dir: str
+    formats: list
+    labels: list
+    per_channel: bool
+    splits: object = None
+    data: dict = None
+    resize: str = "stretch"
+    deployed: object = None
+    written: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def tflite_formats(self):
+        return [f for f in self.formats if f in TFLITE_FORMATS]
+
+    @property
+    def verify(self):
+        return bool((self.tflite_formats or "onnx" in self.formats) and not self.args.no_verify)
+
+
+def export_dir(args, model_path):
+    """Where the files go: ``--output-dir``, else ``<run>/export``."""
+    return args.output_dir or os.path.join(run_dir(model_path), "export")
+
+
+def _export_files(args, print_fn=print):
+    """Export and verify the model files; returns (report dict, exit code).
+
+    Stages: :func:`_open_export` (flags, model, output folder),
+    :func:`_load_export_data` (the run's own split), :func:`_prepare_deployed`,
+    :func:`_write_formats`, then :func:`_verify` and :func:`_write_report`.
+    """
+    job = _open_export(args)
+    _load_export_data(job)
+    _prepare_deployed(job)
+    _write_formats(job, print_fn)
+    run = run_dir(job.model_path)
+    # Relative to the run folder: reports are shared, and absolute paths carry user names.
+    report = {"model": _relative(job.model_path, run), "output_dir": _relative(job.out_dir, run),
+              **parameter_report(job.model), "rgb_input": bool(job.deployed.input_shape[-1] == 3),
+              "metadata": bool(args.metadata)}
+    if not job.verify:
+        return report, 0
+    rows, predictions = _verify(job, report)
+    return _write_report(job, report, rows, predictions, print_fn)
+
+
+def _open_export(args):
+    """Check the flags, load the model, make the output folder, and settle the formats and int8 scales."""
     validate_numeric_args(args)  # before anything is loaded or written
     model_path = resolve_model_path(args.model)
     model = load_keras_model(model_path)
-    out_dir = args.output_dir or os.path.join(run_dir(model_path), "export")
+    out_dir = export_dir(args, model_path)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
-    formats = export_formats(args)
     per_channel = args.per_channel
     if per_channel is None:
         per_channel = preset_export_settings(model_path).get("per_channel", False)
+    labels = load_labels(model_path, int(model.output.shape[-1]))
+    return Export(args, model_path, model, out_dir, export_formats(args), labels, per_channel)
 
+
+def _load_export_data(job):
+    """The run's own split (calibration sees only its training images, the report only its test images)."""
+    from nin_keras.data import load_data
+
+    args, model = job.args, job.model
     num_classes = int(model.output.shape[-1])
-    labels = load_labels(model_path, num_classes)
-    tflite_formats = [f for f in formats if f in TFLITE_FORMATS]
-    verify = (tflite_formats or "onnx" in formats) and not args.no_verify
-    splits = None
-    if "int8" in formats or verify:
-        data = data_settings(args, model_path)
-        splits = load_data(data["data_dir"], data["image_dir"], data["tfds"], val_fraction=data["val_fraction"],
-                           seed=data["seed"], limit=data["limit"], test_limit=data["test_limit"],
-                           image_size=model.input_shape[1:3], num_classes=num_classes,
-                           channels=model.input_shape[3], split_file=data["split_file"],
-                           skip_bad_images=data["skip_bad_images"], resize=data["resize"],
-                           max_image_pixels=data["max_image_pixels"])
+    if "int8" in job.formats or job.verify:
+        data = job.data = data_settings(args, job.model_path)
+        splits = job.splits = load_data(
+            data_dir=data["data_dir"], image_dir=data["image_dir"], tfds_name=data["tfds"],
+            val_fraction=data["val_fraction"], seed=data["seed"], limit=data["limit"], test_limit=data["test_limit"],
+            image_size=model.input_shape[1:3], num_classes=num_classes, channels=model.input_shape[3],
+            split_file=data["split_file"], skip_bad_images=data["skip_bad_images"], resize=data["resize"],
+            max_image_pixels=data["max_image_pixels"])
         if list(splits.input_shape) != list(model.input_shape[1:]):
             raise NinError(f"data images are {splits.input_shape} but the model expects {list(model.input_shape[1:])}")
         if len(splits.class_names) != num_classes:
             raise NinError(f"{data['split_file'] or splits.source}: {len(splits.class_names)} classes but the model "
                            f"has {num_classes} outputs. Received: classes={splits.class_names[:20]}")
-
-    from export.phone import add_metadata, with_rgb_input
-    from nin_keras.images import ORIENTATION_RULE
-
     # The run's resize mode (the preprocessing contract the sidecar and metadata record).
-    resize = (data["resize"] if splits is not None else
-              args.resize or run_config(model_path).get("resize", BY_NAME["resize"].default))
+    job.resize = (job.data["resize"] if job.splits is not None else
+                  args.resize or run_config(job.model_path).get("resize", BY_NAME["resize"].default))
 
-    channels = model.input_shape[-1]
-    rgb = args.rgb_input if args.rgb_input is not None else channels == 1
-    deployed = with_rgb_input(model) if rgb else model
-    if args.metadata and tflite_formats:
+
+def _prepare_deployed(job):
+    """The graph that ships (RGB input in front of a grayscale model), checked before anything is converted."""
+    from export.phone import with_rgb_input
+
+    args, model = job.args, job.model
+    rgb = args.rgb_input if args.rgb_input is not None else model.input_shape[-1] == 1
+    job.deployed = with_rgb_input(model) if rgb else model
+    if args.metadata and job.tflite_formats:
         from export.phone import import_metadata_writers
 
         import_metadata_writers()  # a missing mediapipe is one line now, not after the first conversion
-    float_blocks = block_names(args.int8_float_blocks)  # a string from Python callers too
-    check_float_blocks(model, float_blocks)  # before anything is converted or written
-    run_name = os.path.basename(run_dir(model_path))
-    written = {}
-    for fmt in formats:
+    check_float_blocks(model, block_names(args.int8_float_blocks))  # a string from Python callers too
+
+
+def _calibration_images(job):
+    """int8 calibration images: the run's training images, drawn through the project's own pipeline."""
+    from nin_keras.data import make_dataset
+
+    ds = make_dataset(job.splits.x_train, job.splits.y_train, job.args.calibration_samples, shuffle=True,
+                      seed=job.data["seed"])
+    calibration = next(iter(ds))[0].numpy()
+    if job.deployed.input_shape[-1] == 3 and calibration.shape[-1] == 1:
+        calibration = np.repeat(calibration, 3, axis=-1)
+    return calibration
+
+
+def _write_formats(job, print_fn):
+    """Convert and write every format (a SavedModel, ONNX, or TFLite with metadata and a sidecar)."""
+    from export.phone import add_metadata
+    from nin_keras.data.folders import ORIENTATION_RULE
+
+    args, labels, out_dir = job.args, job.labels, job.out_dir
+    float_blocks = block_names(args.int8_float_blocks)
+    run_name = os.path.basename(run_dir(job.model_path))
+    for fmt in job.formats:
         if fmt == "saved_model":
-            written[fmt] = export_saved_model(model, out_dir)
-            print_fn(f"wrote {written[fmt]}")
+            job.written[fmt] = export_saved_model(job.model, out_dir)
+            print_fn(f"wrote {job.written[fmt]}")
             continue
         if fmt == "onnx":
             # The model's own input (desktop and server runtimes); phones get the TFLite files.
-            onnx = convert_onnx(model)
-            written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, model, resize), suffix=".onnx")
-            print_fn(f"wrote {written[fmt]} ({len(onnx) / 1024:,.1f} KB)")
+            onnx = convert_onnx(job.model)
+            job.written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, job.model, job.resize),
+                                            suffix=".onnx")
+            print_fn(f"wrote {job.written[fmt]} ({len(onnx) / 1024:,.1f} KB)")
             continue
-        calibration = None
-        if fmt == "int8":
-            # Calibrate on training images, drawn through the project's own pipeline.
-            from nin_keras.data import make_dataset
-
-            ds = make_dataset(splits.x_train, splits.y_train, args.calibration_samples, shuffle=True, seed=data["seed"])
-            calibration = next(iter(ds))[0].numpy()
-            if deployed.input_shape[-1] == 3 and calibration.shape[-1] == 1:
-                calibration = np.repeat(calibration, 3, axis=-1)
-        tflite = convert(deployed, fmt, calibration, args.int8_input, args.int8_output, per_channel,
-                         float_blocks=float_blocks)
+        calibration = _calibration_images(job) if fmt == "int8" else None
+        tflite = convert(job.deployed, fmt, calibration, int8_input=args.int8_input, int8_output=args.int8_output,
+                         per_channel=job.per_channel, float_blocks=float_blocks)
         if args.metadata:
             tflite = add_metadata(tflite, labels, name=f"NiN {run_name} ({fmt})",
                                   description=f"Network-in-Network image classifier ({len(labels)} classes), "
-                                              f"{fmt} TFLite exported by nin_keras. Input: {image_rules(resize)['app']}; "
-                                              f"{ORIENTATION_RULE}.")
-        written[fmt] = write_tflite(out_dir, fmt, tflite,
-                                    sidecar(fmt, tflite, labels, deployed, per_channel, args.metadata,
-                                            float_blocks=float_blocks, resize=resize))
-        print_fn(f"wrote {written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
+                                              f"{fmt} TFLite exported by nin_keras. Input: "
+                                              f"{image_rules(job.resize)['app']}; {ORIENTATION_RULE}.")
+        job.written[fmt] = write_tflite(out_dir, fmt, tflite, sidecar(
+            fmt, tflite, labels, job.deployed, per_channel=job.per_channel, metadata=args.metadata,
+            float_blocks=float_blocks, resize=job.resize))
+        print_fn(f"wrote {job.written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
 
-    # Relative to the run folder: reports are shared, and absolute paths carry user names.
-    run = run_dir(model_path)
-    report = {"model": _relative(model_path, run), "output_dir": _relative(out_dir, run), **parameter_report(model),
-              "rgb_input": bool(deployed.input_shape[-1] == 3), "metadata": bool(args.metadata)}
-    if not verify:
-        return report, 0
 
-    from nin_keras.images import as_array
+def _verify(job, report):
+    """Every written file run over the test set (LiteRT, MediaPipe, onnxruntime) against Keras; returns
+    (report rows, top-1 predictions by format)."""
+    from export.evaluator import evaluate_mediapipe, evaluate_tflite, litert_benchmark
+    from nin_keras.data.folders import as_array
 
-    x_test, y_test = as_array(splits.x_test), splits.y_test
-    keras_probs = model.predict(x_test, batch_size=256, verbose=0)
-    keras_top1 = keras_probs.argmax(1)
+    args, written, run = job.args, job.written, run_dir(job.model_path)
+    x_test, y_test = as_array(job.splits.x_test), job.splits.y_test
+    keras_top1 = job.model.predict(x_test, batch_size=256, verbose=0).argmax(1)
     report["keras_accuracy"] = float(np.mean(keras_top1 == y_test))
     report["test_examples"] = int(len(y_test))
     float32_size = os.path.getsize(written["float32"]) if "float32" in written else None
-    rows = []
-    from export.evaluator import evaluate_mediapipe, litert_benchmark
 
-    predictions = {"keras": keras_top1}
-    for fmt in tflite_formats:
+    def row(name, path, param_bytes, result):
+        size = os.path.getsize(path)
+        return {"format": name, "path": _relative(path, run), "size_bytes": size,
+                "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
+                "parameter_bytes": param_bytes, **result}
+
+    rows, predictions = [], {"keras": keras_top1}
+    for fmt in job.tflite_formats:
         result = evaluate_tflite(written[fmt], x_test, y_test, keras_top1, label=fmt)
-        litert_top1 = result.pop("top1")
-        predictions[fmt] = litert_top1
-        if args.metadata and deployed.input_shape[-1] == 3:
-            result.update(evaluate_mediapipe(written[fmt], x_test, y_test, litert_top1, keras_top1,
+        predictions[fmt] = result.pop("top1")
+        if args.metadata and job.deployed.input_shape[-1] == 3:
+            result.update(evaluate_mediapipe(written[fmt], x_test, y_test, predictions[fmt], keras_top1,
                                              scale=args.mediapipe_scale, label=f"{fmt} (MP)"))
         if args.litert_benchmark:
             result["litert_tool_ms_1_thread"] = litert_benchmark(written[fmt], threads=1)
             result["litert_tool_ms_2_threads"] = litert_benchmark(written[fmt], threads=2)
-        size = os.path.getsize(written[fmt])
-        rows.append({"format": fmt, "path": _relative(written[fmt], run), "size_bytes": size,
-                     "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
-                     "parameter_bytes": report["parameter_bytes"][fmt], **result})
+        rows.append(row(fmt, written[fmt], report["parameter_bytes"][fmt], result))
     if "onnx" in written:
         from export.evaluator import evaluate_onnx
 
         result = evaluate_onnx(written["onnx"], x_test, y_test, keras_top1, label="onnx")
         predictions["onnx"] = result.pop("top1")
-        size = os.path.getsize(written["onnx"])
-        rows.append({"format": "onnx (onnxruntime)", "path": _relative(written["onnx"], run), "size_bytes": size,
-                     "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
-                     "parameter_bytes": report["parameter_bytes"]["float32"], **result})
+        rows.append(row("onnx (onnxruntime)", written["onnx"], report["parameter_bytes"]["float32"], result))
     report["formats"] = rows
-    table = format_table(rows)
+    return rows, predictions
+
+
+def _write_report(job, report, rows, predictions, print_fn):
+    """report.json and report.md (after the int8 gate, so report.json holds its verdict); returns (report, code)."""
+    args, y_test = job.args, job.splits.y_test
     dense = (f"\nWith a dense head (4096-4096 ReLU layers) instead of global average pooling, the same network "
              f"would have {report['dense_head_parameters']:,} parameters ({report['dense_head_bytes_float32'] / 2**20:,.1f} MiB "
              f"in float32) instead of {report['parameters']:,} ({report['parameter_bytes']['float32'] / 2**20:,.2f} MiB).") \
         if "dense_head_parameters" in report else ""
+    rgb_in_front = job.deployed is not job.model and job.model.input_shape[-1] == 1
     summary = (f"Keras accuracy on {len(y_test)} test images: {report['keras_accuracy']:.4f}. "
                "Latency: LiteRT from Python, batch 1, 1 thread, this CPU; and LiteRT's own benchmark tool "
                "(mean of 50 runs, as on a device)."
-               + (" Input: RGB (a fixed luminance layer feeds the grayscale model)." if rgb and channels == 1 else "")
+               + (" Input: RGB (a fixed luminance layer feeds the grayscale model)." if rgb_in_front else "")
                + (f" MediaPipe: Tasks ImageClassifier on {args.mediapipe_scale}x-size RGB frames, as an app feeds it."
-                  if args.metadata and deployed.input_shape[-1] == 3 else ""))
-    report["per_class_accuracy"], per_class_table = per_class_by_format(y_test, predictions, labels)
+                  if args.metadata and job.deployed.input_shape[-1] == 3 else ""))
+    report["per_class_accuracy"], per_class_table = per_class_by_format(y_test, predictions, job.labels)
     code, gate_line = int8_gate(report, rows, args.max_accuracy_drop)
-    markdown = f"# Export report\n\n{summary}\n\n{table}\n{dense}\n\n## Accuracy per class\n\n{per_class_table}\n"
-    # After the gate, so report.json holds the int8 drop and the verdict.
-    atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
-    atomic_write_text(os.path.join(out_dir, "report.md"), markdown)
+    markdown = (f"# Export report\n\n{summary}\n\n{format_table(rows)}\n{dense}\n\n## Accuracy per class\n\n"
+                f"{per_class_table}\n")
+    atomic_write_text(os.path.join(job.out_dir, "report.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(os.path.join(job.out_dir, "report.md"), markdown)
     print_fn(markdown)
     if gate_line:
         print_fn(gate_line)

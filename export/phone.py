@@ -83,7 +83,7 @@ def import_metadata_writers():
     return metadata_writer, metadata_info
 
 
-def add_metadata(tflite_bytes, labels, name, description, version="1", author="nin_keras", licence="Apache-2.0"):
+def add_metadata(tflite_bytes, labels, name, description, *, version="1", author="nin_keras", licence="Apache-2.0"):
     """Return ``tflite_bytes`` with MediaPipe image-classifier metadata.
 
     Normalisation is mean 0, std 1 (identity): the model rescales pixels

@@ -2,7 +2,7 @@
 
 Uses the sidecar JSON written beside the model (labels, colour, resize
 mode; the size comes from the model); every image is read as the run's
-training and evaluation read it (:func:`nin_keras.images.load_pixels`: any
+training and evaluation read it (:func:`nin_keras.data.folders.load_pixels`: any
 supported format, EXIF orientation applied, the resize mode), then fed as
 raw 0..255 pixels. A bad file (unreadable, an unsupported format, over
 ``--max-image-pixels``) gets a one-line error and the rest still run.
@@ -69,19 +69,19 @@ def check_against_model(path, meta, input_shape, num_outputs):
 def load_image(path, size, color, resize="stretch", max_pixels=None):
     """Read an image file as uint8 (H, W, C) in the model's colour mode and size.
 
-    The training pipeline's own function (:func:`nin_keras.images.load_pixels`):
+    The training pipeline's own function (:func:`nin_keras.data.folders.load_pixels`):
     the same formats, EXIF orientation, resize mode and filter, so a photo
     gets the pixels it got in the run's evaluation.
     """
-    from nin_keras.images import load_pixels
+    from nin_keras.data.folders import load_pixels
 
     return load_pixels(path, size, 1 if color == "grayscale" else 3, resize, max_pixels=max_pixels)
 
 
-def classify(model_path, image_paths, top_k=3, print_fn=print, err_fn=None, max_pixels=None):
+def classify(model_path, image_paths, top_k=3, *, print_fn=print, err_fn=None, max_pixels=None):
     """Print the top-k labels of each image; return {path: [(label, prob), ...]} for the readable ones."""
     from export.evaluator import TFLiteClassifier
-    from nin_keras.images import RESIZE_MODES, BadImage, ImageTooLarge
+    from nin_keras.data.folders import RESIZE_MODES, BadImage, ImageTooLarge
 
     err_fn = err_fn or (lambda msg: print(msg, file=sys.stderr))
     meta = load_sidecar(model_path)

@@ -137,7 +137,7 @@ def index_html(runtime_base):
     return template.replace("__IMPORTMAP__", json.dumps(importmap, indent=2))
 
 
-def write_web(out_dir, int8_path, report, resize=None, run_name="run", runtime="auto", print_fn=print):
+def write_web(out_dir, int8_path, report, *, resize=None, run_name="run", runtime="auto", print_fn=print):
     """Write the page folder ``<out_dir>/web`` beside the int8 model; returns its path.
 
     ``runtime``: "auto" (npm if available, else the CDN), "npm" (fail

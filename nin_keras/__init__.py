@@ -33,6 +33,6 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-from nin_keras.cli import lazy_exports as _lazy_exports  # noqa: E402  (light: no TensorFlow)
+from nin_keras._lazy import lazy_exports as _lazy_exports  # noqa: E402  (light: no TensorFlow)
 
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -299,7 +299,7 @@ def _inference(bench, formats):
     """(5) Keras and every TFLite format, on 200 of the training images."""
     import tensorflow as tf
 
-    from nin_keras.images import as_array
+    from nin_keras.data.folders import as_array
     from nin_keras.precision import float32_copy
 
     sample = as_array(bench.images[:200])
@@ -455,7 +455,7 @@ def base_flags(args):
     return flags
 
 
-def run_sweep(base_argv, preset, timeout=900, print_fn=print, settings=None, config_file=None):
+def run_sweep(base_argv, preset, timeout=900, *, print_fn=print, settings=None, config_file=None):
     """Run the benchmark once per setting, each in a fresh process.
 
     Returns [{"name", "flags", "result"}]; a setting that fails or runs past

@@ -203,7 +203,7 @@ class TimeBudget(keras.callbacks.Callback):
     epoch after the restart and counts the budget from then.
     """
 
-    def __init__(self, minutes, started, steps_per_epoch, max_epochs, schedule=None, reserve=0.05, print_fn=print):
+    def __init__(self, minutes, started, steps_per_epoch, max_epochs, *, schedule=None, reserve=0.05, print_fn=print):
         super().__init__()
         self.seconds = 60.0 * minutes
         self.started = started

@@ -167,7 +167,7 @@ def run_record(cfg, model=None):
               **cfg.to_dict()}
     record["model"] = complete_model_kwargs(model if model is not None else model_kwargs(cfg))
     record["export"] = get_preset(cfg.preset).get("export", {})
-    from nin_keras.images import preprocessing_contract
+    from nin_keras.data.folders import preprocessing_contract
 
     # How a file becomes the model's input (resize mode, orientation, alpha, pad): what an app must repeat.
     record["preprocessing"] = preprocessing_contract(cfg.resize)

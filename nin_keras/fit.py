@@ -215,7 +215,7 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     cfg.precision = resolve_precision(cfg.precision)
     # A folder this run makes (or the default one, made fresh) goes again if nothing gets written into it.
     created = cfg.output_dir is None or not os.path.exists(cfg.output_dir)
-    run = open_run(cfg, strategy, resume, overwrite, print_fn, started)
+    run = open_run(cfg, strategy, resume, overwrite, print_fn=print_fn, started=started)
     try:
         if run.state == "done":
             return run.finished_metrics
@@ -257,7 +257,7 @@ def _check_strategy_settings(cfg, strategy):
                           f"Received: time_budget={cfg.time_budget}")
 
 
-def open_run(cfg, strategy, resume, overwrite, print_fn=print, started=0.0):
+def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
     """Decide the run folder's state on the chief and share it with every worker.
 
     This is the first agreement point: no worker has built a model or touched
@@ -323,8 +323,10 @@ def load_run_data(run):
         kwargs = config_lib.model_kwargs(cfg)
         # A resumed run reads its split back (nothing is re-split); a new one writes it with config.json.
         split_file = os.path.join(run.final_dir, RUN_FILES["split"]) if run.state == "resume" else None
-        splits = load_data(cfg.data_dir, cfg.image_dir, cfg.tfds, cfg.val_fraction, cfg.seed, cfg.limit,
-                           cfg.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
+        splits = load_data(data_dir=cfg.data_dir, image_dir=cfg.image_dir, tfds_name=cfg.tfds,
+                           val_fraction=cfg.val_fraction, seed=cfg.seed, limit=cfg.limit,
+                           test_limit=cfg.test_limit, image_size=kwargs["input_shape"][:2],
+                           channels=kwargs["input_shape"][2],
                            split_file=split_file, skip_bad_images=cfg.skip_bad_images, resize=cfg.resize,
                            print_fn=run.print_fn, max_image_pixels=cfg.max_image_pixels)
         kwargs = config_lib.model_kwargs(cfg, len(splits.class_names), splits.input_shape)
@@ -402,7 +404,8 @@ def make_datasets(run):
     cfg, splits = run.cfg, run.splits
     shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(run.strategy) else None
     one_hot = one_hot_classes(cfg, len(splits.class_names))
-    train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, cfg.seed, shard,
+    train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, seed=cfg.seed,
+                                                   shard_policy=shard,
                                                    augment=cfg.augment, augment_shift=cfg.augment_shift,
                                                    one_hot_classes=one_hot)
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
@@ -433,7 +436,7 @@ def start_writing(run, model):
                          "fails; it is deleted once this run has finished")
         # Written only now, so a typo in a flag does not leave a "different run" behind in the folder.
         if splits.split_record is not None and not os.path.exists(path["split"]):
-            from nin_keras.images import write_split
+            from nin_keras.data.folders import write_split
 
             write_split(path["split"], splits.split_record)
         config_lib.save_config(cfg, path["config"], run.model_kwargs)
@@ -459,7 +462,7 @@ def make_callbacks(run, steps_per_epoch, schedule=None):
         # History first: an epoch's row is written before its backup (see HistoryCSV).
         HistoryCSV(path["history"]),
         precise_bn.before_validation(run.splits.x_train, run.splits.y_train, run.cfg.batch_size,
-                                     run.strategy.num_replicas_in_sync, run.cfg.seed),
+                                     replicas=run.strategy.num_replicas_in_sync, seed=run.cfg.seed),
         # The backup outlives fit(): it is deleted only once metrics.json is
         # written, so a kill during the test evaluation or the saving reruns
         # into a finished training instead of epoch 1. It never keeps NaN weights.
@@ -474,7 +477,7 @@ def make_callbacks(run, steps_per_epoch, schedule=None):
         # The schedule first: TimeBudget shortens it once epoch 1 is timed.
         if schedule is not None:
             callbacks.append(schedule)
-        callbacks.append(TimeBudget(run.cfg.time_budget, run.started, steps_per_epoch, run.cfg.epochs, schedule,
+        callbacks.append(TimeBudget(run.cfg.time_budget, run.started, steps_per_epoch, run.cfg.epochs, schedule=schedule,
                                     print_fn=run.print_fn))
     return callbacks
 
@@ -570,7 +573,7 @@ def _finish(run, model, datasets, history, throughput):
         raise diverged
     with strategy.scope():  # BatchNorm's moving statistics from training images, before anything is evaluated or saved
         precise = precise_bn.recalibrate_on_training_images(model, splits.x_train, splits.y_train, cfg.batch_size,
-                                                            strategy.num_replicas_in_sync, cfg.seed)
+                                                            replicas=strategy.num_replicas_in_sync, seed=cfg.seed)
     test_loss, test_acc, per_class = evaluate_test(run, model, datasets.test)
     last = history[-1] if history else {}
     metrics = {

@@ -70,7 +70,7 @@ KINDS = ("jpeg-6", "jpeg", "jpeg-8", "progressive", "motion", "png", "webp", "he
 
 def write_phone_folder(root, per_class=100, seed=0, size=(480, 640), large=False):
     """Write ``per_class`` photos per class into ``root/<class>/`` (see the module doc); returns the file count."""
-    from nin_keras.images import _heif_opener
+    from nin_keras.data.folders import _heif_opener
 
     heif = _heif_opener()
     rng = np.random.default_rng(seed)

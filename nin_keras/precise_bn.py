@@ -119,7 +119,7 @@ def recalibrate(model, dataset, max_batches=None):
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def recalibrate_on_training_images(model, x_train, y_train, batch_size, replicas=1, seed=0, images=DEFAULT_IMAGES):
+def recalibrate_on_training_images(model, x_train, y_train, batch_size, *, replicas=1, seed=0, images=DEFAULT_IMAGES):
     """:func:`recalibrate` on a seeded sample of ``images`` training images, un-augmented.
 
     Batches are ``batch_size // replicas`` images (training's per-replica
@@ -142,7 +142,7 @@ def recalibrate_on_training_images(model, x_train, y_train, batch_size, replicas
 VALIDATION_IMAGES = 512
 
 
-def before_validation(x_train, y_train, batch_size, replicas=1, seed=0, images=VALIDATION_IMAGES):
+def before_validation(x_train, y_train, batch_size, *, replicas=1, seed=0, images=VALIDATION_IMAGES):
     """A Keras callback that recalibrates before every validation, so ``val_accuracy`` (and the choice of
     ``best.keras``) judges the weights, not moving statistics that lag them.
 
@@ -153,6 +153,7 @@ def before_validation(x_train, y_train, batch_size, replicas=1, seed=0, images=V
 
     class PreciseBatchNorm(keras.callbacks.Callback):
         def on_test_begin(self, logs=None):
-            recalibrate_on_training_images(self.model, x_train, y_train, batch_size, replicas, seed, images)
+            recalibrate_on_training_images(self.model, x_train, y_train, batch_size, replicas=replicas, seed=seed,
+                                           images=images)
 
     return PreciseBatchNorm()

@@ -1,7 +1,7 @@
 """Images/s and peak memory of the image-folder pipeline alone (no model): ``python scripts/pipeline_rate.py FOLDER``.
 
 Decodes every file of FOLDER (class sub-folders, any depth) through
-``nin_keras.images.image_pipeline`` at SIZE x SIZE RGB, without (evaluation,
+``nin_keras.data.folders.image_pipeline`` at SIZE x SIZE RGB, without (evaluation,
 calibration) or with (training) photo augmentation, REPEATS times after one
 warm-up batch; prints the median and best images/s and the process's peak
 RSS. Used for README's figures on 12-megapixel phone photos
@@ -24,12 +24,12 @@ def main():
     parser.add_argument("--augment", action="store_true", help="the training pipeline (random crop, flip, jitter)")
     args = parser.parse_args()
 
-    from nin_keras import images
+    from nin_keras.data import folders
 
     paths = sorted(os.path.join(root, name) for root, _, names in os.walk(args.folder) for name in names
                    if not name.startswith("."))
-    files = images.ImageFiles(paths, (args.size, args.size), 3)
-    ds = images.image_pipeline(files, np.zeros(len(paths), np.int32), augment=args.augment).batch(8)
+    files = folders.ImageFiles(paths, (args.size, args.size), 3)
+    ds = folders.image_pipeline(files, np.zeros(len(paths), np.int32), augment=args.augment).batch(8)
     for _ in ds.take(1):  # warm-up: tracing, thread pools
         pass
     rates = []

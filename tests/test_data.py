@@ -101,7 +101,7 @@ def test_data_dir_search_order(tmp_path, monkeypatch):
 
 def test_nothing_found_lists_paths_and_apt_hint(tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
-    monkeypatch.setattr(data, "DEBIAN_DATA_DIR", str(tmp_path / "nope"))
+    monkeypatch.setattr(data.idx, "DEBIAN_DATA_DIR", str(tmp_path / "nope"))  # where find_fashion_mnist_dir reads it
     with pytest.raises(DataError) as info:
         data.find_fashion_mnist_dir()
     message = str(info.value)

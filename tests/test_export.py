@@ -401,6 +401,7 @@ def test_export_reads_an_image_folder_runs_split_file(tmp_path):
     """An image-folder run's split.json decides calibration and test images, whatever the seed says."""
     from export.exporter import data_settings
     from nin_keras import images
+    from nin_keras.data import folders
     from nin_keras.data import load_data
 
     folder = tmp_path / "photos"
@@ -409,7 +410,7 @@ def test_export_reads_an_image_folder_runs_split_file(tmp_path):
     run.mkdir()
     (run / "model.keras").write_bytes(b"")
     trained = load_data(image_dir=str(folder), image_size=(16, 16), channels=3, seed=4)
-    images.write_split(str(run / "split.json"), trained.split_record)
+    folders.write_split(str(run / "split.json"), trained.split_record)
     (run / "config.json").write_text(json.dumps({"seed": 0, "val_fraction": 0.1, "limit": None, "data_dir": None,
                                                  "image_dir": str(folder), "tfds": None}))
     settings = data_settings(exporter.build_parser().parse_args([str(run)]), str(run / "model.keras"))

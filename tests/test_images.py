@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nin_keras import data, images
+from nin_keras.data import folders
 from nin_keras.errors import DataError
 
 
@@ -28,7 +29,7 @@ def copy_folder(src, dst):
 def test_rgb_folder_streams_into_an_rgb_pipeline(photo_dir):
     splits = data.load_data(image_dir=str(photo_dir), image_size=(32, 32), channels=3, val_fraction=0.2)
     assert splits.class_names == ["dress", "pullover", "t-shirt-top", "trouser"]  # sorted folder names
-    assert splits.input_shape == [32, 32, 3] and isinstance(splits.x_train, images.ImageFiles)
+    assert splits.input_shape == [32, 32, 3] and isinstance(splits.x_train, folders.ImageFiles)
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100
     ds = data.make_dataset(splits.x_train, splits.y_train, 8, drop_remainder=True)
     spec = ds.element_spec
@@ -38,7 +39,7 @@ def test_rgb_folder_streams_into_an_rgb_pipeline(photo_dir):
     assert batch.shape == (8, 32, 32, 3) and labels.shape == (8,)
     # The tints survive: trouser images (green tint) are greener than red-tinted T-shirts. Over the
     # whole training split (the first batch may hold a single class), so the check always runs.
-    pixels = images.as_array(splits.x_train).astype(float)
+    pixels = folders.as_array(splits.x_train).astype(float)
     green = pixels[..., 1].mean((1, 2)) - pixels[..., 0].mean((1, 2))
     labels = np.asarray(splits.y_train)
     assert (labels == 3).sum() >= 5 and (labels == 2).sum() >= 5
@@ -47,13 +48,13 @@ def test_rgb_folder_streams_into_an_rgb_pipeline(photo_dir):
 
 def test_grayscale_model_reads_an_rgb_folder_as_grayscale(photo_dir):
     splits = data.load_data(image_dir=str(photo_dir), image_size=(28, 28), channels=1)
-    array = images.as_array(splits.x_test)
+    array = folders.as_array(splits.x_test)
     assert array.shape == (len(splits.x_test), 28, 28, 1) and array.dtype == np.uint8 and array.max() > 0
 
 
 @pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
 def test_resize_modes_give_the_model_size(photo_dir, mode):
-    files = images.ImageFiles([str(p) for p in sorted((photo_dir / "trouser").iterdir())[:3]], (20, 30), 3, mode)
+    files = folders.ImageFiles([str(p) for p in sorted((photo_dir / "trouser").iterdir())[:3]], (20, 30), 3, mode)
     array = files.to_array()
     assert array.shape == (3, 20, 30, 3)
     if mode == "pad":  # a 40x40 image letterboxed into 20x30 has black side bars
@@ -74,7 +75,7 @@ def test_stratified_split_is_seeded_and_keeps_every_class(photo_dir):
     assert a.split_record == b.split_record
     for y in (a.y_train, a.y_val, a.y_test):
         assert sorted(set(y.tolist())) == [0, 1, 2, 3]
-    names = [set(p for p, _ in a.split_record[s]) for s in images.SPLIT_NAMES]
+    names = [set(p for p, _ in a.split_record[s]) for s in folders.SPLIT_NAMES]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
 
 
@@ -94,7 +95,7 @@ def test_a_folder_with_train_and_test_subfolders_is_used_as_given(tmp_path, phot
 def test_split_file_is_read_back_instead_of_resplitting(tmp_path, photo_dir):
     first = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=1)
     path = tmp_path / "split.json"
-    images.write_split(str(path), first.split_record)
+    folders.write_split(str(path), first.split_record)
     again = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=99, split_file=str(path))
     assert list(again.x_test.paths) == list(first.x_test.paths)  # another seed, same split: the file wins
     record = json.loads(path.read_text())

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from nin_keras import data, images
+from nin_keras.data import folders
 from nin_keras.errors import DataError
 
 SIZE = (32, 32)
@@ -48,7 +49,7 @@ def save_turned(upright, path, orientation, **kwargs):
 
 
 def decoded(path, size=SIZE, channels=3, resize="stretch"):
-    return images.ImageFiles([str(path)], size, channels, resize).to_array()[0].astype(float)
+    return folders.ImageFiles([str(path)], size, channels, resize).to_array()[0].astype(float)
 
 
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
@@ -112,7 +113,7 @@ def test_every_phone_and_browser_format_decodes_as_shown(tmp_path, name):
     shown = KINDS[name](tmp_path / name, upright) or upright
     if name == "sixteen.png":
         shown = shown.convert("L")
-    good, _ = images.scan(str(tmp_path), [name], [0])
+    good, _ = folders.scan(str(tmp_path), [name], [0])
     assert good == [name]  # the header scan accepts it ...
     tolerance = 12 if name in ("palette.png", "cmyk.jpg") else 5  # 16 colours; CMYK round trip
     assert np.abs(decoded(tmp_path / name) - expected(shown)).mean() < tolerance  # ... and it decodes as shown
@@ -123,25 +124,25 @@ def test_truncated_jpeg_is_still_caught_and_motion_photo_is_not(tmp_path):
     whole = (tmp_path / "motion.jpg").read_bytes()
     end = whole.index(b"\x00\x00\x00\x18ftypmp42")
     (tmp_path / "cut.jpg").write_bytes(whole[: end - 300])  # headers whole, image data cut
-    good, _ = images.scan(str(tmp_path), ["motion.jpg", "cut.jpg"], [0, 0], skip_bad=True, print_fn=lambda m: None)
+    good, _ = folders.scan(str(tmp_path), ["motion.jpg", "cut.jpg"], [0, 0], skip_bad=True, print_fn=lambda m: None)
     assert good == ["motion.jpg"]
     with pytest.raises(DataError, match=r"cut\.jpg: corrupt or unreadable image \(JPEG cut short"):
-        images.scan(str(tmp_path), ["cut.jpg"], [0])
+        folders.scan(str(tmp_path), ["cut.jpg"], [0])
 
 
 def test_unsupported_images_are_named_as_images_not_as_other_files(tmp_path, monkeypatch):
     (tmp_path / "photo.jxl").write_bytes(b"\xff\x0a" + bytes(200))  # a JPEG XL codestream
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"photo\.jxl: a JPEG XL image, which nin_keras cannot read"):
-        images.scan(str(tmp_path), ["photo.jxl"], [0])
+        folders.scan(str(tmp_path), ["photo.jxl"], [0])
     with pytest.raises(DataError, match=r"notes\.txt: not an image file"):
-        images.scan(str(tmp_path), ["notes.txt"], [0])
+        folders.scan(str(tmp_path), ["notes.txt"], [0])
     # HEIC without pillow-heif: the file, the format and the install command in one line.
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
-    monkeypatch.setattr(images, "_heif_opener", lambda: False)
+    monkeypatch.setattr(folders, "_heif_opener", lambda: False)
     with pytest.raises(DataError) as info:
-        images.scan(str(tmp_path), ["IMG_0001.HEIC"], [0])
+        folders.scan(str(tmp_path), ["IMG_0001.HEIC"], [0])
     message = str(info.value)
     assert "IMG_0001.HEIC: a HEIC/HEIF image" in message and "pip install pillow-heif" in message
     assert "\n" not in message
@@ -162,12 +163,12 @@ def test_decompression_bombs_and_the_pixel_cap_are_one_line_or_skipped(tmp_path,
     _bomb_png(tmp_path / "bomb.png", 20000, 20000)  # beyond Pillow's own limit: DecompressionBombError
     scene(size=(3000, 2000)).save(tmp_path / "big.jpg", quality=80)  # 6 MP
     with pytest.raises(DataError, match=r"bomb\.png: too large \(400,000,000 pixels; the limit is 40,000,000"):
-        images.scan(str(tmp_path), ["bomb.png"], [0])
+        folders.scan(str(tmp_path), ["bomb.png"], [0])
     with pytest.raises(DataError, match=r"big\.jpg: too large \(6,000,000 pixels.*--max-image-pixels"):
-        images.scan(str(tmp_path), ["big.jpg"], [0], max_pixels=5_000_000)
-    good, _ = images.scan(str(tmp_path), ["bomb.png", "big.jpg"], [0, 1], skip_bad=True)
+        folders.scan(str(tmp_path), ["big.jpg"], [0], max_pixels=5_000_000)
+    good, _ = folders.scan(str(tmp_path), ["bomb.png", "big.jpg"], [0, 1], skip_bad=True)
     assert good == ["big.jpg"] and "skipped 1 bad file(s)" in capsys.readouterr().out
-    files = images.ImageFiles([str(tmp_path / "big.jpg")], SIZE, 3, max_pixels=5_000_000)
+    files = folders.ImageFiles([str(tmp_path / "big.jpg")], SIZE, 3, max_pixels=5_000_000)
     with pytest.raises(Exception, match="too large"):
         files.to_array()  # the pipeline keeps the cap too (a file replaced after the scan)
 
@@ -181,14 +182,14 @@ def test_class_folders_are_walked_with_hidden_files_and_symlink_loops_handled(tm
         os.makedirs(tmp_path / cls / ".thumbnails")
         scene(label).save(tmp_path / cls / ".thumbnails" / "t.jpg")
         os.symlink("..", tmp_path / cls / "2024" / "loop")  # a symlink loop: back up to the class folder
-    names, given, (paths, labels) = images.list_folder(str(tmp_path))
+    names, given, (paths, labels) = folders.list_folder(str(tmp_path))
     assert names == ["left", "right"] and given is None
     assert sorted(paths) == sorted(os.path.join(c, s, "photo 1 ü.jpg") if s else os.path.join(c, "photo 1 ü.jpg")
                                    for c in ("left", "right") for s in ("", "2024/03", "café été"))
     assert labels == [0] * 3 + [1] * 3
     splits = data.load_data(image_dir=str(tmp_path), image_size=SIZE, channels=3, val_fraction=0.3)
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 6
-    assert images.as_array(splits.x_test).shape[1:] == (*SIZE, 3)
+    assert folders.as_array(splits.x_test).shape[1:] == (*SIZE, 3)
 
 
 def test_export_predict_reads_the_photo_upright(tmp_path):
@@ -212,8 +213,8 @@ def _wide_photo(path, sides=(128, 128, 128)):
 
 
 def _augmented(path, mode, n=12):
-    files = images.ImageFiles([str(path)] * n, SIZE, 3, mode)
-    ds = images.image_pipeline(files, np.zeros(n, np.int32), seed=1, augment=True)
+    files = folders.ImageFiles([str(path)] * n, SIZE, 3, mode)
+    ds = folders.image_pipeline(files, np.zeros(n, np.int32), seed=1, augment=True)
     return np.stack([x.numpy() for x, _ in ds]).astype(float)
 
 
@@ -246,7 +247,7 @@ def test_one_preprocessing_contract_in_evaluation_calibration_and_export_predict
     from export.converter import convert, sidecar, write_tflite
 
     _wide_photo(tmp_path / "photo.jpg")
-    files = images.ImageFiles([str(tmp_path / "photo.jpg")], SIZE, 3, mode)
+    files = folders.ImageFiles([str(tmp_path / "photo.jpg")], SIZE, 3, mode)
     evaluation = files.to_array()  # what fit's evaluation and export's report decode
     calibration = next(iter(data.make_dataset(files, np.zeros(1, np.int32), 1)))[0].numpy()  # int8 calibration
     app = predict.load_image(str(tmp_path / "photo.jpg"), list(SIZE), "RGB", mode)[None]
@@ -255,7 +256,7 @@ def test_one_preprocessing_contract_in_evaluation_calibration_and_export_predict
 
     model = _classifier()
     keras_scores = model.predict(evaluation, verbose=0)[0]
-    stretched = images.ImageFiles(files.paths, SIZE, 3, "stretch").to_array()
+    stretched = folders.ImageFiles(files.paths, SIZE, 3, "stretch").to_array()
     assert np.abs(model.predict(stretched, verbose=0)[0] - keras_scores).max() > 1e-3  # the mode matters
 
     tflite = convert(model, "float32")
@@ -303,4 +304,4 @@ def test_an_image_without_an_image_file_name_is_named_so(tmp_path):
     """split.json only lists image file names, so the scan refuses what a resume would refuse, and says why."""
     scene().save(tmp_path / "IMG_0001", format="JPEG")
     with pytest.raises(DataError, match=r"IMG_0001: a JPEG image without an image file name extension"):
-        images.scan(str(tmp_path), ["IMG_0001"], [0])
+        folders.scan(str(tmp_path), ["IMG_0001"], [0])

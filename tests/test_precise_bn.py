@@ -119,5 +119,5 @@ def test_recalibration_under_two_mirrored_replicas_sets_every_copy():
 def test_training_images_are_read_in_per_replica_batches(replicas, per_replica):
     model = _model()
     x = _images(200, seed=3)
-    summary = precise_bn.recalibrate_on_training_images(model, x, np.zeros(200, np.int32), 32, replicas, images=96)
+    summary = precise_bn.recalibrate_on_training_images(model, x, np.zeros(200, np.int32), 32, replicas=replicas, images=96)
     assert summary["images"] == 96 and summary["batches"] == 96 // per_replica

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from nin_keras import data, images
+from nin_keras.data import folders
 from nin_keras.errors import DataError, NinError
 
 
@@ -21,7 +22,7 @@ def _split_file(tmp_path, photo_dir):
     """A genuine split file of ``photo_dir`` written the way a run writes it; returns (path, record)."""
     first = data.load_data(image_dir=str(photo_dir), image_size=(16, 16), channels=3, seed=1)
     path = tmp_path / "run" / "split.json"
-    images.write_split(str(path), first.split_record)
+    folders.write_split(str(path), first.split_record)
     return path, json.loads(path.read_text())
 
 
@@ -101,7 +102,7 @@ def _image_run(tmp_path, classes_in_model):
     images.write_tinted_folder(str(folder), per_class=6, classes=3)
     run = tmp_path / "run"
     trained = data.load_data(image_dir=str(folder), image_size=(16, 16), channels=3, seed=4)
-    images.write_split(str(run / "split.json"), trained.split_record)
+    folders.write_split(str(run / "split.json"), trained.split_record)
     (run / "config.json").write_text(json.dumps({"seed": 4, "val_fraction": 0.1, "limit": None, "data_dir": None,
                                                  "image_dir": str(folder), "tfds": None}))
     build_preset("tiny", input_shape=[16, 16, 3], num_classes=classes_in_model).save(run / "model.keras")

@@ -194,7 +194,7 @@ class NinHyperModel(keras_tuner.HyperModel):
         strategy = getattr(model, "distribute_strategy", None)
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
-                               precise_bn.before_validation(images, labels, cfg.batch_size, replicas, self.base.seed)]
+                               precise_bn.before_validation(images, labels, cfg.batch_size, replicas=replicas, seed=self.base.seed)]
         return model.fit(train, *args, validation_data=val, shuffle=False, **kwargs)
 
 

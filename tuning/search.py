@@ -277,9 +277,13 @@ def format_rows(rows):
 
 
 def run_search(args, print_fn=print):
-    """Search, then write trials.json, best_hparams.json and best_config.json. Returns the best config path."""
+    """Search, then write trials.json, best_hparams.json and best_config.json. Returns the best config path.
+
+    Stages: the base config and the search folder's check, :func:`_search_data`
+    (the split, kept in the search folder), the search itself, then
+    :func:`write_results` on the chief.
+    """
     from nin_keras import distribute
-    from nin_keras.data import load_data
     from tuning.hypermodel import NinHyperModel
 
     validate_args(args)
@@ -290,26 +294,43 @@ def run_search(args, print_fn=print):
         "skip_bad_images": args.skip_bad_images, "max_image_pixels": args.max_image_pixels,
     })
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
-    kwargs = config_lib.model_kwargs(base)
-    chief = distribute_is_tuning_chief()
     if os.environ.get("KERASTUNER_ORACLE_IP"):
         distribute.print_cluster_notice("keras-tuner's oracle port ($KERASTUNER_ORACLE_IP:$KERASTUNER_ORACLE_PORT)")
     # Before the split file is read: a folder holding another search is refused first (workers too).
     check_search_dir(args)
-    # An image folder's split is kept in the search folder, so a resumed search tunes on the same images.
-    split_file = os.path.join(args.output_dir, "split.json")
-    splits = load_data(base.data_dir, base.image_dir, base.tfds, base.val_fraction, base.seed, args.limit,
-                       base.test_limit, image_size=kwargs["input_shape"][:2], channels=kwargs["input_shape"][2],
-                       split_file=None if args.overwrite else split_file, skip_bad_images=base.skip_bad_images,
-                       resize=base.resize, print_fn=print_fn, max_image_pixels=base.max_image_pixels)
+    splits = _search_data(args, base, print_fn)
     hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape,
                                trial_epochs=args.epochs)
-    if chief and splits.split_record is not None:
-        from nin_keras.images import write_split
+    tuner = make_tuner(args, hypermodel, strategy)
+    _search(args, base, tuner, splits, print_fn)
+    if not distribute_is_tuning_chief():
+        print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
+        return None
+    return write_results(args, tuner, hypermodel, print_fn)
+
+
+def _search_data(args, base, print_fn):
+    """The data the trials see; an image folder's split is kept in the search folder, so a resumed search
+    tunes on the same images."""
+    from nin_keras.data import load_data
+
+    kwargs = config_lib.model_kwargs(base)
+    split_file = os.path.join(args.output_dir, "split.json")
+    splits = load_data(data_dir=base.data_dir, image_dir=base.image_dir, tfds_name=base.tfds,
+                       val_fraction=base.val_fraction, seed=base.seed, limit=args.limit,
+                       test_limit=base.test_limit, image_size=kwargs["input_shape"][:2],
+                       channels=kwargs["input_shape"][2],
+                       split_file=None if args.overwrite else split_file, skip_bad_images=base.skip_bad_images,
+                       resize=base.resize, print_fn=print_fn, max_image_pixels=base.max_image_pixels)
+    if distribute_is_tuning_chief() and splits.split_record is not None:
+        from nin_keras.data.folders import write_split
 
         write_split(split_file, splits.split_record)
-    tuner = make_tuner(args, hypermodel, strategy)
+    return splits
 
+
+def _search(args, base, tuner, splits, print_fn):
+    """``tuner.search`` with early stopping and TensorBoard, in the base config's precision."""
     import keras
 
     callbacks = [
@@ -326,10 +347,10 @@ def run_search(args, print_fn=print):
         tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
                      callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
 
-    if not distribute_is_tuning_chief():
-        print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
-        return None
 
+def write_results(args, tuner, hypermodel, print_fn=print):
+    """trials.json, best_hparams.json and best_config.json (the best trial's values checked against the
+    search space first); returns the best config's path."""
     rows = trial_rows(tuner)
     done = [r for r in rows if r["val_accuracy"] is not None]
     if not done:
