@@ -206,9 +206,10 @@ def test_chief_and_two_workers_share_a_search(tmp_path):
     "args, message",
     [
         (["--tuner", "grid"], "--tuner must be one of bayesian, random, hyperband. Received: 'grid'"),
-        (["--max-trials", "0"], "--max-trials must be >= 1. Received: 0"),
-        (["--epochs", "-2"], "--epochs must be >= 1. Received: -2"),
-        (["--limit", "-5"], "--limit must be an integer >= 2. Received: -5"),
+        (["--max-trials", "0"], "max trials must be an integer >= 1. Received: 0"),
+        (["--epochs", "-2"], "epochs must be an integer >= 1. Received: -2"),
+        (["--limit", "-5"], "limit must be an integer >= 2. Received: -5"),
+        (["--patience", "0"], "patience must be an integer >= 1. Received: 0"),
     ],
 )
 def test_bad_search_settings(tmp_path, capsys, args, message):
