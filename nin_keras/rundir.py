@@ -115,6 +115,8 @@ class RunLock:
         """Take the lock or raise a one-line ConfigError naming the holder's process id."""
         import fcntl
 
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise ConfigError(f"--output-dir {self.run_dir}: exists and is not a directory")
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             try:

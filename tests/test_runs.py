@@ -272,6 +272,22 @@ def test_a_users_keras_json_does_not_change_the_layout():
 # ---------------------------------------------------------------- seeds, bad inputs, umask
 
 
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    code = _fit("--preset", "tiny", "--output-dir", str(tmp_path / "afile"))
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "exists and is not a directory" in err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_config_from_a_newer_run_format_is_one_line(tmp_path, capsys):
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({"format": "nin_keras.run", "format_version": 99, "preset": "tiny"}))
+    assert _fit("--config", str(newer)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run format 99" in err
+
+
 def test_in_memory_augmentation_is_reproducible_from_the_seed():
     from nin_keras.data import make_train_dataset
 
