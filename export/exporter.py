@@ -227,8 +227,10 @@ def web_step(args, report, print_fn=print):
 
     model_path = resolve_model_path(args.model)
     out_dir = export_dir(args, model_path)  # report["output_dir"] is relative to the run folder
+    # The sidecar's preprocessing.resize_mode is what the page reads first; this is only its fallback.
     web_dir = write_web(out_dir, os.path.join(out_dir, "nin_int8.tflite"), report,
-                        resize=run_config(model_path).get("resize"), run_name=os.path.basename(run_dir(model_path)),
+                        resize=args.resize or run_config(model_path).get("resize"),
+                        run_name=os.path.basename(run_dir(model_path)),
                         runtime=args.web_runtime, print_fn=print_fn)
     if not args.browser_benchmark:
         return

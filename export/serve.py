@@ -92,6 +92,16 @@ def lan_address():
             return "127.0.0.1"
 
 
+def _subject_name(address):
+    """An IP address, or a host name (``--host mylaptop.local``), as a certificate's subject alternative name."""
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(address))
+    except ValueError:
+        return x509.DNSName(address)
+
+
 def self_signed_certificate(folder, addresses):
     """Write a self-signed certificate and key (valid 30 days for ``addresses`` and localhost); their paths."""
     try:
@@ -104,7 +114,7 @@ def self_signed_certificate(folder, addresses):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nin_keras serve")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    alt = [x509.DNSName("localhost")] + [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(set(addresses))]
+    alt = [x509.DNSName("localhost")] + [_subject_name(a) for a in sorted(set(addresses)) if a != "localhost"]
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=30))
@@ -135,13 +145,24 @@ def qr_text(url):
 
 def serve(args, print_fn=print):
     """Serve until Ctrl-C (then exit code 130, one line)."""
+    if not 0 <= args.port <= 65535:
+        raise ServeError(f"--port must be 0..65535 (0 picks a free one). Received: {args.port}")
     shown = lan_address() if args.host in ("0.0.0.0", "") else args.host
-    certificate = None
-    if args.https:
-        import tempfile
+    import shutil
+    import tempfile
 
-        certificate = self_signed_certificate(tempfile.mkdtemp(prefix="nin_keras-serve-"), [shown, "127.0.0.1"])
-    server = make_server(args.folder, args.host, args.port, certificate)
+    cert_dir = tempfile.mkdtemp(prefix="nin_keras-serve-")
+    try:
+        certificate = self_signed_certificate(cert_dir, [shown, "127.0.0.1"]) if args.https else None
+        server = make_server(args.folder, args.host, args.port, certificate)
+    finally:
+        # The TLS context has read the key: it need not outlive this call on disk.
+        shutil.rmtree(cert_dir, ignore_errors=True)
+    return _serve_forever(server, args, shown, print_fn)
+
+
+def _serve_forever(server, args, shown, print_fn):
+    """Print the address (and QR code, and the certificate warning), then serve until Ctrl-C."""
     port = server.server_address[1]
     url = f"{'https' if args.https else 'http'}://{shown}:{port}/"
     print_fn(f"serving {os.path.abspath(args.folder)} at {url} (Ctrl-C stops)", flush=True)

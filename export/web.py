@@ -120,8 +120,10 @@ def page_config(int8_path, report, resize, run_name, runtime_base):
         "test_accuracy": row.get("accuracy"),
         "test_examples": report.get("test_examples") if report else None,
         "input_size": [int(height), int(width)],
-        # The sidecar says how training turned photos into squares; older sidecars have no field: stretch.
-        "resize": meta.get("resize") or (meta.get("preprocessing") or {}).get("resize") or resize or RESIZE_DEFAULT,
+        # The sidecar's preprocessing contract says how training turned photos into squares; then the run's
+        # setting; sidecars from before the contract have neither: stretch.
+        "resize": ((meta.get("preprocessing") or {}).get("resize_mode") or meta.get("resize") or resize
+                   or RESIZE_DEFAULT),
         "labels": meta["labels"],
         "runtime": {"package": RUNTIME_PACKAGE, "version": RUNTIME_VERSION, "base": runtime_base,
                     "integrity": RUNTIME_FILES},

@@ -52,6 +52,7 @@ def load_config_file(path, print_fn=print):
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object. Received: {type(data).__name__}")
     try:
+        # Only a marked record: a config without the marker may be the user's own, output_dir included.
         recorded = bool(run_format(data))
     except ConfigError as e:
         raise ConfigError(f"--config {path}: {e}") from None
@@ -181,7 +182,8 @@ def save_config(cfg, path, model=None):
     atomic_write_text(path, json.dumps(run_record(cfg, model), indent=2, sort_keys=True) + "\n")
 
 
-def config_differences(saved, cfg, ignore=("verbose", "output_dir", "nin_keras_version")):
+def config_differences(saved, cfg, ignore=("verbose", "output_dir", "nin_keras_version", "format", "format_version",
+                                           "export", "preprocessing")):
     """Settings whose values differ between a run's saved ``config.json`` and ``cfg`` (the resume check).
 
     The model is compared as the whole network, without its class count

@@ -360,8 +360,9 @@ def fit_run(run):
     datasets = make_datasets(run)
     schedule = make_adjustable_schedule(run.cfg, datasets.steps_per_epoch) if run.cfg.time_budget else None
     model = build_model(run, datasets.steps_per_epoch, schedule)
-    start_writing(run, model)
     try:
+        # Inside: a failure writing the recipe (a full disk, Ctrl-C) also gives a replaced run back.
+        start_writing(run, model)
         metrics, per_class = train_and_finish(run, model, datasets, schedule)
     except TrainingDiverged as e:
         raise TrainingDiverged(f"{e}{_after_failure(run)}") from None

@@ -37,6 +37,8 @@ RUN_FILES = {
     "logs": "logs",
     "backup": "backup",
     "split": "split.json",
+    # python -m export's default folder: it describes this run's model, so it goes with it.
+    "export": "export",
 }
 LOCK_NAME = ".nin_keras.lock"
 ASIDE_NAME = ".nin_keras-replaced"
@@ -63,6 +65,11 @@ def run_format(data):
     return None
 
 
+def _looks_like_a_run(run_dir):
+    """Files only a training run writes beside its config.json (for folders from before the format marker)."""
+    return any(os.path.lexists(os.path.join(run_dir, RUN_FILES[k])) for k in ("history", "model", "backup", "metrics"))
+
+
 def read_run_config(run_dir):
     """``(config dict, format version)`` of the run in ``run_dir``; ``(None, None)`` when there is none.
 
@@ -77,6 +84,9 @@ def read_run_config(run_dir):
     except ConfigError:
         return None, None
     version = run_format(data)
+    if version == 0 and not _looks_like_a_run(run_dir):
+        # A hand-written {"preset": ..., "epochs": ...} beside the user's files is not a run to replace.
+        return None, None
     return (data, version) if version is not None else (None, None)
 
 
@@ -123,8 +133,12 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
                 self.created = True
             except FileExistsError:
-                fd = os.open(self.path, os.O_RDWR)
+                # O_NOFOLLOW: a lock file planted as a symlink (to ~/.bashrc, say) must not be truncated.
+                fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ConfigError(f"--output-dir {self.run_dir}: its {LOCK_NAME} is a symbolic link, not a lock "
+                                  "file nin_keras made; remove it") from None
             raise ConfigError(f"--output-dir {self.run_dir}: cannot write ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,9 +183,15 @@ def set_aside(run_dir):
     back, :func:`discard` deletes them once the new run has finished.
     """
     aside = os.path.join(run_dir, ASIDE_NAME)
+    if os.path.lexists(aside):
+        raise ConfigError(f"--overwrite: {aside} already exists and is not an interrupted replacement nin_keras "
+                          "can undo (a symbolic link, or not a folder); move it away first")
+    # metrics.json first: until the old run's metrics are gone, the folder never looks like a finished new run
+    # to recover_interrupted_replacement (a kill part-way through must not read as "the new run finished").
+    names = ["metrics.json"] + [n for n in RUN_FILES.values() if n != "metrics.json"]
     try:
         os.makedirs(aside)
-        for name in RUN_FILES.values():
+        for name in names:
             if os.path.lexists(os.path.join(run_dir, name)):
                 os.rename(os.path.join(run_dir, name), os.path.join(aside, name))
     except OSError as e:
@@ -181,14 +201,16 @@ def set_aside(run_dir):
 
 
 def restore(run_dir, aside):
-    """Delete the new run's files and put the set-aside run back."""
-    if not os.path.isdir(aside):
+    """Delete every file the new run wrote (all of :data:`RUN_FILES`, not only the names the old run had)
+    and put the set-aside run back."""
+    if os.path.islink(aside) or not os.path.isdir(aside):
         return
-    for name in os.listdir(aside):
+    for name in RUN_FILES.values():
         target = os.path.join(run_dir, name)
         if os.path.lexists(target):
             _remove(target)
-        os.rename(os.path.join(aside, name), target)
+    for name in os.listdir(aside):
+        os.rename(os.path.join(aside, name), os.path.join(run_dir, name))
     os.rmdir(aside)
 
 

@@ -137,8 +137,6 @@ def test_a_killed_replacement_is_undone_by_the_next_run(finished_run):
 
 
 def test_the_backup_never_holds_non_finite_weights(tmp_path):
-    import keras
-
     from helpers import build_preset
     from nin_keras.callbacks import FiniteBackupAndRestore
 
@@ -154,14 +152,63 @@ def test_the_backup_never_holds_non_finite_weights(tmp_path):
     assert not os.path.exists(tmp_path / "backup")
     model.set_weights([np.zeros_like(w) for w in weights])
     backup.on_epoch_end(0, {"loss": 1.0})
-    assert os.path.exists(tmp_path / "backup")
-    assert keras.__version__  # the stock callback still writes finite epochs
+    assert os.path.exists(tmp_path / "backup")  # the stock callback still writes finite epochs
 
 
 def test_divergence_says_how_to_continue(tmp_path, capsys):
     code = _fit(*SMALL_FLAGS, "--output-dir", str(tmp_path / "r"), "--learning-rate", "1e9", "--optimizer", "sgd")
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "--resume --learning-rate" in err
+
+
+def test_a_failed_replacement_leaves_none_of_its_own_files(finished_run):
+    """restore() clears every run file the new run wrote, not only the names the old run had."""
+    from nin_keras import rundir
+
+    before = sorted(os.listdir(finished_run))
+    aside = rundir.set_aside(str(finished_run))
+    (finished_run / "backup").mkdir()  # what a new run writes and a finished run does not have
+    (finished_run / "backup" / "ckpt").write_text("new")
+    (finished_run / "split.json").write_text("{}")
+    rundir.restore(str(finished_run), aside)
+    assert sorted(os.listdir(finished_run)) == before
+
+
+def test_a_hand_written_config_json_is_not_an_old_run(tmp_path, capsys):
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"preset": "tiny", "epochs": 5}))  # the user's own
+    (folder / "notes.txt").write_text("mine")
+    code = _fit(*SMALL_FLAGS, "--output-dir", str(folder), "--overwrite")
+    assert code == 1 and "no nin_keras run" in capsys.readouterr().err
+    assert sorted(os.listdir(folder)) == ["config.json", "notes.txt"]
+
+
+def test_planted_symlinks_in_a_run_folder_are_refused(tmp_path, capsys):
+    victim = tmp_path / "bashrc"
+    victim.write_text("export PATH=...")
+    folder = tmp_path / "received"
+    folder.mkdir()
+    os.symlink(victim, folder / ".nin_keras.lock")
+    assert _fit(*SMALL_FLAGS, "--output-dir", str(folder)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "symbolic link" in err and victim.read_text() == "export PATH=..."
+    from nin_keras import rundir
+
+    (tmp_path / "run3").mkdir()
+    os.symlink(tmp_path / "received", tmp_path / "run3" / ".nin_keras-replaced")
+    with pytest.raises(Exception, match="already exists"):
+        rundir.set_aside(str(tmp_path / "run3"))
+    assert os.path.exists(victim)
+
+
+def test_an_upgrade_that_changes_export_defaults_still_finds_the_finished_run(finished_run):
+    saved = json.loads((finished_run / "config.json").read_text())
+    saved["export"] = {"per_channel": True}  # what a newer preset table would record
+    saved["preprocessing"]["orientation"] = "reworded"
+    (finished_run / "config.json").write_text(json.dumps(saved))
+    metrics, lines = _train(finished_run, epochs=1)
+    assert any("already holds this finished run" in line for line in lines)
 
 
 # ---------------------------------------------------------------- one process per folder

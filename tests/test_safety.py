@@ -452,3 +452,41 @@ def test_constraints_pin_a_set_that_meets_every_floor_and_setup_uses_it():
     assert Version("10.2.0") not in floors["pillow"] and Version("12.1.1") not in floors["pillow"]
     setup = open(os.path.join(REPO, "scripts", "setup.sh")).read()
     assert '-c constraints.txt -e ".[dev]"' in setup and "--upgrade pip" not in setup
+
+
+def test_a_class_folder_linked_out_of_the_image_folder_is_refused_before_training(tmp_path):
+    """split.json refuses paths that leave the folder through a link; a fresh run must not train on them
+    either, or it could never be resumed or exported."""
+    from nin_keras.errors import DataError
+
+    elsewhere = tmp_path / "elsewhere"
+    images.write_tinted_folder(str(elsewhere), per_class=4, classes=2)
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.symlink(elsewhere / "t-shirt-top", root / "t-shirt-top")
+    (root / "trouser").mkdir()
+    for name in os.listdir(elsewhere / "trouser"):
+        os.link(elsewhere / "trouser" / name, root / "trouser" / name)
+    with pytest.raises(DataError, match="symbolic link that leads out"):
+        data.load_data(image_dir=str(root), image_size=(16, 16), channels=3)
+
+
+def test_serve_refuses_a_bad_port_and_certifies_host_names(tmp_path, capsys):
+    from export import serve
+
+    (tmp_path / "index.html").write_text("<html></html>")
+    assert serve.main([str(tmp_path), "--port", "70000"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--port must be 0..65535" in err
+    cert, key = serve.self_signed_certificate(str(tmp_path / "cert"), ["localhost", "mylaptop.local", "127.0.0.1"])
+    assert os.path.getsize(cert) > 0 and os.stat(key).st_mode & 0o777 == 0o600
+
+
+def test_the_page_resizes_as_the_sidecar_says(tmp_path):
+    from export.web import page_config
+
+    int8 = tmp_path / "nin_int8.tflite"
+    int8.write_bytes(b"model")
+    sidecar = {"labels": ["a", "b"], "preprocessing": {"resize_to": [28, 28], "resize_mode": "pad"}}
+    (tmp_path / "nin_int8.json").write_text(json.dumps(sidecar))
+    assert page_config(str(int8), {}, "stretch", "run", "./")["resize"] == "pad"

@@ -157,10 +157,25 @@ def list_folder(directory):
             paths, labels = _list_classes(directory, name, class_names)
             splits[split] = (paths, labels)
         _check_classes(directory, class_names)
+        for paths, _ in splits.values():
+            _check_inside(directory, paths)
         return class_names, splits, None
     paths, labels = _list_classes(directory, "", top)
     _check_classes(directory, top)
+    _check_inside(directory, paths)
     return top, None, (paths, labels)
+
+
+def _check_inside(directory, paths):
+    """Refuse files reached through a symbolic link that leads out of the folder: the run's ``split.json``
+    could not name them (it is read as untrusted input, :func:`read_split`), so the run could never be
+    resumed or exported."""
+    root = os.path.realpath(directory)
+    for rel in paths:
+        if os.path.commonpath([root, os.path.realpath(os.path.join(directory, rel))]) != root:
+            raise DataError(f"{os.path.join(directory, rel)}: reached through a symbolic link that leads out of "
+                            f"{directory}; point --image-dir at the real folder (or copy the files in), so the "
+                            "run's split.json can name every file")
 
 
 def _list_classes(directory, prefix, class_names):
