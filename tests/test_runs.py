@@ -236,14 +236,14 @@ def test_a_second_process_on_a_locked_folder_is_refused_with_the_holders_pid(tmp
 
 def test_two_processes_on_one_folder_one_trains_one_is_refused(tmp_path):
     out = str(tmp_path / "r")
-    args = [*SMALL_FLAGS, "--epochs", "2", "--output-dir", out]
+    args = [*SMALL_FLAGS, "--output-dir", out]
     procs = [launch("nin_keras.fit", *args) for _ in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
     outputs = "\n".join(r[0] for r in results)
     assert codes == [0, 1], outputs
     assert "in use by another nin_keras process" in outputs
-    assert json.loads(open(os.path.join(out, "metrics.json")).read())["epochs"] == 2
+    assert json.loads(open(os.path.join(out, "metrics.json")).read())["epochs"] == 1
 
 
 # ---------------------------------------------------------------- the recorded recipe rebuilds the network
@@ -372,7 +372,7 @@ def test_ctrl_c_outside_training_is_one_line_and_exit_130(capsys):
 
 def test_ctrl_c_at_any_moment_is_one_line_and_leaves_a_resumable_folder(tmp_path):
     out = str(tmp_path / "r")
-    proc = launch("nin_keras.fit", *SMALL_FLAGS, "--epochs", "3", "--output-dir", out)
+    proc = launch("nin_keras.fit", *SMALL_FLAGS, "--epochs", "2", "--output-dir", out)
     time.sleep(6)  # somewhere in start-up, data loading, build or the first epoch
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
@@ -380,7 +380,7 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_a_resumable_folder(tmp_path
     assert "Traceback" not in output
     if proc.returncode == 130 and os.path.exists(out):
         assert os.listdir(out) == [] or os.path.exists(os.path.join(out, "config.json"))
-    code = subprocess.run([sys.executable, "-m", "nin_keras.fit", *SMALL_FLAGS, "--epochs", "3", "--output-dir", out],
+    code = subprocess.run([sys.executable, "-m", "nin_keras.fit", *SMALL_FLAGS, "--epochs", "2", "--output-dir", out],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert code.returncode == 0, code.stderr
 
