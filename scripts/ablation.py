@@ -20,7 +20,7 @@ VARIANTS = {
     "default": [],
     "label smoothing 0.1": ["--label-smoothing", "0.1"],
     "flip + 2-pixel shift": ["--augment", "--augment-shift", "2"],
-    "AdamW, weight decay 0.05": ["--optimizer", "adamw", "--weight-decay", "0.05"],
+    "AdamW weight decay 0.05": ["--optimizer", "adamw", "--weight-decay", "0.05"],
 }
 
 
