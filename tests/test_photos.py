@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nin_keras import data, images
+from nin_keras import data
 from nin_keras.data import folders
 from nin_keras.errors import DataError
 
