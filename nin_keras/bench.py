@@ -272,6 +272,9 @@ def _training_throughput(bench):
     achieved = max(model_only) * results["model"]["train_gflop_per_image"]
     results["achieved_gflops"] = achieved
     results["achieved_fraction_of_matmul"] = achieved / results["matmul_gflops"]["max"]
+    # Median against median: what a run typically gets on a host whose speed swings.
+    results["achieved_fraction_of_matmul_median"] = (statistics.median(model_only) * results["model"][
+        "train_gflop_per_image"] / results["matmul_gflops"]["median"])
     if "matmul_gflops_compute_dtype" in results:
         results["achieved_fraction_of_compute_dtype_matmul"] = achieved / results["matmul_gflops_compute_dtype"]["max"]
     results["end_to_end_images_per_sec"] = _stats(end_to_end)
@@ -380,6 +383,7 @@ def format_results(r):
         row("  CPU cores kept busy", s(r["model_only_cores_used"], "{:.2f}")),
         row("  achieved GFLOP/s (fraction of float32 ceiling)",
             f"{r['achieved_gflops']:,.1f} ({r['achieved_fraction_of_matmul']:.2f})"),
+        row("  fraction of the ceiling, median runs", f"{r['achieved_fraction_of_matmul_median']:.2f}"),
     ]
     if "achieved_fraction_of_compute_dtype_matmul" in r:
         lines.append(row(f"  fraction of the {r['precision']} ceiling",
@@ -560,7 +564,13 @@ def build_parser():
     parser.add_argument("--sweep", action="store_true",
                         help="run once per setting above (fresh process each) and print a comparison table")
     parser.add_argument("--sweep-timeout", type=float, default=900,
-                        help="seconds before a sweep setting is given up as too slow (default 900)")
+                        help="seconds before a sweep setting or a --peer run is given up as too slow (default 900)")
+    peer = parser.add_argument_group("against another framework (nin_keras.peer)")
+    peer.add_argument("--peer", metavar="COMMAND",
+                      help="train the same network with this command too (e.g. \".venv-torch/bin/python "
+                           "benchmarks/torch_peer.py\"), interleaved with nin_keras in fresh processes, in float32 "
+                           "and, where the CPU has it, bfloat16 (--precision picks one); prints medians and ratios")
+    peer.add_argument("--rounds", type=int, default=3, help="--peer: interleaved rounds per precision (default 3)")
     return parser
 
 
@@ -580,6 +590,17 @@ def main(argv=None):
         validate_numeric_args(args)
         from nin_keras.io import atomic_write_text
 
+        if args.peer:
+            from nin_keras.peer import comparison_error, format_peer, run_peer_comparison
+
+            results = run_peer_comparison(args, timeout=args.sweep_timeout)
+            print(format_peer(results))
+            if args.json:
+                atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+            failure = comparison_error(results)
+            if failure:
+                raise NinError(failure)
+            return 0
         if args.sweep:
             rows = run_sweep(base_flags(args), args.preset, args.sweep_timeout,
                              settings=BenchSettings.from_args(args), config_file=args.config)

@@ -158,6 +158,7 @@ TOOL_SETTINGS = (
     Setting("patience", int, "early-stopping patience in epochs", check=_int_at_least(1), rule="an integer >= 1"),
     Setting("steps", int, "training steps per measurement", check=_int_at_least(1), rule="an integer >= 1"),
     Setting("repeats", int, "measurements per setting", check=_int_at_least(1), rule="an integer >= 1"),
+    Setting("rounds", int, "interleaved rounds against the peer", check=_int_at_least(1), rule="an integer >= 1"),
     Setting("intra_op_threads", int, "TensorFlow intra-op threads (0: TensorFlow's default)", optional=True,
             check=_int_at_least(0), rule="an integer >= 0 (0: TensorFlow's default)"),
     Setting("inter_op_threads", int, "TensorFlow inter-op threads (0: TensorFlow's default)", optional=True,

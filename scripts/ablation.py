@@ -1,7 +1,7 @@
 """Recipe ablation for the default preset: one training per variant, compared on VALIDATION accuracy.
 
-``python scripts/ablation.py OUT [--epochs N] [--variants a,b]`` trains the
-``fashion`` preset once per variant (each the default plus one change, in a
+``python scripts/ablation.py OUT [--variants a,b] [--seeds 0,1,2]`` trains the
+``fashion`` preset once per variant and seed (each the default plus one change, in a
 fresh ``python -m nin_keras.fit`` process, one after another so they do not
 share the cores) and prints a table: validation accuracy, training accuracy
 and wall minutes. Test accuracy is written in each run's metrics.json but not
@@ -12,6 +12,7 @@ configuration. Runs are resumable: rerunning skips variants already finished.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -21,12 +22,16 @@ VARIANTS = {
     "label smoothing 0.1": ["--label-smoothing", "0.1"],
     "flip + 2-pixel shift": ["--augment", "--augment-shift", "2"],
     "AdamW weight decay 0.05": ["--optimizer", "adamw", "--weight-decay", "0.05"],
+    "AdamW and label smoothing 0.1": ["--optimizer", "adamw", "--weight-decay", "0.05", "--label-smoothing", "0.1"],
 }
 
 
-def run(out, name, flags, extra):
-    """Train one variant (or find it finished); returns its metrics and wall seconds."""
+def run(out, name, flags, seed):
+    """Train one variant with one seed (or find it finished); returns its metrics and wall seconds."""
     folder = os.path.join(out, name.replace(" ", "_").replace(",", "").replace("+", "and"))
+    if seed:  # seed 0 keeps the folder names of the first ablation
+        folder += f"-seed{seed}"
+    extra = ["--seed", str(seed)]
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "nin_keras.fit", "--preset", "fashion", "--output-dir", folder,
                     "--verbose", "2", *flags, *extra], check=True)
@@ -44,15 +49,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each variant is trained once per seed")
     args = parser.parse_args(argv)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = []
     for name in args.variants.split(","):
-        metrics, seconds = run(args.out, name, VARIANTS[name], ["--seed", str(args.seed)])
-        rows.append((name, metrics["val_accuracy"], metrics["train_accuracy"], seconds / 60))
-    print(f"{'variant':<28}{'val acc':>9}{'train acc':>11}{'minutes':>9}")
-    for name, val, train, minutes in rows:
-        print(f"{name:<28}{val:>9.4f}{train:>11.4f}{minutes:>9.1f}")
+        runs = [run(args.out, name, VARIANTS[name], seed) for seed in seeds]
+        rows.append((name, [m["val_accuracy"] for m, _ in runs], [m["train_accuracy"] for m, _ in runs],
+                     statistics.mean(s for _, s in runs) / 60))
+    print(f"seeds {args.seeds}; validation accuracy as mean +- standard deviation over the seeds")
+    print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}")
+    for name, vals, trains, minutes in rows:
+        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        print(f"{name:<32}{statistics.mean(vals):>9.4f} +-{spread:.4f}{statistics.mean(trains):>11.4f}{minutes:>9.1f}")
     return 0
 
 

@@ -1,0 +1,164 @@
+"""``python -m nin_keras.bench --peer CMD``: nin_keras against another framework training the same network.
+
+Each round runs nin_keras' own bench (training only, a fresh process) and
+the peer command one after the other, alternating which goes first, so both
+see the same host conditions (this project's VMs swing between full and half
+speed from one minute to the next). It does so in float32 and, on CPUs with
+native bfloat16 (AVX512-BF16 or AMX) and no ISA cap, in bfloat16, and prints
+each side's median images/s and the ratio of the medians.
+
+The peer protocol (``benchmarks/torch_peer.py`` is the PyTorch one): the
+command gets ``--network FILE`` (a JSON object of ``build_nin`` arguments, the
+network the preset or ``--config`` describes), ``--batch-size``,
+``--learning-rate``, ``--steps``, ``--precision {float32,bfloat16}`` and
+``--data-dir`` (Fashion-MNIST's IDX folder, when there is one), and prints, as
+its last line of standard output, a JSON object with ``images_per_sec``.
+nin_keras' side is its end-to-end ``fit`` through the tf.data pipeline from
+in-memory images, the path ``python -m nin_keras.fit`` trains on.
+"""
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+
+
+def peer_precisions(requested, isa_cap=None, flags=None):
+    """The precisions to compare: ``requested`` unless it is ``auto``; else float32, and bfloat16 where it is native."""
+    from nin_keras.errors import ConfigError
+    from nin_keras.precision import cpu_has_native_bf16
+
+    if requested == "float16":
+        raise ConfigError("--peer compares float32 and bfloat16 training. Received: --precision float16")
+    if requested != "auto":
+        return [requested]
+    # An ISA cap to AVX2 stands for an ordinary CPU: float32 only (and oneDNN's bfloat16 kernels abort under it).
+    capped = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in ("AVX2", "SSE41")
+    return ["float32"] + (["bfloat16"] if cpu_has_native_bf16(flags) and not capped else [])
+
+
+def network_spec(preset, config_file, batch_size):
+    """The network (``build_nin`` arguments) and training settings both sides train."""
+    from nin_keras.config import model_kwargs, resolve_config
+
+    cfg = resolve_config({"preset": preset, "batch_size": batch_size}, config_file, print_fn=lambda *a, **k: None)
+    return model_kwargs(cfg), cfg
+
+
+def ours_command(args, precision, json_path):
+    """nin_keras' side of a round: the bench itself, one repeat, no inference."""
+    flags = ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--repeats", "1",
+             "--no-inference", "--formats", "", "--precision", precision, "--json", json_path]
+    for name in ("preset", "data_dir", "config", "isa_cap"):
+        if getattr(args, name) is not None:
+            flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    return [sys.executable, "-m", "nin_keras.bench", *flags]
+
+
+def peer_command(peer, network_path, cfg, args, precision):
+    """The peer's side of a round: ``peer`` (a command line) plus the protocol's arguments."""
+    from nin_keras.data.idx import find_fashion_mnist_dir
+    from nin_keras.errors import DataError
+
+    command = shlex.split(peer) + ["--network", network_path, "--batch-size", str(args.batch_size),
+                                   "--learning-rate", str(cfg.learning_rate), "--steps", str(args.steps),
+                                   "--precision", precision]
+    try:
+        command += ["--data-dir", str(find_fashion_mnist_dir(args.data_dir))]
+    except DataError:
+        pass  # the peer then trains on random pixels, as the bench does for other presets
+    return command
+
+
+def run_child(command, timeout, json_path=None):
+    """Run one side of a round; its images/s (and the rest of its JSON), or ``{"error": ...}``."""
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    except OSError as e:
+        return {"error": f"cannot run {command[0]}: {e.strerror}"}
+    lines = [line for line in (proc.stdout or "").splitlines() if line.strip()]
+    if proc.returncode != 0:
+        # A traceback's last line (on stderr) names the exception; stdout only when stderr is silent.
+        errors = [line for line in proc.stderr.splitlines() if line.strip()] or lines
+        return {"error": (errors or [f"exit {proc.returncode}"])[-1][:200]}
+    try:
+        if json_path:  # nin_keras' bench writes its results to a file
+            with open(json_path) as f:
+                result = json.load(f)
+            return {**result, "images_per_sec": result["end_to_end_images_per_sec"]["median"]}
+        result = json.loads(lines[-1])
+        float(result["images_per_sec"])
+        return result
+    except (IndexError, KeyError, TypeError, ValueError, OSError):
+        return {"error": "no JSON line with images_per_sec at the end of its output"}
+
+
+def run_peer_comparison(args, *, print_fn=print, timeout=900):
+    """Interleaved rounds of nin_keras and the peer per precision; returns the results dict."""
+    network, cfg = network_spec(args.preset, args.config, args.batch_size)
+    results = {"peer": args.peer, "preset": cfg.preset, "batch_size": args.batch_size, "steps": args.steps,
+               "rounds": args.rounds, "precisions": {}}
+    with tempfile.TemporaryDirectory(prefix="nin_keras-peer-") as tmp:
+        network_path = os.path.join(tmp, "network.json")
+        with open(network_path, "w") as f:
+            json.dump(network, f)
+        for precision in peer_precisions(args.precision, args.isa_cap):
+            ours, theirs = [], []
+            for round_ in range(1, args.rounds + 1):
+                json_path = os.path.join(tmp, f"ours-{precision}-{round_}.json")
+                sides = [("nin_keras", ours, ours_command(args, precision, json_path), json_path),
+                         ("peer", theirs, peer_command(args.peer, network_path, cfg, args, precision), None)]
+                for name, out, command, path in sides if round_ % 2 else sides[::-1]:
+                    print_fn(f"{precision} round {round_}/{args.rounds}: {name} ...", flush=True)
+                    out.append(run_child(command, timeout, path))
+                    print_fn("  " + (out[-1].get("error") or f"{out[-1]['images_per_sec']:,.0f} images/s"), flush=True)
+            results["precisions"][precision] = summarize(ours, theirs)
+    return results
+
+
+def summarize(ours, theirs):
+    """Medians, ranges and the ratio of medians of one precision's rounds (failed rounds left out)."""
+    def stats(runs):
+        rates = [r["images_per_sec"] for r in runs if "error" not in r]
+        errors = [r["error"] for r in runs if "error" in r]
+        if not rates:
+            return {"error": errors[-1] if errors else "no runs"}
+        return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates,
+                "failed": len(errors)}
+
+    out = {"nin_keras": stats(ours), "peer": stats(theirs)}
+    fractions = [r["achieved_fraction_of_matmul"] for r in ours if "achieved_fraction_of_matmul" in r]
+    if fractions:
+        out["nin_keras_fraction_of_float32_ceiling"] = statistics.median(fractions)
+    if "error" not in out["nin_keras"] and "error" not in out["peer"]:
+        out["ratio"] = out["nin_keras"]["median"] / out["peer"]["median"]
+    return out
+
+
+def format_peer(results):
+    """The comparison table."""
+    def cell(s):
+        return s.get("error", "")[:60] or f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+    lines = [f"nin_keras vs peer `{results['peer']}`: preset {results['preset']}, batch {results['batch_size']}, "
+             f"{results['steps']} steps, {results['rounds']} interleaved rounds (images/s, median (min-max))",
+             f"{'precision':<11}{'nin_keras':>26}{'peer':>26}{'ratio of medians':>18}"]
+    for precision, s in results["precisions"].items():
+        ratio = f"{s['ratio']:.2f}x" if "ratio" in s else "-"
+        lines.append(f"{precision:<11}{cell(s['nin_keras']):>26}{cell(s['peer']):>26}{ratio:>18}")
+    return "\n".join(lines)
+
+
+def comparison_error(results):
+    """Why no precision got a ratio (each side's last error), or None when at least one did."""
+    rows = results["precisions"].values()
+    if any("ratio" in row for row in rows):
+        return None
+    reasons = [f"{side}: {row[side]['error']}" for row in rows for side in ("nin_keras", "peer")
+               if "error" in row[side]]
+    return "the peer comparison measured nothing to compare (" + "; ".join(reasons[-2:] or ["no rounds"]) + ")"
