@@ -73,6 +73,7 @@ class BenchSettings:
     data_format: str = "channels_last"
     resize_in: str = "model"  # where resizing presets (d2l) resize: the model's graph or tf.data
     cache: bool = True  # tf.data cache()
+    fused_batch_norm: bool = True  # nin_keras.fused_bn (False: Keras 3's unfused BatchNorm ops)
 
     def flags(self):
         """The flags that give these settings: only those that differ from the defaults."""
@@ -157,7 +158,8 @@ def _plan(preset, batch_size, steps, repeats, *, settings, image_dir, image_size
     from nin_keras.data import load_data
     from nin_keras.precision import resolve_precision
 
-    overrides = {"preset": preset, "batch_size": batch_size, "xla": settings.xla, "image_size": image_size}
+    overrides = {"preset": preset, "batch_size": batch_size, "xla": settings.xla, "image_size": image_size,
+                 "fused_batch_norm": settings.fused_batch_norm}
     cfg = resolve_config(overrides, config_file, print_fn=print_fn)
     kwargs = {**model_kwargs(cfg), "data_format": settings.data_format}
     folder = None
@@ -185,6 +187,7 @@ def _describe(bench, threads, image_dir):
             "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
             "inter_op_threads": threads[1], "data_format": settings.data_format,
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
+            "fused_batch_norm": settings.fused_batch_norm,
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpu": cpu_class(), "onednn_isa": onednn_isa(), "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
@@ -368,6 +371,7 @@ def format_results(r):
         f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: ONEDNN_MAX_CPU_ISA={r['isa_cap']})" if r["isa_cap"] else ""),
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
+        f"BatchNorm {'fused' if r.get('fused_batch_norm', True) else 'unfused'}, "
         f"strategy: {r.get('strategy', 'default')}"
         + (f"; data: {r['images']:,} images streamed from {r['image_dir']}" if r.get("image_dir") else ""),
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
@@ -432,6 +436,7 @@ SWEEP_CHANGES = [
     ("intra 1 / inter 2", {"intra_op_threads": 1, "inter_op_threads": 2}),
     ("channels_first", {"data_format": "channels_first"}),
     ("no tf.data cache", {"cache": False}),
+    ("unfused BatchNorm", {"fused_batch_norm": False}),
 ]
 
 
@@ -520,7 +525,8 @@ def format_sweep(rows):
                      f"{r['achieved_fraction_of_matmul']:>13.2f}{ratio:>12.2f}x")
     if "error" not in base:
         lines.append(f"defaults: {base['precision']}, XLA off, TF thread pools, {base['data_format']}, "
-                     f"resize in {base['resize_in']}, cache on; 'vs defaults' compares end-to-end training")
+                     f"resize in {base['resize_in']}, cache on, fused BatchNorm; 'vs defaults' compares "
+                     "end-to-end training")
     return "\n".join(lines)
 
 
@@ -560,6 +566,8 @@ def build_parser():
     settings.add_argument("--resize-in", choices=("model", "pipeline"), default="model",
                           help="where resizing presets (d2l) resize: in the model's graph or in tf.data")
     settings.add_argument("--no-cache", dest="cache", action="store_false", help="tf.data without cache()")
+    settings.add_argument("--no-fused-batch-norm", dest="fused_batch_norm", action="store_false",
+                          help="Keras 3's unfused BatchNorm ops instead of TensorFlow's fused kernel")
     settings.add_argument("--no-inference", dest="inference", action="store_false", help="skip step 5")
     parser.add_argument("--sweep", action="store_true",
                         help="run once per setting above (fresh process each) and print a comparison table")

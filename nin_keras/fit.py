@@ -148,8 +148,17 @@ def one_hot_classes(cfg, num_classes):
 
 
 def compile_model(model, cfg, steps_per_epoch, adjustable_schedule=None):
-    """Compile with cross-entropy (smoothed with ``cfg.label_smoothing``) and accuracy."""
+    """Compile with cross-entropy (smoothed with ``cfg.label_smoothing``) and accuracy.
+
+    With ``cfg.fused_batch_norm`` the model's BatchNorm layers run through TensorFlow's fused kernel
+    (:mod:`nin_keras.fused_bn`; the saved model is unchanged).
+    """
     import keras
+
+    if cfg.fused_batch_norm:
+        from nin_keras.fused_bn import fuse_batch_norm
+
+        fuse_batch_norm(model)
 
     if cfg.label_smoothing:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)

@@ -58,7 +58,7 @@ def test_rounds_alternate_which_side_goes_first_and_the_peer_gets_the_protocol(t
     def fake_ours(cmd, timeout, json_path=None):
         if json_path:  # nin_keras' side: a bench child, stood in for
             calls.append("nin_keras")
-            return {"images_per_sec": 600.0, "achieved_fraction_of_matmul": 0.3}
+            return {"images_per_sec": 600.0, "end_to_end": 550.0, "achieved_fraction_of_matmul": 0.3}
         calls.append("peer")
         return real_run_child(cmd, timeout)
 
@@ -77,6 +77,7 @@ def test_rounds_alternate_which_side_goes_first_and_the_peer_gets_the_protocol(t
     assert float(argv["--learning-rate"]) == 0.003  # the tiny preset's
     assert entries[0]["network"]["blocks"] == [{"filters": 16, "kernel_size": 5, "pool": "max"},
                                                {"filters": 32, "kernel_size": 3, "pool": "max"}]
+    assert row["nin_keras_end_to_end"]["median"] == 550.0
     assert "1.50x" in peer.format_peer(results)
 
 

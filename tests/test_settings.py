@@ -66,3 +66,15 @@ def test_a_misspelled_flag_gets_a_suggestion(capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert "did you mean '--bach-size' -> '--batch-size'" in err
+
+
+def test_a_setting_added_after_a_run_was_recorded_counts_as_its_default():
+    """An upgrade that adds a setting (fused_batch_norm) must not make a finished run 'a different run'."""
+    from nin_keras.config import config_differences, run_record
+
+    cfg = resolve_config({"preset": "tiny"})
+    recorded = run_record(cfg)
+    del recorded["fused_batch_norm"]  # written by a version without it
+    assert config_differences(recorded, cfg) == []
+    assert config_differences(recorded, resolve_config({"preset": "tiny", "fused_batch_norm": False})) == [
+        "fused_batch_norm"]

@@ -1,0 +1,118 @@
+"""nin_keras.fused_bn: TensorFlow's fused BatchNorm kernel behind Keras' own BatchNormalization layers."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import build_preset, random_images, save_and_reload
+from nin_keras.fused_bn import count_fused, fuse_batch_norm
+from nin_keras.precise_bn import batchnorm_layers
+
+
+def twin_models(preset="fashion", **overrides):
+    """Two models with the same weights: Keras' BatchNorm and the fused one."""
+    keras.utils.set_random_seed(0)
+    plain = build_preset(preset, **overrides)
+    fused = build_preset(preset, **overrides)
+    fused.set_weights(plain.get_weights())
+    return plain, fused
+
+
+def perturb_statistics(model, seed=1):
+    """Moving statistics and BatchNorm weights away from their initial 0/1 (where formulas coincide)."""
+    rng = np.random.default_rng(seed)
+    for layer in batchnorm_layers(model):
+        n = layer.gamma.shape[0]
+        layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+        layer.beta.assign(rng.normal(0, 0.3, n))
+        layer.moving_mean.assign(rng.normal(0, 0.5, n))
+        layer.moving_variance.assign(rng.uniform(0.2, 3.0, n))
+
+
+def test_every_channels_last_batchnorm_of_a_preset_is_fused():
+    _, fused = twin_models()
+    assert fuse_batch_norm(fused) == len(batchnorm_layers(fused)) == 5
+    assert count_fused(fused) == 5
+
+
+def test_inference_and_training_outputs_match_keras():
+    plain, fused = twin_models()
+    perturb_statistics(plain)
+    fused.set_weights(plain.get_weights())
+    fuse_batch_norm(fused)
+    x = random_images(32).astype("float32")
+    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=1e-5)
+    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), atol=1e-5)
+
+
+def test_moving_statistics_follow_keras_rule_with_the_biased_variance():
+    plain, fused = twin_models()
+    fuse_batch_norm(fused)
+    x = random_images(16).astype("float32")
+    plain(x, training=True)
+    fused(x, training=True)
+    for a, b in zip(batchnorm_layers(plain), batchnorm_layers(fused)):
+        np.testing.assert_allclose(b.moving_mean, a.moving_mean, atol=1e-6)
+        # Keras: 0.99 * 1 + 0.01 * biased variance; the fused kernel's own would be Bessel-corrected.
+        np.testing.assert_allclose(b.moving_variance, a.moving_variance, rtol=1e-5)
+
+
+def test_gradients_match_keras_where_no_relu_sits_on_the_boundary():
+    plain, fused = twin_models()
+    fuse_batch_norm(fused)
+    x, y = random_images(16).astype("float32"), np.arange(16) % 10
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    (loss_a, grads_a), (loss_b, grads_b) = gradients(plain), gradients(fused)
+    assert float(loss_a) == pytest.approx(float(loss_b), abs=1e-6)
+    # The head's BatchNorm has no ReLU after its last convolution: its gradients are exact to rounding.
+    for weight, a, b in zip(plain.trainable_weights, grads_a, grads_b):
+        if weight.path.startswith("head_bn1"):
+            np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_bfloat16_activations_keep_float32_statistics():
+    from nin_keras.precision import precision_scope
+
+    with precision_scope("bfloat16"):
+        model = build_preset("fashion")
+    fuse_batch_norm(model)
+    out = model(random_images(8).astype("float32"), training=True)
+    assert out.dtype == "float32" and np.isfinite(out).all()
+    layer = batchnorm_layers(model)[0]
+    assert layer.moving_variance.dtype == "float32" and not np.allclose(layer.moving_variance, 1.0)
+
+
+def test_a_saved_fused_model_is_keras_own_and_predicts_the_same(tmp_path):
+    plain, fused = twin_models()
+    perturb_statistics(fused)
+    fuse_batch_norm(fused)
+    x = random_images(8)
+    reloaded = save_and_reload(fused, tmp_path)  # no custom objects needed
+    assert count_fused(reloaded) == 0
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in batchnorm_layers(reloaded))
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), fused.predict(x, verbose=0), atol=1e-6)
+
+
+def test_layouts_and_options_it_cannot_fuse_keep_keras_call():
+    if "channels_first" in __import__("nin_keras.model", fromlist=["DATA_FORMATS"]).DATA_FORMATS:
+        nchw = build_preset("fashion", data_format="channels_first")
+        assert fuse_batch_norm(nchw) == 0
+    inputs = keras.Input((8, 8, 4))
+    renorm = keras.layers.BatchNormalization(renorm=True)(inputs)
+    flat = keras.layers.BatchNormalization()(keras.layers.Flatten()(inputs))
+    no_scale = keras.layers.BatchNormalization(scale=False)(inputs)
+    model = keras.Model(inputs, [renorm, flat, no_scale])
+    assert fuse_batch_norm(model) == 0
+
+
+def test_fit_compiles_fused_and_the_bench_can_turn_it_off():
+    from nin_keras import bench
+
+    assert "--no-fused-batch-norm" in bench.BenchSettings(fused_batch_norm=False).flags()
+    assert bench.build_parser().parse_args(["--no-fused-batch-norm"]).fused_batch_norm is False
