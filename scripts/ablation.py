@@ -19,6 +19,8 @@ import time
 
 VARIANTS = {
     "default": [],
+    "Keras BatchNorm ops": ["--no-fused-batch-norm"],
+    "bfloat16": ["--precision", "bfloat16"],
     "label smoothing 0.1": ["--label-smoothing", "0.1"],
     "flip + 2-pixel shift": ["--augment", "--augment-shift", "2"],
     "AdamW weight decay 0.05": ["--optimizer", "adamw", "--weight-decay", "0.05"],
@@ -50,19 +52,24 @@ def main(argv=None):
     parser.add_argument("out")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each variant is trained once per seed")
+    parser.add_argument("--test", action="store_true",
+                        help="also print test accuracy: once, for the configuration chosen on validation")
     args = parser.parse_args(argv)
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    rows = []
+    print(f"seeds {args.seeds}; accuracies as mean +- standard deviation over the seeds")
+    print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}" + (f"{'test acc':>17}" if args.test else ""))
     for name in args.variants.split(","):
         runs = [run(args.out, name, VARIANTS[name], seed) for seed in seeds]
-        rows.append((name, [m["val_accuracy"] for m, _ in runs], [m["train_accuracy"] for m, _ in runs],
-                     statistics.mean(s for _, s in runs) / 60))
-    print(f"seeds {args.seeds}; validation accuracy as mean +- standard deviation over the seeds")
-    print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}")
-    for name, vals, trains, minutes in rows:
-        spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        print(f"{name:<32}{statistics.mean(vals):>9.4f} +-{spread:.4f}{statistics.mean(trains):>11.4f}{minutes:>9.1f}")
+        line = (f"{name:<32}{spread([m['val_accuracy'] for m, _ in runs]):>16}"
+                f"{statistics.mean(m['train_accuracy'] for m, _ in runs):>11.4f}"
+                f"{statistics.mean(s for _, s in runs) / 60:>9.1f}")
+        print(line + (f"{spread([m['test_accuracy'] for m, _ in runs]):>17}" if args.test else ""), flush=True)
     return 0
+
+
+def spread(values):
+    """'mean +-sd' of a list of accuracies (sd 0 for one value)."""
+    return f"{statistics.mean(values):.4f} +-{statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
 if __name__ == "__main__":
