@@ -25,6 +25,8 @@ VARIANTS = {
     "flip + 2-pixel shift": ["--augment", "--augment-shift", "2"],
     "AdamW weight decay 0.05": ["--optimizer", "adamw", "--weight-decay", "0.05"],
     "AdamW and label smoothing 0.1": ["--optimizer", "adamw", "--weight-decay", "0.05", "--label-smoothing", "0.1"],
+    "11 epochs": ["--epochs", "11"],
+    "AdamW 11 epochs": ["--optimizer", "adamw", "--weight-decay", "0.05", "--epochs", "11"],
 }
 
 
