@@ -53,12 +53,18 @@ def network_spec(preset, config_file, batch_size):
 
 
 def ours_command(args, precision, json_path):
-    """nin_keras' side of a round: the bench itself, one repeat, no inference."""
+    """nin_keras' side of a round: the bench itself, one repeat, no inference, with the settings asked for
+    (``--no-fused-batch-norm``, ``--xla``, threads...) in the round's precision."""
+    import dataclasses
+
+    from nin_keras.bench import BenchSettings
+
     flags = ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--repeats", "1",
-             "--no-inference", "--formats", "", "--precision", precision, "--json", json_path]
+             "--no-inference", "--formats", "", "--json", json_path]
     for name in ("preset", "data_dir", "config", "isa_cap"):
         if getattr(args, name) is not None:
             flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    flags += dataclasses.replace(BenchSettings.from_args(args), precision=precision).flags()
     return [sys.executable, "-m", "nin_keras.bench", *flags]
 
 

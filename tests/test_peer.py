@@ -125,3 +125,14 @@ def test_bench_peer_mode_fails_in_one_line_when_every_peer_run_fails(tmp_path, c
     err = capsys.readouterr().err
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("error:") and "torch is not installed" in err
+
+
+def test_nin_keras_side_gets_the_settings_asked_for_with_the_round_precision():
+    """--peer with --no-fused-batch-norm (or --xla, threads...) must measure nin_keras with them."""
+    args = parse(["--peer", "x", "--no-fused-batch-norm", "--xla", "--intra-op-threads", "1", "--precision", "auto"])
+    command = peer.ours_command(args, "bfloat16", "/tmp/ours.json")
+    assert {"--no-fused-batch-norm", "--xla"} <= set(command)
+    assert command[command.index("--intra-op-threads") + 1] == "1"
+    assert command.count("--precision") == 1 and command[command.index("--precision") + 1] == "bfloat16"
+    assert bench.build_parser().parse_args(command[3:]).fused_batch_norm is False
+
