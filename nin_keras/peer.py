@@ -22,6 +22,7 @@ once per epoch in a real run.
 """
 
 import json
+import math
 import os
 import shlex
 import statistics
@@ -103,7 +104,10 @@ def run_child(command, timeout, json_path=None):
             return {**result, "images_per_sec": result["model_only_images_per_sec"]["median"],
                     "end_to_end": result["end_to_end_images_per_sec"]["median"]}
         result = json.loads(lines[-1])
-        float(result["images_per_sec"])
+        # A number as text is taken; zero, negative or NaN would divide by zero or print as a ratio.
+        result["images_per_sec"] = float(result["images_per_sec"])
+        if not (math.isfinite(result["images_per_sec"]) and result["images_per_sec"] > 0):
+            raise ValueError(result["images_per_sec"])
         return result
     except (IndexError, KeyError, TypeError, ValueError, OSError):
         return {"error": "no JSON line with images_per_sec at the end of its output"}

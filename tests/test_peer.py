@@ -136,3 +136,16 @@ def test_nin_keras_side_gets_the_settings_asked_for_with_the_round_precision():
     assert command.count("--precision") == 1 and command[command.index("--precision") + 1] == "bfloat16"
     assert bench.build_parser().parse_args(command[3:]).fused_batch_norm is False
 
+
+@pytest.mark.parametrize("line, rate", [('{"images_per_sec": "500"}', 500.0), ('{"images_per_sec": 0}', None),
+                                        ('{"images_per_sec": NaN}', None), ('{"images_per_sec": -3}', None)])
+def test_a_peer_rate_is_a_positive_number_or_the_round_is_an_error(tmp_path, line, rate):
+    command, _ = write_peer(tmp_path, body=f"print({line!r})")
+    result = peer.run_child(command.split(), timeout=60)
+    if rate is None:
+        assert "images_per_sec" in result["error"]
+    else:
+        assert result["images_per_sec"] == rate and isinstance(result["images_per_sec"], float)
+    # Neither the progress line nor the summary may crash on what the peer printed.
+    summary = peer.summarize([{"images_per_sec": 600.0}], [result])
+    assert ("ratio" in summary) == (rate is not None)
