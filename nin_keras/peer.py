@@ -69,19 +69,38 @@ def ours_command(args, precision, json_path):
     return [sys.executable, "-m", "nin_keras.bench", *flags]
 
 
-def peer_command(peer, network_path, cfg, args, precision):
-    """The peer's side of a round: ``peer`` (a command line) plus the protocol's arguments."""
+def split_peer(peer):
+    """The ``--peer`` command line as a list; a one-line error for unbalanced quotes or an empty command."""
+    from nin_keras.errors import ConfigError
+
+    try:
+        argv = shlex.split(peer)
+    except ValueError as e:
+        raise ConfigError(f"--peer {peer!r}: {e}") from None
+    if not argv:
+        raise ConfigError(f"--peer {peer!r}: the command is empty")
+    return argv
+
+
+def peer_data_dir(data_dir):
+    """Fashion-MNIST's folder for the peer, or None (it then trains on random pixels, as the bench does for
+    other presets); a ``--data-dir`` the user names must exist."""
     from nin_keras.data.idx import find_fashion_mnist_dir
     from nin_keras.errors import DataError
 
-    command = shlex.split(peer) + ["--network", network_path, "--batch-size", str(args.batch_size),
-                                   "--learning-rate", str(cfg.learning_rate), "--steps", str(args.steps),
-                                   "--precision", precision]
     try:
-        command += ["--data-dir", str(find_fashion_mnist_dir(args.data_dir))]
+        return str(find_fashion_mnist_dir(data_dir))
     except DataError:
-        pass  # the peer then trains on random pixels, as the bench does for other presets
-    return command
+        if data_dir is not None:
+            raise
+        return None
+
+
+def peer_command(peer_argv, network_path, cfg, args, precision, data_dir):
+    """The peer's side of a round: ``peer_argv`` plus the protocol's arguments."""
+    command = [*peer_argv, "--network", network_path, "--batch-size", str(args.batch_size),
+               "--learning-rate", str(cfg.learning_rate), "--steps", str(args.steps), "--precision", precision]
+    return command + (["--data-dir", data_dir] if data_dir else [])
 
 
 def run_child(command, timeout, json_path=None):
@@ -115,6 +134,8 @@ def run_child(command, timeout, json_path=None):
 
 def run_peer_comparison(args, *, print_fn=print, timeout=900):
     """Interleaved rounds of nin_keras and the peer per precision; returns the results dict."""
+    # Before any round: a bad command or folder would otherwise fail every round, or only one side's.
+    peer_argv, data_dir = split_peer(args.peer), peer_data_dir(args.data_dir)
     network, cfg = network_spec(args.preset, args.config, args.batch_size)
     results = {"peer": args.peer, "preset": cfg.preset, "batch_size": args.batch_size, "steps": args.steps,
                "rounds": args.rounds, "precisions": {}}
@@ -127,7 +148,7 @@ def run_peer_comparison(args, *, print_fn=print, timeout=900):
             for round_ in range(1, args.rounds + 1):
                 json_path = os.path.join(tmp, f"ours-{precision}-{round_}.json")
                 sides = [("nin_keras", ours, ours_command(args, precision, json_path), json_path),
-                         ("peer", theirs, peer_command(args.peer, network_path, cfg, args, precision), None)]
+                         ("peer", theirs, peer_command(peer_argv, network_path, cfg, args, precision, data_dir), None)]
                 for name, out, command, path in sides if round_ % 2 else sides[::-1]:
                     print_fn(f"{precision} round {round_}/{args.rounds}: {name} ...", flush=True)
                     out.append(run_child(command, timeout, path))

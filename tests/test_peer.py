@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from nin_keras import bench, peer
-from nin_keras.errors import ConfigError
+from nin_keras.errors import ConfigError, DataError
 
 FAKE_PEER = textwrap.dedent("""
     import json, sys
@@ -149,3 +149,24 @@ def test_a_peer_rate_is_a_positive_number_or_the_round_is_an_error(tmp_path, lin
     # Neither the progress line nor the summary may crash on what the peer printed.
     summary = peer.summarize([{"images_per_sec": 600.0}], [result])
     assert ("ratio" in summary) == (rate is not None)
+
+
+@pytest.mark.parametrize("command, message", [("python 'unclosed", "No closing quotation"), ("  ", "empty")])
+def test_a_peer_command_that_cannot_be_split_is_refused_before_any_round(monkeypatch, command, message):
+    """A ConfigError (one line from the CLI), not a ValueError traceback or rounds of "cannot run --network"."""
+    calls = []
+    monkeypatch.setattr(peer, "run_child", lambda *a, **k: calls.append(a) or {"error": "not run"})
+    args = parse(["--preset", "tiny", "--rounds", "1", "--precision", "float32", "--peer", command])
+    with pytest.raises(ConfigError, match=f"--peer .*{message}"):
+        peer.run_peer_comparison(args, print_fn=lambda *a, **k: None)
+    assert calls == []
+
+
+def test_a_missing_data_dir_is_refused_before_any_round(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(peer, "run_child", lambda *a, **k: calls.append(a) or {"error": "not run"})
+    args = parse(["--preset", "tiny", "--rounds", "1", "--precision", "float32", "--peer", "python x.py",
+                  "--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(DataError, match="no such directory"):
+        peer.run_peer_comparison(args, print_fn=lambda *a, **k: None)
+    assert calls == []
