@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,14 +104,34 @@ def peer_command(peer_argv, network_path, cfg, args, precision, data_dir):
     return command + (["--data-dir", data_dir] if data_dir else [])
 
 
-def run_child(command, timeout, json_path=None):
-    """Run one side of a round; its images/s (and the rest of its JSON), or ``{"error": ...}``."""
+def _run(command, timeout):
+    """``subprocess.run`` in a process group of its own, all of which a timeout or Ctrl-C ends: a wrapper's
+    children (a shell, ``uv run``) outliving the wrapper would share the cores with every later round."""
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     except OSError as e:
         return {"error": f"cannot run {command[0]}: {e.strerror}"}
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as e:  # the timeout; or Ctrl-C, which a new session no longer gets from the terminal
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                return {"error": f"timed out after {timeout:.0f} s"}
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def run_child(command, timeout, json_path=None):
+    """Run one side of a round; its images/s (and the rest of its JSON), or ``{"error": ...}``."""
+    proc = _run(command, timeout)
+    if isinstance(proc, dict):
+        return proc
     lines = [line for line in (proc.stdout or "").splitlines() if line.strip()]
     if proc.returncode != 0:
         # A traceback's last line (on stderr) names the exception; stdout only when stderr is silent.

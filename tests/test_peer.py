@@ -1,8 +1,10 @@
 """The bench's peer mode (nin_keras.peer), with fake peer commands: CI needs no PyTorch."""
 
 import json
+import os
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -170,3 +172,23 @@ def test_a_missing_data_dir_is_refused_before_any_round(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no such directory"):
         peer.run_peer_comparison(args, print_fn=lambda *a, **k: None)
     assert calls == []
+
+
+def test_a_timed_out_peer_leaves_no_process_behind(tmp_path):
+    """A wrapper command (a shell, `uv run`...) whose child outlives a timeout would skew every later round."""
+    pid_file = tmp_path / "grandchild.pid"
+    body = textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """)
+    command, _ = write_peer(tmp_path, body=body)
+    assert "timed out" in peer.run_child(command.split(), timeout=3)["error"]
+    pid = int(pid_file.read_text())
+    for _ in range(50):  # the kill is asynchronous
+        if not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the peer's child {pid} is still running after the timeout")
