@@ -4,7 +4,7 @@ Each round runs nin_keras' own bench (training only, a fresh process) and
 the peer command one after the other, alternating which goes first, so both
 see the same host conditions (this project's VMs swing between full and half
 speed from one minute to the next). It does so in float32 and, on CPUs with
-native bfloat16 (AVX512-BF16 or AMX) and no ISA cap, in bfloat16, and prints
+native bfloat16 (AVX512-BF16 or AMX) and no ISA cap that hides it, in bfloat16, and prints
 each side's median images/s and the ratio of the medians.
 
 The peer protocol (``benchmarks/torch_peer.py`` is the PyTorch one): the
@@ -32,6 +32,10 @@ import sys
 import tempfile
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that leave out its native bfloat16 instructions.
+_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def peer_precisions(requested, isa_cap=None, flags=None):
     """The precisions to compare: ``requested`` unless it is ``auto``; else float32, and bfloat16 where it is native."""
     from nin_keras.errors import ConfigError
@@ -41,8 +45,9 @@ def peer_precisions(requested, isa_cap=None, flags=None):
         raise ConfigError("--peer compares float32 and bfloat16 training. Received: --precision float16")
     if requested != "auto":
         return [requested]
-    # An ISA cap to AVX2 stands for an ordinary CPU: float32 only (and oneDNN's bfloat16 kernels abort under it).
-    capped = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in ("AVX2", "SSE41")
+    # A cap below AVX512_CORE_BF16 stands for a CPU without native bfloat16: float32 only (oneDNN's bfloat16
+    # kernels abort under AVX2, and are emulated under AVX512_CORE while the peer's are not capped).
+    capped = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in _CAPS_WITHOUT_BF16
     return ["float32"] + (["bfloat16"] if cpu_has_native_bf16(flags) and not capped else [])
 
 

@@ -41,6 +41,8 @@ def parse(argv):
     ("auto", {"avx2", "amx_bf16"}, None, ["float32", "bfloat16"]),
     ("auto", {"avx2", "fma"}, None, ["float32"]),
     ("auto", {"avx2", "avx512_bf16"}, "AVX2", ["float32"]),  # capped like an ordinary CPU
+    ("auto", {"avx2", "avx512_bf16"}, "AVX512_CORE", ["float32"]),  # like an AVX-512 CPU without BF16
+    ("auto", {"avx2", "amx_bf16"}, "AVX512_CORE_BF16", ["float32", "bfloat16"]),
     ("bfloat16", {"avx2"}, None, ["bfloat16"]),  # asked for explicitly
 ])
 def test_peer_precisions_follow_the_cpu_and_the_cap(requested, flags, cap, expected, monkeypatch):
