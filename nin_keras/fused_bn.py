@@ -17,8 +17,9 @@ variance is the biased one, as Keras uses, not the fused kernel's
 Bessel-corrected one).
 
 Eligible: TensorFlow backend, 4-D input normalised over its last axis
-(channels_last), no mask, no renorm, not synchronized. Anything else keeps
-Keras' call.
+(channels_last), with both ``scale`` and ``center``, no renorm, not
+synchronized. Anything else keeps Keras' call, and so does a call with a
+mask.
 """
 
 import types

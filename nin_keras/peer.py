@@ -4,7 +4,7 @@ Each round runs nin_keras' own bench (training only, a fresh process) and
 the peer command one after the other, alternating which goes first, so both
 see the same host conditions (this project's VMs swing between full and half
 speed from one minute to the next). It does so in float32 and, on CPUs with
-native bfloat16 (AVX512-BF16 or AMX) and no ISA cap, in bfloat16, and prints
+native bfloat16 (AVX512-BF16 or AMX) and no ISA cap that hides it, in bfloat16, and prints
 each side's median images/s and the ratio of the medians.
 
 The peer protocol (``benchmarks/torch_peer.py`` is the PyTorch one): the
@@ -22,12 +22,18 @@ once per epoch in a real run.
 """
 
 import json
+import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+
+
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that leave out its native bfloat16 instructions.
+_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def peer_precisions(requested, isa_cap=None, flags=None):
@@ -39,8 +45,9 @@ def peer_precisions(requested, isa_cap=None, flags=None):
         raise ConfigError("--peer compares float32 and bfloat16 training. Received: --precision float16")
     if requested != "auto":
         return [requested]
-    # An ISA cap to AVX2 stands for an ordinary CPU: float32 only (and oneDNN's bfloat16 kernels abort under it).
-    capped = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in ("AVX2", "SSE41")
+    # A cap below AVX512_CORE_BF16 stands for a CPU without native bfloat16: float32 only (oneDNN's bfloat16
+    # kernels abort under AVX2, and are emulated under AVX512_CORE while the peer's are not capped).
+    capped = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in _CAPS_WITHOUT_BF16
     return ["float32"] + (["bfloat16"] if cpu_has_native_bf16(flags) and not capped else [])
 
 
@@ -53,38 +60,83 @@ def network_spec(preset, config_file, batch_size):
 
 
 def ours_command(args, precision, json_path):
-    """nin_keras' side of a round: the bench itself, one repeat, no inference."""
+    """nin_keras' side of a round: the bench itself, one repeat, no inference, with the settings asked for
+    (``--no-fused-batch-norm``, ``--xla``, threads...) in the round's precision."""
+    import dataclasses
+
+    from nin_keras.bench import BenchSettings
+
     flags = ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--repeats", "1",
-             "--no-inference", "--formats", "", "--precision", precision, "--json", json_path]
+             "--no-inference", "--formats", "", "--json", json_path]
     for name in ("preset", "data_dir", "config", "isa_cap"):
         if getattr(args, name) is not None:
             flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    flags += dataclasses.replace(BenchSettings.from_args(args), precision=precision).flags()
     return [sys.executable, "-m", "nin_keras.bench", *flags]
 
 
-def peer_command(peer, network_path, cfg, args, precision):
-    """The peer's side of a round: ``peer`` (a command line) plus the protocol's arguments."""
+def split_peer(peer):
+    """The ``--peer`` command line as a list; a one-line error for unbalanced quotes or an empty command."""
+    from nin_keras.errors import ConfigError
+
+    try:
+        argv = shlex.split(peer)
+    except ValueError as e:
+        raise ConfigError(f"--peer {peer!r}: {e}") from None
+    if not argv:
+        raise ConfigError(f"--peer {peer!r}: the command is empty")
+    return argv
+
+
+def peer_data_dir(data_dir):
+    """Fashion-MNIST's folder for the peer, or None (it then trains on random pixels, as the bench does for
+    other presets); a ``--data-dir`` the user names must exist."""
     from nin_keras.data.idx import find_fashion_mnist_dir
     from nin_keras.errors import DataError
 
-    command = shlex.split(peer) + ["--network", network_path, "--batch-size", str(args.batch_size),
-                                   "--learning-rate", str(cfg.learning_rate), "--steps", str(args.steps),
-                                   "--precision", precision]
     try:
-        command += ["--data-dir", str(find_fashion_mnist_dir(args.data_dir))]
+        return str(find_fashion_mnist_dir(data_dir))
     except DataError:
-        pass  # the peer then trains on random pixels, as the bench does for other presets
-    return command
+        if data_dir is not None:
+            raise
+        return None
+
+
+def peer_command(peer_argv, network_path, cfg, args, precision, data_dir):
+    """The peer's side of a round: ``peer_argv`` plus the protocol's arguments."""
+    command = [*peer_argv, "--network", network_path, "--batch-size", str(args.batch_size),
+               "--learning-rate", str(cfg.learning_rate), "--steps", str(args.steps), "--precision", precision]
+    return command + (["--data-dir", data_dir] if data_dir else [])
+
+
+def _run(command, timeout):
+    """``subprocess.run`` in a process group of its own, all of which a timeout or Ctrl-C ends: a wrapper's
+    children (a shell, ``uv run``) outliving the wrapper would share the cores with every later round."""
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    except OSError as e:
+        return {"error": f"cannot run {command[0]}: {e.strerror}"}
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as e:  # the timeout; or Ctrl-C, which a new session no longer gets from the terminal
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                return {"error": f"timed out after {timeout:.0f} s"}
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def run_child(command, timeout, json_path=None):
     """Run one side of a round; its images/s (and the rest of its JSON), or ``{"error": ...}``."""
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    except OSError as e:
-        return {"error": f"cannot run {command[0]}: {e.strerror}"}
+    proc = _run(command, timeout)
+    if isinstance(proc, dict):
+        return proc
     lines = [line for line in (proc.stdout or "").splitlines() if line.strip()]
     if proc.returncode != 0:
         # A traceback's last line (on stderr) names the exception; stdout only when stderr is silent.
@@ -97,7 +149,10 @@ def run_child(command, timeout, json_path=None):
             return {**result, "images_per_sec": result["model_only_images_per_sec"]["median"],
                     "end_to_end": result["end_to_end_images_per_sec"]["median"]}
         result = json.loads(lines[-1])
-        float(result["images_per_sec"])
+        # A number as text is taken; zero, negative or NaN would divide by zero or print as a ratio.
+        result["images_per_sec"] = float(result["images_per_sec"])
+        if not (math.isfinite(result["images_per_sec"]) and result["images_per_sec"] > 0):
+            raise ValueError(result["images_per_sec"])
         return result
     except (IndexError, KeyError, TypeError, ValueError, OSError):
         return {"error": "no JSON line with images_per_sec at the end of its output"}
@@ -105,6 +160,8 @@ def run_child(command, timeout, json_path=None):
 
 def run_peer_comparison(args, *, print_fn=print, timeout=900):
     """Interleaved rounds of nin_keras and the peer per precision; returns the results dict."""
+    # Before any round: a bad command or folder would otherwise fail every round, or only one side's.
+    peer_argv, data_dir = split_peer(args.peer), peer_data_dir(args.data_dir)
     network, cfg = network_spec(args.preset, args.config, args.batch_size)
     results = {"peer": args.peer, "preset": cfg.preset, "batch_size": args.batch_size, "steps": args.steps,
                "rounds": args.rounds, "precisions": {}}
@@ -117,7 +174,7 @@ def run_peer_comparison(args, *, print_fn=print, timeout=900):
             for round_ in range(1, args.rounds + 1):
                 json_path = os.path.join(tmp, f"ours-{precision}-{round_}.json")
                 sides = [("nin_keras", ours, ours_command(args, precision, json_path), json_path),
-                         ("peer", theirs, peer_command(args.peer, network_path, cfg, args, precision), None)]
+                         ("peer", theirs, peer_command(peer_argv, network_path, cfg, args, precision, data_dir), None)]
                 for name, out, command, path in sides if round_ % 2 else sides[::-1]:
                     print_fn(f"{precision} round {round_}/{args.rounds}: {name} ...", flush=True)
                     out.append(run_child(command, timeout, path))

@@ -111,8 +111,14 @@ def test_layouts_and_options_it_cannot_fuse_keep_keras_call():
     assert fuse_batch_norm(model) == 0
 
 
-def test_fit_compiles_fused_and_the_bench_can_turn_it_off():
+@pytest.mark.parametrize("setting, expected", [(True, 5), (False, 0)])
+def test_fit_compiles_fused_and_the_bench_can_turn_it_off(setting, expected):
     from nin_keras import bench
+    from nin_keras.config import resolve_config
+    from nin_keras.fit import compile_model
 
+    model = build_preset("fashion")
+    compile_model(model, resolve_config({"preset": "fashion", "fused_batch_norm": setting}), steps_per_epoch=10)
+    assert count_fused(model) == expected
     assert "--no-fused-batch-norm" in bench.BenchSettings(fused_batch_norm=False).flags()
     assert bench.build_parser().parse_args(["--no-fused-batch-norm"]).fused_batch_norm is False

@@ -1,13 +1,15 @@
 """The bench's peer mode (nin_keras.peer), with fake peer commands: CI needs no PyTorch."""
 
 import json
+import os
 import sys
 import textwrap
+import time
 
 import pytest
 
 from nin_keras import bench, peer
-from nin_keras.errors import ConfigError
+from nin_keras.errors import ConfigError, DataError
 
 FAKE_PEER = textwrap.dedent("""
     import json, sys
@@ -39,6 +41,8 @@ def parse(argv):
     ("auto", {"avx2", "amx_bf16"}, None, ["float32", "bfloat16"]),
     ("auto", {"avx2", "fma"}, None, ["float32"]),
     ("auto", {"avx2", "avx512_bf16"}, "AVX2", ["float32"]),  # capped like an ordinary CPU
+    ("auto", {"avx2", "avx512_bf16"}, "AVX512_CORE", ["float32"]),  # like an AVX-512 CPU without BF16
+    ("auto", {"avx2", "amx_bf16"}, "AVX512_CORE_BF16", ["float32", "bfloat16"]),
     ("bfloat16", {"avx2"}, None, ["bfloat16"]),  # asked for explicitly
 ])
 def test_peer_precisions_follow_the_cpu_and_the_cap(requested, flags, cap, expected, monkeypatch):
@@ -125,3 +129,68 @@ def test_bench_peer_mode_fails_in_one_line_when_every_peer_run_fails(tmp_path, c
     err = capsys.readouterr().err
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("error:") and "torch is not installed" in err
+
+
+def test_nin_keras_side_gets_the_settings_asked_for_with_the_round_precision():
+    """--peer with --no-fused-batch-norm (or --xla, threads...) must measure nin_keras with them."""
+    args = parse(["--peer", "x", "--no-fused-batch-norm", "--xla", "--intra-op-threads", "1", "--precision", "auto"])
+    command = peer.ours_command(args, "bfloat16", "/tmp/ours.json")
+    assert {"--no-fused-batch-norm", "--xla"} <= set(command)
+    assert command[command.index("--intra-op-threads") + 1] == "1"
+    assert command.count("--precision") == 1 and command[command.index("--precision") + 1] == "bfloat16"
+    assert bench.build_parser().parse_args(command[3:]).fused_batch_norm is False
+
+
+@pytest.mark.parametrize("line, rate", [('{"images_per_sec": "500"}', 500.0), ('{"images_per_sec": 0}', None),
+                                        ('{"images_per_sec": NaN}', None), ('{"images_per_sec": -3}', None)])
+def test_a_peer_rate_is_a_positive_number_or_the_round_is_an_error(tmp_path, line, rate):
+    command, _ = write_peer(tmp_path, body=f"print({line!r})")
+    result = peer.run_child(command.split(), timeout=60)
+    if rate is None:
+        assert "images_per_sec" in result["error"]
+    else:
+        assert result["images_per_sec"] == rate and isinstance(result["images_per_sec"], float)
+    # Neither the progress line nor the summary may crash on what the peer printed.
+    summary = peer.summarize([{"images_per_sec": 600.0}], [result])
+    assert ("ratio" in summary) == (rate is not None)
+
+
+@pytest.mark.parametrize("command, message", [("python 'unclosed", "No closing quotation"), ("  ", "empty")])
+def test_a_peer_command_that_cannot_be_split_is_refused_before_any_round(monkeypatch, command, message):
+    """A ConfigError (one line from the CLI), not a ValueError traceback or rounds of "cannot run --network"."""
+    calls = []
+    monkeypatch.setattr(peer, "run_child", lambda *a, **k: calls.append(a) or {"error": "not run"})
+    args = parse(["--preset", "tiny", "--rounds", "1", "--precision", "float32", "--peer", command])
+    with pytest.raises(ConfigError, match=f"--peer .*{message}"):
+        peer.run_peer_comparison(args, print_fn=lambda *a, **k: None)
+    assert calls == []
+
+
+def test_a_missing_data_dir_is_refused_before_any_round(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(peer, "run_child", lambda *a, **k: calls.append(a) or {"error": "not run"})
+    args = parse(["--preset", "tiny", "--rounds", "1", "--precision", "float32", "--peer", "python x.py",
+                  "--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(DataError, match="no such directory"):
+        peer.run_peer_comparison(args, print_fn=lambda *a, **k: None)
+    assert calls == []
+
+
+def test_a_timed_out_peer_leaves_no_process_behind(tmp_path):
+    """A wrapper command (a shell, `uv run`...) whose child outlives a timeout would skew every later round."""
+    pid_file = tmp_path / "grandchild.pid"
+    body = textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """)
+    command, _ = write_peer(tmp_path, body=body)
+    assert "timed out" in peer.run_child(command.split(), timeout=3)["error"]
+    pid = int(pid_file.read_text())
+    for _ in range(50):  # the kill is asynchronous
+        if not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the peer's child {pid} is still running after the timeout")
