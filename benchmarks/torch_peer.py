@@ -132,6 +132,7 @@ def train_step_fn(model, optimizer, precision, image_size):
 
 
 def main(argv=None):
+    """Build the network, train ``--steps`` timed steps after 3 warm-up steps, print the protocol's JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--network", required=True, help="JSON file: nin_keras build_nin arguments")
     parser.add_argument("--batch-size", type=int, default=128)
