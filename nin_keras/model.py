@@ -206,9 +206,10 @@ def build_nin(
         dropout: if not None, overrides the dropout rate of the last feature
             block (the one before the classifier, as in d2l).
         batch_norm: BatchNormalization after every convolution of blocks
-            whose spec does not set ``batch_norm`` itself. (Keras' BatchNorm
-            is not fused on TensorFlow: at full resolution it measured 2.3x
-            slower on a 2-core AVX2 CPU, hence per-block control.)
+            whose spec does not set ``batch_norm`` itself. (BatchNorm at full
+            resolution measured 2.3x slower on a 2-core AVX2 CPU with Keras'
+            unfused ops, hence per-block control; training now fuses it,
+            see :mod:`nin_keras.fused_bn`.)
         batch_norm_momentum: momentum of every BatchNorm's moving mean and
             variance (Keras' 0.99 by default; 0.9 settles within the few
             hundred steps a small photo folder gives).

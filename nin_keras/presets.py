@@ -21,8 +21,8 @@ PRESETS = {
             "input_shape": [28, 28, 1],
             "image_size": None,
             "blocks": [
-                # Keras' BatchNorm is unfused on TensorFlow: at 28x28 it cost 2.3x the
-                # whole step on an AVX2 CPU, at 13x13 and below about 10% (README).
+                # With Keras' unfused BatchNorm ops, BN at 28x28 cost 2.3x the whole step on an
+                # AVX2 CPU, at 13x13 and below about 10% (docs/benchmarks.md); kept as measured.
                 {"filters": 32, "kernel_size": 5, "mlp_filters": [32], "pool": "max", "batch_norm": False},
                 {"filters": 64, "kernel_size": 3, "pool": "max", "batch_norm": True},
             ],
