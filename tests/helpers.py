@@ -33,7 +33,14 @@ def random_images(n=8, shape=(28, 28, 1), seed=0):
 
 
 def launch(module, *args, env=None, merge_stderr=True):
-    """Start ``python -m <module> <args>`` from the repository root; stdout (and stderr) piped as text."""
+    """Start ``python -m <module> <args>`` from the repository root; stdout (and stderr) piped as text.
+
+    The child gets Python's own Ctrl-C handler whatever it inherited: a test suite started in the
+    background of a non-interactive shell (``cmd &``) inherits SIGINT *ignored*, Python then installs no
+    handler, and the Ctrl-C tests' SIGINT would do nothing (the serve test then timed out).
+    """
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=full_env, text=True,
+    bootstrap = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+    return subprocess.Popen([sys.executable, "-c", bootstrap, module, *args], cwd=REPO, env=full_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
