@@ -24,8 +24,6 @@ mask.
 
 import types
 
-import numpy as np
-
 
 def eligible(layer):
     """True if ``layer`` is a BatchNormalization this module can fuse."""
@@ -73,7 +71,7 @@ def fuse_batch_norm(model):
 
 
 def count_fused(model):
-    """How many of the model's BatchNorm layers run the fused call (for reports and tests)."""
+    """How many of the model's BatchNorm layers run the fused call (the tests check it)."""
     from nin_keras.precise_bn import batchnorm_layers
 
-    return int(np.sum([getattr(layer.call, "__func__", None) is _fused_call for layer in batchnorm_layers(model)]))
+    return sum(getattr(layer.call, "__func__", None) is _fused_call for layer in batchnorm_layers(model))
