@@ -28,6 +28,11 @@ VARIANTS = {
     "AdamW and label smoothing 0.1": ["--optimizer", "adamw", "--weight-decay", "0.05", "--label-smoothing", "0.1"],
     "11 epochs": ["--epochs", "11"],
     "AdamW 11 epochs": ["--optimizer", "adamw", "--weight-decay", "0.05", "--epochs", "11"],
+    # Second round: the airbench-style recipe changes that cost no extra step time.
+    "label smoothing 0.2": ["--label-smoothing", "0.2"],
+    "flips only": ["--augment", "--augment-shift", "0"],
+    "flips only, 10 epochs": ["--augment", "--augment-shift", "0", "--epochs", "10"],
+    "label smoothing 0.2, 10 epochs": ["--label-smoothing", "0.2", "--epochs", "10"],
 }
 
 
