@@ -31,8 +31,8 @@ VARIANTS = {
     # Second round: the airbench-style recipe changes that cost no extra step time.
     "label smoothing 0.2": ["--label-smoothing", "0.2"],
     "flips only": ["--augment", "--augment-shift", "0"],
-    "flips only, 10 epochs": ["--augment", "--augment-shift", "0", "--epochs", "10"],
-    "label smoothing 0.2, 10 epochs": ["--label-smoothing", "0.2", "--epochs", "10"],
+    "flips only 10 epochs": ["--augment", "--augment-shift", "0", "--epochs", "10"],
+    "label smoothing 0.2 10 epochs": ["--label-smoothing", "0.2", "--epochs", "10"],
 }
 
 
