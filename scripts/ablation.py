@@ -63,6 +63,9 @@ def main(argv=None):
     parser.add_argument("--test", action="store_true",
                         help="also print test accuracy: once, for the configuration chosen on validation")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"ablation.py: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"seeds {args.seeds}; accuracies as mean +- standard deviation over the seeds")
     print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}")

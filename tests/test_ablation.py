@@ -26,3 +26,53 @@ def test_test_accuracy_is_shown_once_for_the_variant_chosen_on_validation(monkey
     assert out.count("test acc") == 1 and "test accuracy of 'bfloat16', chosen on validation: 0.5940" in out
     for other in ("0.5930", "0.5920"):  # no other variant's test accuracy
         assert other not in out
+
+
+def load_fidelity():
+    spec = importlib.util.spec_from_file_location("nin_keras_fidelity", SCRIPT.with_name("fidelity.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_ranks_short_trials_against_full_runs_on_validation(monkeypatch, capsys, tmp_path):
+    fidelity = load_fidelity()
+    full = {"default": 0.93, "flips only": 0.92, "learning rate 5e-4": 0.90}
+    short = {"default": 0.80, "flips only": 0.85, "learning rate 5e-4": 0.70}  # swaps the top two
+    calls = []
+
+    def fake_run(out, name, flags, seed):
+        calls.append((name, flags))
+        base = name.split(" short ")[0]
+        val = short[base] if " short " in name else full[base]
+        return {"val_accuracy": val, "test_accuracy": 0.123456}, 60
+
+    monkeypatch.setattr(fidelity, "run", fake_run)
+    assert fidelity.main([str(tmp_path), "--configs", ",".join(full), "--fidelities", "2,12800"]) == 0
+    out = capsys.readouterr().out
+    assert "2 ep x 12800 with the full runs: +0.50 (3 configurations)" in out
+    assert "0.1235" not in out  # test accuracy is never shown
+    assert ("flips only short 2x12800", ["--augment", "--augment-shift", "0", "--epochs", "2", "--limit", "12800"]) in calls
+
+
+def test_fidelity_refuses_bad_arguments_in_one_line(tmp_path):
+    fidelity = load_fidelity()
+    for argv, message in ((["--configs", "nope"], "unknown configuration 'nope'"),
+                          (["--fidelities", "2"], "each fidelity is EPOCHS,IMAGES"),
+                          (["--fidelities", "a,b"], "must look like")):
+        try:
+            fidelity.main([str(tmp_path), *argv])
+        except SystemExit as e:
+            assert message in str(e)
+        else:
+            raise AssertionError(argv)
+
+
+def test_ablation_refuses_an_unknown_variant_in_one_line(tmp_path):
+    ablation = load_ablation()
+    try:
+        ablation.main([str(tmp_path), "--variants", "default,flips only, 10 epochs"])
+    except SystemExit as e:
+        assert "unknown variant ' 10 epochs'" in str(e)
+    else:
+        raise AssertionError("no error")
