@@ -120,11 +120,14 @@ def make_optimizer(cfg, steps_per_epoch, adjustable_schedule=None):
             0.0 if warmup else lr, total - warmup, warmup_target=lr if warmup else None, warmup_steps=warmup
         )
     weight_decay = cfg.weight_decay or None
+    # Keras keeps the average in the optimizer (saved with the run's backup) and fit() ends by copying
+    # it into the model; precise BN then recomputes the BatchNorm statistics for the averaged weights.
+    ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema else {}
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=weight_decay)
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=weight_decay, **ema)
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=weight_decay)
-    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+        return keras.optimizers.Adam(lr, weight_decay=weight_decay, **ema)
+    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, **ema)
 
 
 def make_adjustable_schedule(cfg, steps_per_epoch):
@@ -586,13 +589,17 @@ def _finish(run, model, datasets, history, throughput):
                                                             replicas=strategy.num_replicas_in_sync, seed=cfg.seed)
     test_loss, test_acc, per_class = evaluate_test(run, model, datasets.test)
     last = history[-1] if history else {}
+    val_acc = last.get("val_accuracy")
+    if cfg.ema and history:
+        # The last epoch was validated with the raw weights; the saved model holds their average.
+        val_acc = float(model.evaluate(datasets.val, verbose=0, callbacks=[stopper])[1])
     metrics = {
         "preset": cfg.preset,
         "parameters": int(model.count_params()),
         "epochs": len(history),
         "train_loss": last.get("loss"),
         "train_accuracy": last.get("accuracy"),
-        "val_accuracy": last.get("val_accuracy"),
+        "val_accuracy": val_acc,
         "test_loss": test_loss,
         "test_accuracy": test_acc,
         "test_examples": int(len(splits.x_test)),

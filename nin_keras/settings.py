@@ -97,6 +97,9 @@ SETTINGS = (
             fallback="cosine", choices=SCHEDULES, label="lr schedule"),
     Setting("warmup_fraction", float, "fraction of the steps spent warming up (cosine schedule)", fallback=0.05,
             check=lambda v: is_number(v) and 0 <= v < 1, rule="in [0, 1)"),
+    Setting("ema", float, "keep an exponential moving average of the weights with this momentum and end with it "
+            "(0: off; e.g. 0.999)", fallback=0.0, check=lambda v: is_number(v) and 0 <= v < 1, rule="in [0, 1)",
+            metavar="MOMENTUM"),
     Setting("label_smoothing", float, "label smoothing of the cross-entropy loss (0: none)", fallback=0.0,
             check=lambda v: is_number(v) and 0 <= v < 1, rule="in [0, 1)"),
     Setting("augment", bool, "random flips and shifts while training", fallback=False,

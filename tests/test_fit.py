@@ -235,6 +235,22 @@ def test_label_smoothing_trains_on_one_hot_labels_and_saves_a_plain_model(tmp_pa
     np.testing.assert_array_equal(labels.numpy().argmax(1), fashion_test[1][:8])
 
 
+def test_ema_run_ends_with_the_averaged_weights_and_saves_them(tmp_path):
+    """--ema: fit() ends by copying the optimizer's average into the model, and that model is what is saved."""
+    import keras
+
+    cfg = resolve_config({"preset": "tiny", "epochs": 1, "limit": 600, "test_limit": 200, "ema": 0.9,
+                          "output_dir": str(tmp_path / "r"), "verbose": 0})
+    metrics = fit.train(cfg, print_fn=lambda *a: None)
+    assert 0 <= metrics["val_accuracy"] <= 1
+    model = keras.saving.load_model(tmp_path / "r" / "model.keras")
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == pytest.approx(0.9)
+    averages = [v for v in model.optimizer._model_variables_moving_average if v is not None]
+    assert len(averages) == len(model.trainable_weights) > 0
+    for weight, average in zip(model.trainable_weights, averages):
+        np.testing.assert_allclose(weight.numpy(), average.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_time_budget_must_be_positive():
     with pytest.raises(ConfigError, match="time budget must be a number of minutes > 0. Received: 0"):
         resolve_config({"time_budget": 0})
