@@ -33,6 +33,7 @@ VARIANTS = {
     "flips only": ["--augment", "--augment-shift", "0"],
     "flips only 10 epochs": ["--augment", "--augment-shift", "0", "--epochs", "10"],
     "label smoothing 0.2 10 epochs": ["--label-smoothing", "0.2", "--epochs", "10"],
+    "EMA 0.999": ["--ema", "0.999"],
 }
 
 
