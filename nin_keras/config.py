@@ -198,8 +198,7 @@ def config_differences(saved, cfg, ignore=("verbose", "output_dir", "nin_keras_v
         return {k: v for k, v in (record.get("model") or {}).items() if k != "num_classes"}
 
     keys = (set(saved) | set(current)) - set(ignore) - {"model"}
-    # A setting added after the run was recorded counts as its default there (an upgrade is not a new recipe).
-    diff = [k for k in keys if saved.get(k, getattr(BY_NAME.get(k), "default", None)) != current.get(k)]
+    diff = [k for k in keys if saved.get(k, getattr(BY_NAME.get(k), "before_it_existed", None)) != current.get(k)]
     if network(saved) != network(current):
         diff.append("model")
     return sorted(diff)

@@ -60,6 +60,12 @@ class Setting:
     label: str = None
 
     @property
+    def before_it_existed(self):
+        """What a run recorded by a version without this setting counts as having used: its default, else
+        its fallback (an upgrade that adds a setting is not a new recipe)."""
+        return self.default if self.default is not None else self.fallback
+
+    @property
     def option(self):
         """The command-line flag: ``--batch-size`` for ``batch_size``."""
         return "--" + self.name.replace("_", "-")

@@ -78,3 +78,14 @@ def test_a_setting_added_after_a_run_was_recorded_counts_as_its_default():
     assert config_differences(recorded, cfg) == []
     assert config_differences(recorded, resolve_config({"preset": "tiny", "fused_batch_norm": False})) == [
         "fused_batch_norm"]
+
+
+def test_a_setting_added_with_a_fallback_counts_as_that_fallback_in_an_older_record():
+    """ema (a fallback, no default): a run recorded before it existed is the same run, not 'settings differ: ema'."""
+    from nin_keras.config import config_differences, run_record
+
+    cfg = resolve_config({"preset": "tiny"})
+    recorded = run_record(cfg)
+    del recorded["ema"]
+    assert config_differences(recorded, cfg) == []
+    assert config_differences(recorded, resolve_config({"preset": "tiny", "ema": 0.999})) == ["ema"]
