@@ -18,6 +18,11 @@ import subprocess
 import sys
 import time
 
+STRIDE2_STEM = {"filters": 32, "kernel_size": 4, "strides": 2, "padding": "valid", "mlp_filters": [32], "pool": None,
+                "batch_norm": False}
+DEFAULT_BLOCK2 = {"filters": 64, "kernel_size": 3, "pool": "max", "batch_norm": True}
+
+# name -> fit flags, or {"model": build_nin overrides, "flags": [...]} for a change of network.
 VARIANTS = {
     "default": [],
     "Keras BatchNorm ops": ["--no-fused-batch-norm"],
@@ -34,12 +39,32 @@ VARIANTS = {
     "flips only 10 epochs": ["--augment", "--augment-shift", "0", "--epochs", "10"],
     "label smoothing 0.2 10 epochs": ["--label-smoothing", "0.2", "--epochs", "10"],
     "EMA 0.999": ["--ema", "0.999"],
+    # A stride-2 4x4 stem straight to 13x13: the default's 28x28 stage (32 channels, a 5x5 and a 1x1
+    # convolution, then max pooling) is 16% of its multiply-adds but about a quarter of its step time.
+    "stride-2 stem 10 epochs": {"model": {"blocks": [STRIDE2_STEM, DEFAULT_BLOCK2]}, "flags": ["--epochs", "10"]},
 }
+
+
+def variant_flags(out, name):
+    """The fit flags of variant ``name``; a network change is written to ``OUT/configs/`` and passed as --config."""
+    variant = VARIANTS[name]
+    if isinstance(variant, list):
+        return variant
+    os.makedirs(os.path.join(out, "configs"), exist_ok=True)
+    path = os.path.join(out, "configs", folder_name(name) + ".json")
+    with open(path, "w") as f:
+        json.dump({"model": variant["model"]}, f, indent=1)
+    return ["--config", path, *variant["flags"]]
+
+
+def folder_name(name):
+    """A variant's run-folder name."""
+    return name.replace(" ", "_").replace(",", "").replace("+", "and")
 
 
 def run(out, name, flags, seed):
     """Train one variant with one seed (or find it finished); returns its metrics and wall seconds."""
-    folder = os.path.join(out, name.replace(" ", "_").replace(",", "").replace("+", "and"))
+    folder = os.path.join(out, folder_name(name))
     if seed:  # seed 0 keeps the folder names of the first ablation
         folder += f"-seed{seed}"
     extra = ["--seed", str(seed)]
@@ -72,7 +97,7 @@ def main(argv=None):
     print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}")
     chosen = None
     for name in args.variants.split(","):
-        runs = [run(args.out, name, VARIANTS[name], seed) for seed in seeds]
+        runs = [run(args.out, name, variant_flags(args.out, name), seed) for seed in seeds]
         print(f"{name:<32}{spread([m['val_accuracy'] for m, _ in runs]):>16}"
               f"{statistics.mean(m['train_accuracy'] for m, _ in runs):>11.4f}"
               f"{statistics.mean(s for _, s in runs) / 60:>9.1f}", flush=True)

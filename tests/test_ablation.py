@@ -76,3 +76,19 @@ def test_ablation_refuses_an_unknown_variant_in_one_line(tmp_path):
         assert "unknown variant ' 10 epochs'" in str(e)
     else:
         raise AssertionError("no error")
+
+
+def test_a_network_variant_becomes_a_config_that_fit_resolves(tmp_path):
+    import json
+
+    from nin_keras.config import model_kwargs, resolve_config
+    from nin_keras.model import build_nin
+
+    ablation = load_ablation()
+    flags = ablation.variant_flags(str(tmp_path), "stride-2 stem 10 epochs")
+    assert flags[0] == "--config" and flags[2:] == ["--epochs", "10"]
+    with open(flags[1]) as f:
+        cfg = resolve_config({"preset": "fashion", **json.load(f)})
+    model = build_nin(**model_kwargs(cfg))
+    assert model.get_layer("block1_conv0").output.shape[1:3] == (13, 13)  # no 28x28 stage left
+    assert ablation.variant_flags(str(tmp_path), "flips only") == ["--augment", "--augment-shift", "0"]
