@@ -6,11 +6,16 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
 
 
-def load_ablation():
-    spec = importlib.util.spec_from_file_location("nin_keras_ablation", SCRIPT)
+def load_script(name):
+    """Import scripts/<name>.py (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"nin_keras_{name}", SCRIPT.with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_ablation():
+    return load_script("ablation")
 
 
 def test_test_accuracy_is_shown_once_for_the_variant_chosen_on_validation(monkeypatch, capsys, tmp_path):
@@ -29,10 +34,7 @@ def test_test_accuracy_is_shown_once_for_the_variant_chosen_on_validation(monkey
 
 
 def load_fidelity():
-    spec = importlib.util.spec_from_file_location("nin_keras_fidelity", SCRIPT.with_name("fidelity.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fidelity")
 
 
 def test_fidelity_ranks_short_trials_against_full_runs_on_validation(monkeypatch, capsys, tmp_path):
