@@ -87,12 +87,38 @@ def prepare_run_dir(cfg, resume=False, overwrite=False, print_fn=print):
             "pass --resume to continue it with the new settings, --overwrite to replace it, or another --output-dir"
         )
     if version and not finished:
+        _check_ema_unchanged(saved, cfg, run_dir)
         if "model" in diff:
             print_fn(f"--resume: the network is the one {run_dir} recorded (its weights are saved for it); "
                      "model settings given now are not used")
         # Whatever the preset table says today, the run continues with the network it trained.
         cfg.model = saved["model"]
     return ("done" if finished else "resume"), rundir.check_writable(run_dir)
+
+
+def _check_ema_unchanged(saved, cfg, run_dir):
+    """--resume cannot switch the weight average on or off: the optimizer's saved state (Adam's moments, the
+    step count) would no longer match its variables, and Keras would skip restoring it with only a warning."""
+    recorded = saved.get("ema", 0.0)
+    if bool(recorded) != bool(cfg.ema):
+        raise ConfigError(f"--resume: the run in {run_dir} trained with ema={recorded}; switching the weight "
+                          "average on or off mid-run would lose the optimizer's state, so keep --ema "
+                          f"{recorded} or start another run. Received: ema={cfg.ema}")
+
+
+def ema_warning(cfg, steps_per_epoch):
+    """A warning when ``cfg.ema``'s average would still hold much of the random initial weights at the end.
+
+    Keras' average has no bias correction: it starts at the initial weights, which keep a share of
+    momentum ** steps (0.999 over 200 steps: 82%).
+    """
+    steps = cfg.epochs * steps_per_epoch
+    left = cfg.ema ** steps if cfg.ema else 0.0
+    if left <= 0.01:
+        return None
+    suggested = 1 - 5 / steps if steps > 5 else 0.0
+    return (f"warning: --ema {cfg.ema} over {steps} steps leaves {left:.0%} of the random initial weights in the "
+            f"average this run ends with; use --ema {max(0.0, suggested):.4g} or less, or more epochs")
 
 
 # -------------------------------------------------------------------- training
@@ -372,6 +398,9 @@ def fit_run(run):
     datasets = make_datasets(run)
     schedule = make_adjustable_schedule(run.cfg, datasets.steps_per_epoch) if run.cfg.time_budget else None
     model = build_model(run, datasets.steps_per_epoch, schedule)
+    warning = ema_warning(run.cfg, datasets.steps_per_epoch)
+    if warning:
+        run.print_fn(warning)
     try:
         # Inside: a failure writing the recipe (a full disk, Ctrl-C) also gives a replaced run back.
         start_writing(run, model)

@@ -8,6 +8,7 @@ import pytest
 from nin_keras import fit
 from helpers import launch
 from nin_keras.config import resolve_config
+from nin_keras.data import load_data
 from nin_keras.errors import ConfigError
 
 
@@ -242,13 +243,43 @@ def test_ema_run_ends_with_the_averaged_weights_and_saves_them(tmp_path):
     cfg = resolve_config({"preset": "tiny", "epochs": 1, "limit": 600, "test_limit": 200, "ema": 0.9,
                           "output_dir": str(tmp_path / "r"), "verbose": 0})
     metrics = fit.train(cfg, print_fn=lambda *a: None)
-    assert 0 <= metrics["val_accuracy"] <= 1
     model = keras.saving.load_model(tmp_path / "r" / "model.keras")
+    splits = load_data(val_fraction=cfg.val_fraction, seed=cfg.seed, limit=cfg.limit, test_limit=cfg.test_limit,
+                       print_fn=lambda *a: None)
+    # val_accuracy is the saved (averaged, recalibrated) model's, not the last epoch's raw weights'
+    assert metrics["val_accuracy"] == pytest.approx(model.evaluate(splits.x_val, splits.y_val, verbose=0)[1])
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == pytest.approx(0.9)
     averages = [v for v in model.optimizer._model_variables_moving_average if v is not None]
     assert len(averages) == len(model.trainable_weights) > 0
     for weight, average in zip(model.trainable_weights, averages):
         np.testing.assert_allclose(weight.numpy(), average.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_ema_warns_when_the_average_would_still_hold_the_initial_weights():
+    cfg = resolve_config({"preset": "tiny", "epochs": 2, "ema": 0.999})
+    warning = fit.ema_warning(cfg, steps_per_epoch=100)
+    assert "--ema 0.999 over 200 steps leaves 82% of the random initial weights" in warning
+    assert "--ema 0.975 or less" in warning
+    default_run = resolve_config({"preset": "fashion", "ema": 0.999})  # 8 epochs of 429 steps: 3% left
+    assert "leaves 3% of" in fit.ema_warning(default_run, 429) and "use --ema 0.9985 or less" in fit.ema_warning(default_run, 429)
+    default_run.ema = 0.998
+    assert fit.ema_warning(default_run, steps_per_epoch=429) is None
+    assert fit.ema_warning(resolve_config({"preset": "tiny"}), steps_per_epoch=1) is None
+
+
+@pytest.mark.parametrize("recorded, given", [(0.0, 0.999), (0.999, 0.0)])
+def test_resume_refuses_to_switch_the_weight_average_on_or_off(tmp_path, recorded, given):
+    """Keras would skip restoring the whole optimizer (only a warning): Adam's moments and the schedule's step lost."""
+    from nin_keras.config import save_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(resolve_config({"preset": "tiny", "ema": recorded}), str(run_dir / "config.json"))
+    cfg = resolve_config({"preset": "tiny", "ema": given, "output_dir": str(run_dir)})
+    with pytest.raises(ConfigError, match=rf"trained with ema={recorded}.*Received: ema={given}"):
+        fit.prepare_run_dir(cfg, resume=True, print_fn=lambda *a: None)
+    cfg.ema = recorded * 0.5  # another momentum keeps the same optimizer variables
+    assert fit.prepare_run_dir(cfg, resume=True, print_fn=lambda *a: None)[0] == "resume"
 
 
 def test_time_budget_must_be_positive():

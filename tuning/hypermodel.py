@@ -174,7 +174,9 @@ class NinHyperModel(keras_tuner.HyperModel):
         cfg = self.config_for(self.declare(hp))
         # The schedule spans the epochs this trial trains (Hyperband: its bracket's budget).
         epochs = hp.values.get("tuner/epochs", self.trial_epochs) - hp.values.get("tuner/initial_epoch", 0)
-        cfg = dataclasses.replace(cfg, epochs=max(1, epochs))
+        # No weight average in a trial: Keras scores it (and EarlyStopping restores) on the raw weights; the
+        # retrain of best_config.json keeps the base config's --ema.
+        cfg = dataclasses.replace(cfg, epochs=max(1, epochs), ema=0.0)
         model = build_nin(**config_lib.model_kwargs(cfg, self.num_classes, self.input_shape))
         compile_model(model, cfg, max(1, self.num_train // cfg.batch_size))
         return model
