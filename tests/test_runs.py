@@ -376,7 +376,11 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_a_resumable_folder(tmp_path
     time.sleep(6)  # somewhere in start-up, data loading, build or the first epoch
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode in (0, 130), output
+    # -SIGINT: the run had ended and Python's finalisation, which puts back the default handler, was
+    # waiting for TensorFlow's threads; the signal then ends the process as a shell's 130 does (seen in CI
+    # when the 2-epoch run finished inside the 6 s). The run's files are complete, so the rerun is "done".
+    assert proc.returncode in (0, 130, -signal.SIGINT), output
+    assert proc.returncode != -signal.SIGINT or "run saved in" in output, output
     assert "Traceback" not in output
     if proc.returncode == 130 and os.path.exists(out):
         assert os.listdir(out) == [] or os.path.exists(os.path.join(out, "config.json"))
