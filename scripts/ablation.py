@@ -39,7 +39,7 @@ VARIANTS = {
     "flips only 10 epochs": ["--augment", "--augment-shift", "0", "--epochs", "10"],
     "EMA 0.999": ["--ema", "0.999"],
     # A stride-2 4x4 stem straight to 13x13: the default's 28x28 stage (32 channels, a 5x5 and a 1x1
-    # convolution, then max pooling) is 16% of its multiply-adds but about a quarter of its step time.
+    # convolution, then max pooling) is 16% of its multiply-adds but about 22% of its step time (bench).
     "stride-2 stem 10 epochs": {"model": {"blocks": [STRIDE2_STEM, DEFAULT_BLOCK2]}, "flags": ["--epochs", "10"]},
     # ...and what it saves spent on a 128-wide 3x3 block at 6x6 (fashion-best-v1's third block).
     "stride-2 stem and a 6x6 block 10 epochs": {
