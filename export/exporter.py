@@ -165,8 +165,8 @@ def data_settings(args, model_path):
     out["split_file"] = split_file if os.path.isfile(split_file) else None
     for key in ("skip_bad_images", "resize", "max_image_pixels"):
         flag = getattr(args, key)
-        # A flag wins, then the run's setting, then the schema's default (a run from before the setting existed).
-        out[key] = flag if flag is not None else run.get(key, BY_NAME[key].default)
+        # A flag wins, then the run's setting, then what a run from before the setting existed used.
+        out[key] = flag if flag is not None else run.get(key, BY_NAME[key].before_it_existed)
     return out
 
 
@@ -348,7 +348,7 @@ def _load_export_data(job):
                            f"has {num_classes} outputs. Received: classes={splits.class_names[:20]}")
     # The run's resize mode (the preprocessing contract the sidecar and metadata record).
     job.resize = (job.data["resize"] if job.splits is not None else
-                  args.resize or run_config(job.model_path).get("resize", BY_NAME["resize"].default))
+                  args.resize or run_config(job.model_path).get("resize", BY_NAME["resize"].before_it_existed))
 
 
 def _prepare_deployed(job):

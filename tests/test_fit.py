@@ -261,7 +261,8 @@ def test_ema_warns_when_the_average_would_still_hold_the_initial_weights():
     assert "--ema 0.999 over 200 steps leaves 82% of the random initial weights" in warning
     assert "--ema 0.975 or less" in warning
     default_run = resolve_config({"preset": "fashion", "ema": 0.999})  # 8 epochs of 429 steps: 3% left
-    assert "leaves 3% of" in fit.ema_warning(default_run, 429) and "use --ema 0.9985 or less" in fit.ema_warning(default_run, 429)
+    warning = fit.ema_warning(default_run, 429)
+    assert "leaves 3% of" in warning and "use --ema 0.9985 or less" in warning
     default_run.ema = 0.998
     assert fit.ema_warning(default_run, steps_per_epoch=429) is None
     assert fit.ema_warning(resolve_config({"preset": "tiny"}), steps_per_epoch=1) is None
