@@ -2,7 +2,9 @@
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from nin_keras.errors import NinError
 
@@ -49,6 +51,46 @@ def run_cli(body):
         print("\ninterrupted (Ctrl-C): stopped; nothing was half-written", file=sys.stderr)
         return 130
     return 0 if code is None else code
+
+
+class SignalStop:
+    """Within the block, SIGINT and SIGTERM (Ctrl-C, ``kill``, a job scheduler's stop) are recorded, and
+    :meth:`check` raises KeyboardInterrupt at the caller's next safe point; a second signal raises at once.
+
+    Raised from the handler itself, the interrupt lands wherever Python happens to be, and there it can be
+    swallowed: in a weakref callback during garbage collection ("Exception ignored in ..."), or in
+    keras-tuner, which counts any error in a trial as a failed trial and starts the next. Outside the main
+    thread, where handlers cannot be set, the block runs without it.
+    """
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None:  # the second one: the user insists
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def __deepcopy__(self, memo):
+        return self  # one per process: keras-tuner deep-copies a trial's callbacks, and with them this
+
+    def check(self, *args, **kwargs):
+        """Raise KeyboardInterrupt if a signal came (arguments ignored, so it serves as a Keras callback hook)."""
+        if self.received is not None:
+            raise KeyboardInterrupt
 
 
 def namespace_from_kwargs(parser, positionals=(), **settings):

@@ -172,6 +172,67 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     assert [t["status"] for t in trials] == ["COMPLETED"] * 3
 
 
+def test_a_time_budget_stops_starting_trials_and_a_larger_one_goes_on(tmp_path, capsys):
+    """The budget counts finished trials over sittings: a spent one writes the results of what ran, and a
+    rerun with more budget continues the same search without redoing a trial."""
+    out = tmp_path / "s"
+    assert search.main(tuning_args(out, "--max-trials", "3", "--time-budget", "0.0001")) == 0
+    printed = capsys.readouterr().out
+    assert "time budget:" in printed and "so no more trials start" in printed and "best: trial 0" in printed
+    trials = json.load(open(out / "trials.json"))
+    assert [t["status"] for t in trials] == ["COMPLETED"]  # the first trial ran; none started after it
+    assert os.path.exists(out / "best_config.json")
+    stamp = (out / "search" / "trial_0" / "time.json").read_text()
+    assert search.main(tuning_args(out, "--max-trials", "3", "--time-budget", "60")) == 0
+    assert [t["status"] for t in json.load(open(out / "trials.json"))] == ["COMPLETED"] * 3
+    assert (out / "search" / "trial_0" / "time.json").read_text() == stamp
+
+
+def test_the_budget_reads_only_time_files_that_make_sense(tmp_path):
+    """A search folder from elsewhere: a time.json that is not ours counts as no time, not a traceback."""
+    from tuning import budget
+
+    contents = {"trial_0": '{"seconds": 30.5}', "trial_1": '{"seconds": 12}', "trial_2": "[1, 2]",
+                "trial_3": '{"seconds": "40"}', "trial_4": '{"seconds": NaN}', "trial_5": '{"seconds": -9}',
+                "trial_6": '{"seconds": true}', "trial_7": "{not json", "trial_8": b"\xff\xfe"}
+    for name, text in contents.items():
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "time.json"
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    (tmp_path / "trial_9").mkdir()  # a trial still running: no time file yet
+    (tmp_path / "oracle.json").write_text('{"seconds": 1000}')  # not a trial folder
+    assert budget.spent_seconds(tmp_path) == 42.5
+    assert budget.trial_seconds(tmp_path / "trial_1") == 12.0 and budget.trial_seconds(tmp_path / "trial_9") is None
+    assert budget.spent_seconds(tmp_path / "missing") == 0.0
+    with pytest.raises(budget.BudgetSpent, match="0.7 of 0.5 minutes spent"):
+        budget.check(tmp_path, 0.5)
+    budget.check(tmp_path, 1)
+    budget.check(tmp_path, None)
+
+
+def test_a_stopped_search_writes_the_results_of_its_finished_trials(tmp_path):
+    """SIGTERM (a scheduler's stop, ``kill``) mid-search: one line, exit 130, the finished trials' best written;
+    the same command then goes on."""
+    out = tmp_path / "s"
+    args = tuning_args(out, "--max-trials", "3")
+    proc = run_tuning(args)
+    second = out / "search" / "trial_1"
+    deadline = time.time() + 240
+    while not second.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert second.exists(), proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output[-2000:]
+    assert "Traceback" not in output
+    assert "search stopped after 1 finished trial(s); results so far written" in output
+    assert json.load(open(out / "best_hparams.json"))["trial"] == "0"
+    assert [t["status"] for t in json.load(open(out / "trials.json"))][0] == "COMPLETED"
+    proc = run_tuning(args)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "finished trial 0 " not in output, output[-2000:]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,6 +271,7 @@ def test_chief_and_two_workers_share_a_search(tmp_path):
         (["--epochs", "-2"], "epochs must be an integer >= 1. Received: -2"),
         (["--limit", "-5"], "limit must be an integer >= 2. Received: -5"),
         (["--patience", "0"], "patience must be an integer >= 1. Received: 0"),
+        (["--time-budget", "-1"], "time budget must be a number of minutes > 0. Received: -1.0"),
     ],
 )
 def test_bad_search_settings(tmp_path, capsys, args, message):

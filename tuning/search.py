@@ -15,9 +15,10 @@ import time
 from nin_keras import config as config_lib
 from nin_keras import settings
 from nin_keras.errors import ConfigError, NinError
-from nin_keras.cli import OneLineParser, add_data_flags, run_cli
+from nin_keras.cli import OneLineParser, add_data_flags, run_cli, SignalStop
 from nin_keras.io import atomic_write_text, read_json_object
 from nin_keras.precision import precision_scope, resolve_precision
+from tuning import budget
 
 TUNERS = ("bayesian", "random", "hyperband")
 PROJECT = "search"
@@ -29,6 +30,9 @@ def build_parser():
     parser.add_argument("--max-trials", type=int, default=10, help="trials to run (bayesian/random; default 10)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (hyperband: max epochs; default 3)")
     parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="start no trial once the finished trials in --output-dir have taken MINUTES, counted "
+                             "over every sitting; then write the results (rerun with a larger budget to go on)")
     # Settings shared with fit come from the same schema, with tuning's defaults.
     settings.add_flags(parser, ("preset", "seed"), defaults={"preset": "fashion", "seed": 0})
     parser.add_argument("--output-dir", help="search directory, shared by workers (default: tuning_runs/<preset>)")
@@ -51,6 +55,11 @@ def validate_args(args):
     settings.validate_numeric_args(args)
     if args.tuner == "hyperband" and args.epochs < 2:
         raise ConfigError(f"--epochs (hyperband's max epochs) must be >= 2. Received: {args.epochs}")
+    if args.time_budget is not None and os.environ.get("KERASTUNER_ORACLE_IP"):
+        # The chief's oracle server hands out trials until the search ends; workers stopping early would
+        # leave it waiting.
+        raise ConfigError("--time-budget is for a search on one machine, not distributed tuning. "
+                          f"Received: --time-budget {args.time_budget:g} with $KERASTUNER_ORACLE_IP set")
     if args.output_dir is None:
         args.output_dir = os.path.join("tuning_runs", args.preset)
 
@@ -146,14 +155,28 @@ def check_worker_settings(args, path, settings):
 
 
 def _timed(tuner_class):
-    """Subclass a keras-tuner class so each trial's wall time lands in its trial folder."""
+    """Subclass a keras-tuner class so each trial's wall time lands in its trial folder, and no trial starts
+    once ``budget_minutes`` of them are spent (:mod:`tuning.budget`)."""
 
     class Timed(tuner_class):
+        budget_minutes = None
+        signals = SignalStop()  # replaced by the search's own (outside a search, it never receives one)
+
+        def pre_create_trial(self):
+            super().pre_create_trial()
+            self.signals.check()
+            budget.check(self.project_dir, self.budget_minutes)
+
         def run_trial(self, trial, *args, **kwargs):
+            import keras
+
+            check = self.signals.check
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
+                                   keras.callbacks.LambdaCallback(on_train_batch_end=check, on_test_batch_end=check)]
             start = time.perf_counter()
             result = super().run_trial(trial, *args, **kwargs)
             seconds = time.perf_counter() - start
-            atomic_write_text(os.path.join(self.get_trial_dir(trial.trial_id), "time.json"),
+            atomic_write_text(os.path.join(self.get_trial_dir(trial.trial_id), budget.TIME_FILE),
                               json.dumps({"seconds": seconds, "tuner_id": self.tuner_id}) + "\n")
             print(f"{self.tuner_id}: finished trial {trial.trial_id} in {seconds:.0f}s", flush=True)
             return result
@@ -221,6 +244,7 @@ def make_tuner(args, hypermodel, strategy):
                                                           num_initial_points=3, **common)
     else:
         tuner = _timed(keras_tuner.RandomSearch)(hypermodel, max_trials=args.max_trials, **common)
+    tuner.budget_minutes = args.time_budget
     start_from_defaults(tuner.oracle)
     retry_orphaned_trials(tuner.oracle)
     return tuner
@@ -248,16 +272,10 @@ def retry_orphaned_trials(oracle):
 
 def trial_rows(tuner):
     """One dict per trial: id, status, val_accuracy, seconds, hyperparameters."""
-    rows = []
-    for trial_id, trial in sorted(tuner.oracle.trials.items()):
-        seconds = None
-        time_path = os.path.join(tuner.get_trial_dir(trial_id), "time.json")
-        if os.path.exists(time_path):
-            with open(time_path) as f:
-                seconds = json.load(f)["seconds"]
-        rows.append({"trial": trial_id, "status": trial.status, "val_accuracy": trial.score,
-                     "seconds": seconds, "hyperparameters": dict(trial.hyperparameters.values)})
-    return rows
+    return [{"trial": trial_id, "status": trial.status, "val_accuracy": trial.score,
+             "seconds": budget.trial_seconds(tuner.get_trial_dir(trial_id)),
+             "hyperparameters": dict(trial.hyperparameters.values)}
+            for trial_id, trial in sorted(tuner.oracle.trials.items())]
 
 
 def format_rows(rows):
@@ -302,7 +320,11 @@ def run_search(args, print_fn=print):
     hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape,
                                trial_epochs=args.epochs)
     tuner = make_tuner(args, hypermodel, strategy)
-    _search(args, base, tuner, splits, print_fn)
+    try:
+        _search(args, base, tuner, splits, print_fn)
+    except KeyboardInterrupt:
+        _results_so_far(args, tuner, hypermodel, print_fn)
+        raise
     if not distribute_is_tuning_chief():
         print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
         return None
@@ -343,9 +365,26 @@ def _search(args, base, tuner, splits, print_fn):
     print_fn(f"tuning: {args.tuner} search over preset {args.preset!r}, {len(splits.x_train)} train / "
              f"{len(splits.x_val)} val examples, {args.epochs} epoch(s) per trial, {precision}, in {args.output_dir}")
     fit_kwargs = {} if args.tuner == "hyperband" else {"epochs": args.epochs}
-    with precision_scope(precision):
-        tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
-                     callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
+    try:
+        with precision_scope(precision), SignalStop() as tuner.signals:
+            tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
+                         callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
+    except budget.BudgetSpent as e:
+        print_fn(f"time budget: {e}, so no more trials start; rerun with a larger --time-budget to go on")
+
+
+def _results_so_far(args, tuner, hypermodel, print_fn):
+    """After Ctrl-C (or SIGTERM): write the finished trials' results, so a stopped search still has a best."""
+    if not distribute_is_tuning_chief():
+        return
+    try:
+        write_results(args, tuner, hypermodel, print_fn)
+    except NinError as e:
+        print_fn(f"search stopped: {e}")
+        return
+    finished = sum(row["val_accuracy"] is not None for row in trial_rows(tuner))
+    print_fn(f"search stopped after {finished} finished trial(s); results so far written; "
+             "rerun the same command to go on")
 
 
 def write_results(args, tuner, hypermodel, print_fn=print):
