@@ -214,7 +214,7 @@ def test_a_stopped_search_writes_the_results_of_its_finished_trials(tmp_path):
     """SIGTERM (a scheduler's stop, ``kill``) mid-search: one line, exit 130, the finished trials' best written;
     the same command then goes on."""
     out = tmp_path / "s"
-    args = tuning_args(out, "--max-trials", "3")
+    args = tuning_args(out, "--max-trials", "2")
     proc = run_tuning(args)
     second = out / "search" / "trial_1"
     deadline = time.time() + 240
@@ -278,6 +278,14 @@ def test_bad_search_settings(tmp_path, capsys, args, message):
     assert search.main(["--output-dir", str(tmp_path / "s"), *args]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"error: {message}"
+
+
+def test_a_time_budget_is_refused_in_distributed_tuning(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    assert search.main(["--output-dir", str(tmp_path / "s"), "--time-budget", "30"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--time-budget is for a search on one machine" in err and "Received:" in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_default_tuner_is_bayesian_and_constructs(tmp_path):
