@@ -449,7 +449,7 @@ def make_datasets(run):
     train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, seed=cfg.seed,
                                                    shard_policy=shard,
                                                    augment=cfg.augment, augment_shift=cfg.augment_shift,
-                                                   one_hot_classes=one_hot)
+                                                   random_erasing=cfg.random_erasing, one_hot_classes=one_hot)
     val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
     test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
     return Datasets(train_ds, val_ds, test_ds, steps_per_epoch)

@@ -112,6 +112,9 @@ SETTINGS = (
             check=lambda v: isinstance(v, bool), rule="true or false"),
     Setting("augment_shift", int, "--augment on in-memory data: shift images by up to N pixels (0: flips only)",
             fallback=3, check=lambda v: is_int(v) and 0 <= v <= 8, rule="an integer from 0 to 8", metavar="N"),
+    Setting("random_erasing", float, "in-memory data: erase one random rectangle (2 to 40 percent of the image, random "
+            "pixels) of each training image with probability P (Zhong et al. 2017; 0: off)", fallback=0.0,
+            check=lambda v: is_number(v) and 0 <= v <= 1, rule="a probability in [0, 1]", metavar="P"),
     Setting("time_budget", float, "choose the number of epochs (at most --epochs) from the first epoch's time so "
             "the whole run, data loading and test evaluation included, fits MINUTES", optional=True,
             check=lambda v: is_number(v) and v > 0, rule="a number of minutes > 0", metavar="MINUTES"),
@@ -209,6 +212,9 @@ def validate(cfg):
         setting.validate(getattr(cfg, setting.name))
     sources = [s for s in (cfg.data_dir, cfg.image_dir, cfg.tfds) if s is not None]
     require(len(sources) <= 1, "give at most one data source (--data-dir, --image-dir, --tfds).", sources)
+    # Image folders have their own augmentation (random resized crop, flip, colour jitter); not silently ignored.
+    require(not (cfg.image_dir and cfg.random_erasing), "--random-erasing works on in-memory data "
+            "(Fashion-MNIST, --data-dir, --tfds), not on --image-dir.", cfg.random_erasing)
 
 
 def validate_numeric_args(args):

@@ -146,6 +146,46 @@ def test_augmentation_keeps_spec_and_changes_pixels():
     assert seen.shape == x.shape and not any(np.array_equal(seen[i], x[i]) for i in range(8))
 
 
+def test_random_erasing_replaces_one_rectangle_of_the_right_size_and_is_seeded():
+    import tensorflow as tf
+
+    from nin_keras.data.pipeline import ERASE_AREA, erase_rectangle
+
+    image = tf.constant(np.full((28, 28, 1), 7, np.uint8))  # no noise pixel can be told apart from 7 by chance...
+    shares = []
+    for i in range(200):
+        erased = erase_rectangle(image, tf.constant([i, 3], tf.int64), 1.0).numpy()[:, :, 0]
+        changed = np.argwhere(erased != 7)  # ...except the 1/256 of noise pixels that happen to be 7
+        rows, cols = np.flatnonzero((erased != 7).any(axis=1)), np.flatnonzero((erased != 7).any(axis=0))
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert len(changed) >= 0.9 * box  # one filled rectangle, not scattered pixels
+        shares.append(box / 784)
+        again = erase_rectangle(image, tf.constant([i, 3], tf.int64), 1.0).numpy()[:, :, 0]
+        np.testing.assert_array_equal(erased, again)  # stateless: the seed decides
+    assert min(shares) >= 0.01 and max(shares) <= ERASE_AREA[1] * 1.25  # rounding to whole pixels, clipping
+    assert np.mean(shares) == pytest.approx(np.mean(ERASE_AREA), abs=0.04)
+    never = [erase_rectangle(image, tf.constant([i, 3], tf.int64), 0.0).numpy() for i in range(20)]
+    assert all((n == 7).all() for n in never)
+    half = sum(bool((erase_rectangle(image, tf.constant([i, 9], tf.int64), 0.5).numpy() != 7).any()) for i in range(400))
+    assert 150 < half < 250
+
+
+def test_random_erasing_in_the_training_pipeline_keeps_flips_and_shifts_as_they_were():
+    """Erasing without --augment erases only; with it, the flips and shifts are those of a run without erasing."""
+    x = np.full((64, 28, 28, 1), 7, np.uint8)
+    x[:, :, :14] = 200  # left half bright: a flip shows
+    y = np.zeros(64, np.int32)
+    erased_only = np.concatenate([b[0].numpy() for b in data.make_train_dataset(x, y, 32, random_erasing=1.0)[0]])
+    assert all(((erased_only[i] != 7) & (erased_only[i] != 200)).any() for i in range(64))
+    assert ((erased_only == 7) | (erased_only == 200)).mean() > 0.5  # no flip or shift moved the halves
+    assert (erased_only[:, :, 20:] == 7).mean() > 0.7 and (erased_only[:, :, :8] == 200).mean() > 0.7
+    plain = np.concatenate([b[0].numpy() for b in data.make_train_dataset(x, y, 32, seed=5, augment=True)[0]])
+    both = np.concatenate([b[0].numpy() for b in data.make_train_dataset(x, y, 32, seed=5, augment=True,
+                                                                       random_erasing=1.0)[0]])
+    same = (plain == both).reshape(64, -1).mean(axis=1)
+    assert same.min() > 0.55 and same.max() < 1  # each differs by its rectangle only (at most 40%)
+
+
 def test_train_dataset_rejects_batch_larger_than_data():
     with pytest.raises(DataError, match="batch size 64 is larger than the 10 training examples"):
         data.make_train_dataset(np.zeros((10, 28, 28, 1), np.uint8), np.zeros(10, np.int32), 64)

@@ -138,6 +138,9 @@ def test_bad_config_files(tmp_path, content, message):
         ({"batch_size": 0}, "batch size must be an integer >= 1. Received: 0"),
         ({"epochs": 0}, "epochs must be an integer >= 1. Received: 0"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam, adamw. Received: 'rmsprop'"),
+        ({"random_erasing": 1.5}, "random erasing must be a probability in [0, 1]. Received: 1.5"),
+        ({"image_dir": "photos", "random_erasing": 0.5}, "--random-erasing works on in-memory data "
+         "(Fashion-MNIST, --data-dir, --tfds), not on --image-dir. Received: 0.5"),
     ],
 )
 def test_invalid_settings(overrides, message):
@@ -221,13 +224,15 @@ def test_time_budget_picks_fewer_epochs_and_shortens_the_schedule(tmp_path):
 
 
 def test_label_smoothing_trains_on_one_hot_labels_and_saves_a_plain_model(tmp_path, fashion_test):
-    """Smoothed cross-entropy end to end: one-hot pipeline, accuracy in history, a model.keras without custom objects."""
+    """Smoothed cross-entropy end to end (with flips and random erasing): one-hot pipeline, accuracy in history, a
+    model.keras without custom objects."""
     import keras
 
     from nin_keras.data import make_dataset
 
     cfg = resolve_config({"preset": "tiny", "epochs": 1, "limit": 600, "test_limit": 200, "label_smoothing": 0.1,
-                          "augment": True, "augment_shift": 0, "output_dir": str(tmp_path / "r"), "verbose": 0})
+                          "augment": True, "augment_shift": 0, "random_erasing": 0.5,
+                          "output_dir": str(tmp_path / "r"), "verbose": 0})
     metrics = fit.train(cfg, print_fn=lambda *a: None)
     assert 0 <= metrics["test_accuracy"] <= 1 and np.isfinite(metrics["train_loss"])
     model = keras.saving.load_model(tmp_path / "r" / "model.keras")  # loads where nin_keras adds nothing

@@ -189,7 +189,8 @@ class NinHyperModel(keras_tuner.HyperModel):
         cfg = self.config_for(self.declare(hp))
         one_hot = one_hot_classes(cfg, self.num_classes)
         train, _ = make_train_dataset(images, labels, cfg.batch_size, seed=self.base.seed, augment=cfg.augment,
-                                      augment_shift=cfg.augment_shift, one_hot_classes=one_hot)
+                                      augment_shift=cfg.augment_shift, random_erasing=cfg.random_erasing,
+                                      one_hot_classes=one_hot)
         val = (make_dataset(*validation_data, cfg.batch_size, one_hot_classes=one_hot)
                if validation_data is not None else None)
         # A trial is judged on validation: with BatchNorm statistics that match its weights (precise BN).

@@ -9,8 +9,9 @@ and prefetches raw pixels; image folders are decoded in parallel map calls
 from nin_keras.errors import DataError
 
 
-def _augment(image, label, seed_pair, pad=3):
-    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels.
+def _augment(image, label, seed_pair, pad=3, flip_and_shift=True, erasing=0.0):
+    """Light augmentation: random horizontal flip and a shift of up to ``pad`` pixels, then random erasing
+    with probability ``erasing``.
 
     Stateless ops seeded per element (``seed_pair``, from a seeded random
     stream), so a run's augmentation is the same whatever order tf.data's
@@ -18,6 +19,11 @@ def _augment(image, label, seed_pair, pad=3):
     """
     import tensorflow as tf
 
+    if erasing:
+        # Folded in, not split three ways: the flips and shifts stay those of runs made before erasing existed.
+        image = erase_rectangle(image, tf.random.experimental.stateless_fold_in(seed_pair, 2), erasing)
+    if not flip_and_shift:
+        return image, label
     height, width = image.shape[0], image.shape[1]
     flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
@@ -28,8 +34,45 @@ def _augment(image, label, seed_pair, pad=3):
     return image, label
 
 
+# Zhong et al., "Random Erasing Data Augmentation" (2017): the rectangle's share of the image and its
+# aspect ratio (height / width), their defaults.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def erase_rectangle(image, seed, probability):
+    """With ``probability``, replace one random rectangle of ``image`` (H, W, C) with random pixels.
+
+    The rectangle covers 2-40% of the image with an aspect ratio from 0.3 to
+    3.3 (log-uniform), clipped to the image; its position is uniform. The
+    pixels are uniform noise in the image's range (0-255). Stateless: the same
+    ``seed`` erases the same rectangle. Keras' ``RandomErasing`` layer draws
+    from a stateful generator, which tf.data's parallel map would consume in
+    a different order on every run.
+    """
+    import math
+
+    import tensorflow as tf
+
+    height, width, channels = image.shape
+    box_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    apply, area, aspect, top, left = tf.unstack(tf.random.stateless_uniform([5], box_seed))
+    area = (ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * area) * (height * width)
+    log_low, log_high = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    aspect = tf.exp(log_low + (log_high - log_low) * aspect)
+    box_h = tf.clip_by_value(tf.round(tf.sqrt(area * aspect)), 1.0, float(height))
+    box_w = tf.clip_by_value(tf.round(tf.sqrt(area / aspect)), 1.0, float(width))
+    top = tf.floor(top * (height - box_h + 1))
+    left = tf.floor(left * (width - box_w + 1))
+    rows = tf.range(height, dtype=tf.float32)[:, None]
+    cols = tf.range(width, dtype=tf.float32)[None, :]
+    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w) & (apply < probability)
+    noise = tf.random.stateless_uniform([height, width, channels], noise_seed, minval=0, maxval=256, dtype=tf.int32)
+    return tf.where(inside[:, :, None], tf.cast(noise, image.dtype), image)
+
+
 def make_dataset(x, y, batch_size, *, shuffle=False, seed=0, drop_remainder=False, shard_policy=None, augment=False,
-                 cache=True, one_hot_classes=None, augment_shift=3):
+                 cache=True, one_hot_classes=None, augment_shift=3, random_erasing=0.0):
     """A tf.data pipeline: cache, seeded shuffle, augment, batch, prefetch.
 
     ``x`` is an in-memory uint8 array, or :class:`~nin_keras.data.folders.ImageFiles`
@@ -40,7 +83,9 @@ def make_dataset(x, y, batch_size, *, shuffle=False, seed=0, drop_remainder=Fals
     under a distribution strategy ``model.fit`` splits each batch across
     replicas. ``shard_policy`` (a ``tf.data.experimental.AutoShardPolicy``)
     decides how multi-worker training shards the data. ``augment_shift``
-    is the largest random shift, in pixels, of in-memory augmentation.
+    is the largest random shift, in pixels, of in-memory augmentation;
+    ``random_erasing`` the probability of erasing a rectangle (in-memory
+    data, with or without ``augment``).
     ``one_hot_classes`` turns the integer labels into one-hot vectors of
     that length (what label smoothing's loss takes). ``cache=False`` is for
     the benchmark's comparison only.
@@ -58,11 +103,12 @@ def make_dataset(x, y, batch_size, *, shuffle=False, seed=0, drop_remainder=Fals
             ds = ds.cache()
         if shuffle:
             ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        if augment:
+        if augment or random_erasing:
             # In the pipeline, not the model: keeps random ops out of exported
             # models and runs on the CPU threads tf.data already uses.
             ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-            ds = ds.map(lambda pair, seed_pair: _augment(pair[0], pair[1], seed_pair, augment_shift),
+            ds = ds.map(lambda pair, seed_pair: _augment(pair[0], pair[1], seed_pair, augment_shift,
+                                                         flip_and_shift=augment, erasing=random_erasing),
                         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if one_hot_classes:
@@ -92,7 +138,7 @@ def in_memory_options():
 
 
 def make_train_dataset(x, y, batch_size, *, seed=0, shard_policy=None, augment=False, cache=True, one_hot_classes=None,
-                       augment_shift=3):
+                       augment_shift=3, random_erasing=0.0):
     """The training pipeline: seeded reshuffle every epoch and only full batches.
 
     Dropping the last partial batch keeps every replica's share the same
@@ -106,4 +152,5 @@ def make_train_dataset(x, y, batch_size, *, seed=0, shard_policy=None, augment=F
                         f"lower --batch-size or raise --limit")
     return make_dataset(x, y, batch_size, shuffle=True, seed=seed, drop_remainder=True,
                         shard_policy=shard_policy, augment=augment, cache=cache,
-                        one_hot_classes=one_hot_classes, augment_shift=augment_shift), steps
+                        one_hot_classes=one_hot_classes, augment_shift=augment_shift,
+                        random_erasing=random_erasing), steps
