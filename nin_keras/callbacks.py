@@ -136,28 +136,27 @@ class StopOnSignal(keras.callbacks.Callback):
     Raising (rather than setting ``stop_training``) keeps Keras from running
     ``on_epoch_end`` for a half-finished epoch, so ``BackupAndRestore`` keeps
     the last *complete* epoch and a rerun resumes from there. The handler
-    stays installed after ``fit`` returns, through the test evaluation and
-    the saving, until the caller calls :meth:`restore`; call :meth:`check`
-    between those steps.
+    (:class:`nin_keras.cli.SignalStop`) stays installed after ``fit``
+    returns, through the test evaluation and the saving, until the caller
+    calls :meth:`restore`; call :meth:`check` between those steps.
     """
 
     def __init__(self):
         super().__init__()
-        self.received = None
-        self._previous = {}
+        from nin_keras.cli import SignalStop
 
-    def _handler(self, signum, frame):
-        if self.received is not None:  # second signal: the user insists
-            raise KeyboardInterrupt
-        self.received = signum
+        self.signals = SignalStop(error=Interrupted)
+
+    @property
+    def received(self):
+        return self.signals.received
 
     def on_train_begin(self, logs=None):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handler)
+        if not self.signals._previous:  # installed once: fit() may begin more than once
+            self.signals.__enter__()
 
     def _check(self, *args, **kwargs):
-        if self.received is not None:
-            raise Interrupted(self.received)
+        self.signals.check()
 
     # predict() too: the final test pass stops at its next batch, not after the whole set.
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = _check
@@ -165,9 +164,7 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def restore(self):
         """Put the previous handlers back (the caller does, once the run's files are written)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        self.signals.__exit__(None, None, None)
 
 
 class TrainThroughput(keras.callbacks.Callback):

@@ -55,16 +55,18 @@ def run_cli(body):
 
 class SignalStop:
     """Within the block, SIGINT and SIGTERM (Ctrl-C, ``kill``, a job scheduler's stop) are recorded, and
-    :meth:`check` raises KeyboardInterrupt at the caller's next safe point; a second signal raises at once.
+    :meth:`check` raises at the caller's next safe point; a second signal raises KeyboardInterrupt at once.
 
     Raised from the handler itself, the interrupt lands wherever Python happens to be, and there it can be
     swallowed: in a weakref callback during garbage collection ("Exception ignored in ..."), or in
-    keras-tuner, which counts any error in a trial as a failed trial and starts the next. Outside the main
+    keras-tuner, which counts any error in a trial as a failed trial and starts the next. A signal the
+    process inherited as ignored (``nohup``, a background job of a script) stays ignored. Outside the main
     thread, where handlers cannot be set, the block runs without it.
     """
 
-    def __init__(self):
+    def __init__(self, error=KeyboardInterrupt):
         self.received = None
+        self.error = error  # called with the signal number: what check() raises
         self._previous = {}
 
     def _handler(self, signum, frame):
@@ -75,12 +77,14 @@ class SignalStop:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # None: a handler set from C, which Python cannot put back; the default is the nearest.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
         return False
 
@@ -88,9 +92,9 @@ class SignalStop:
         return self  # one per process: keras-tuner deep-copies a trial's callbacks, and with them this
 
     def check(self, *args, **kwargs):
-        """Raise KeyboardInterrupt if a signal came (arguments ignored, so it serves as a Keras callback hook)."""
+        """Raise ``error`` if a signal came (arguments ignored, so it serves as a Keras callback hook)."""
         if self.received is not None:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if self.error is KeyboardInterrupt else self.error(self.received)
 
 
 def namespace_from_kwargs(parser, positionals=(), **settings):

@@ -184,6 +184,9 @@ def test_random_erasing_in_the_training_pipeline_keeps_flips_and_shifts_as_they_
                                                                        random_erasing=1.0)[0]])
     same = (plain == both).reshape(64, -1).mean(axis=1)
     assert same.min() > 0.55 and same.max() < 1  # each differs by its rectangle only (at most 40%)
+    again = np.concatenate([b[0].numpy() for b in data.make_train_dataset(x, y, 32, seed=5, augment=True,
+                                                                        random_erasing=1.0)[0]])
+    np.testing.assert_array_equal(both, again)  # the run's seed decides every rectangle
 
 
 def test_train_dataset_rejects_batch_larger_than_data():

@@ -186,6 +186,10 @@ def test_a_time_budget_stops_starting_trials_and_a_larger_one_goes_on(tmp_path, 
     assert search.main(tuning_args(out, "--max-trials", "3", "--time-budget", "60")) == 0
     assert [t["status"] for t in json.load(open(out / "trials.json"))] == ["COMPLETED"] * 3
     assert (out / "search" / "trial_0" / "time.json").read_text() == stamp
+    capsys.readouterr()
+    # Counted over the sittings: the finished trials already exceed a tiny budget, so none starts.
+    assert search.main(tuning_args(out, "--max-trials", "3", "--time-budget", "0.0001")) == 0
+    assert "time budget:" in capsys.readouterr().out and len(json.load(open(out / "trials.json"))) == 3
 
 
 def test_the_budget_reads_only_time_files_that_make_sense(tmp_path):

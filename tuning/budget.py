@@ -1,17 +1,17 @@
 """A search's time budget, counted over every sitting in its folder.
 
 Each finished trial writes its wall time to ``time.json`` in its trial folder
-(:func:`tuning.search._timed`); the budget is the sum of those. It is checked
-before each trial starts: the trial running when the budget runs out
-finishes, and a trial cut short by Ctrl-C or a kill is not counted (it runs
-again on the next sitting).
+(:func:`tuning.search._timed`), a failed one too; the budget is the sum of
+those. It is checked before each trial starts: the trial running when the
+budget runs out finishes, and a trial cut short by Ctrl-C or a kill is not
+counted (it runs again on the next sitting).
 """
 
-import math
 import os
 
 from nin_keras.errors import NinError
 from nin_keras.io import read_json_object
+from nin_keras.settings import is_number
 
 TIME_FILE = "time.json"
 
@@ -39,9 +39,7 @@ def trial_seconds(trial_dir):
         seconds = read_json_object(path, "trial time").get("seconds")
     except NinError:
         return None
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        return None
-    return float(seconds) if seconds >= 0 else None
+    return float(seconds) if is_number(seconds) and seconds >= 0 else None
 
 
 def spent_seconds(project_dir):

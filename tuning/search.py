@@ -7,6 +7,7 @@ with keras-tuner's environment variables on every machine:
 ``KERASTUNER_ORACLE_PORT`` (see README).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -174,12 +175,18 @@ def _timed(tuner_class):
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
                                    keras.callbacks.LambdaCallback(on_train_batch_end=check, on_test_batch_end=check)]
             start = time.perf_counter()
-            result = super().run_trial(trial, *args, **kwargs)
-            seconds = time.perf_counter() - start
+            try:
+                result = super().run_trial(trial, *args, **kwargs)
+            except Exception:  # keras-tuner marks it failed and goes on: its time counts (a stop's does not)
+                self._record_time(trial, time.perf_counter() - start, "failed")
+                raise
+            self._record_time(trial, time.perf_counter() - start, "finished")
+            return result
+
+        def _record_time(self, trial, seconds, outcome):
             atomic_write_text(os.path.join(self.get_trial_dir(trial.trial_id), budget.TIME_FILE),
                               json.dumps({"seconds": seconds, "tuner_id": self.tuner_id}) + "\n")
-            print(f"{self.tuner_id}: finished trial {trial.trial_id} in {seconds:.0f}s", flush=True)
-            return result
+            print(f"{self.tuner_id}: {outcome} trial {trial.trial_id} in {seconds:.0f}s", flush=True)
 
     Timed.__name__ = f"Timed{tuner_class.__name__}"
     return Timed
@@ -365,17 +372,28 @@ def _search(args, base, tuner, splits, print_fn):
     print_fn(f"tuning: {args.tuner} search over preset {args.preset!r}, {len(splits.x_train)} train / "
              f"{len(splits.x_val)} val examples, {args.epochs} epoch(s) per trial, {precision}, in {args.output_dir}")
     fit_kwargs = {} if args.tuner == "hyperband" else {"epochs": args.epochs}
+    # A distributed chief only serves the oracle (keras-tuner sleeps in a loop): there a signal must act at once.
+    signals = contextlib.nullcontext(tuner.signals) if _serves_oracle() else SignalStop()
     try:
-        with precision_scope(precision), SignalStop() as tuner.signals:
+        with precision_scope(precision), signals as tuner.signals:
             tuner.search((splits.x_train, splits.y_train), validation_data=(splits.x_val, splits.y_val),
                          callbacks=callbacks, verbose=args.verbose, **fit_kwargs)
     except budget.BudgetSpent as e:
-        print_fn(f"time budget: {e}, so no more trials start; rerun with a larger --time-budget to go on")
+        print_fn(f"time budget: {e}, so no more trials start (a larger --time-budget goes on, if trials are left)")
+    tuner.signals.check()  # one that came after the last trial's last batch still stops (no --retrain-best)
+
+
+def _serves_oracle():
+    return bool(os.environ.get("KERASTUNER_ORACLE_IP")) and distribute_is_tuning_chief()
 
 
 def _results_so_far(args, tuner, hypermodel, print_fn):
-    """After Ctrl-C (or SIGTERM): write the finished trials' results, so a stopped search still has a best."""
-    if not distribute_is_tuning_chief():
+    """After Ctrl-C (or SIGTERM): write the finished trials' results, so a stopped search still has a best.
+
+    Not in distributed tuning: a worker leaves results to the chief, and the chief's oracle is still being
+    updated by its server threads.
+    """
+    if os.environ.get("KERASTUNER_ORACLE_IP"):
         return
     try:
         write_results(args, tuner, hypermodel, print_fn)

@@ -19,19 +19,25 @@ def _augment(image, label, seed_pair, pad=3, flip_and_shift=True, erasing=0.0):
     """
     import tensorflow as tf
 
+    if flip_and_shift:
+        image = _flip_and_shift(image, seed_pair, pad)
     if erasing:
-        # Folded in, not split three ways: the flips and shifts stay those of runs made before erasing existed.
+        # Last, as in the paper (a shift would move the rectangle out of the frame); its seed is folded in,
+        # not split three ways, so the flips and shifts stay those of runs made before erasing existed.
         image = erase_rectangle(image, tf.random.experimental.stateless_fold_in(seed_pair, 2), erasing)
-    if not flip_and_shift:
-        return image, label
+    return image, label
+
+
+def _flip_and_shift(image, seed_pair, pad):
+    import tensorflow as tf
+
     height, width = image.shape[0], image.shape[1]
     flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 2))
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if not pad:
-        return image, label
+        return image
     image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
-    image = tf.image.stateless_random_crop(image, [height, width, image.shape[-1]], crop_seed)
-    return image, label
+    return tf.image.stateless_random_crop(image, [height, width, image.shape[-1]], crop_seed)
 
 
 # Zhong et al., "Random Erasing Data Augmentation" (2017): the rectangle's share of the image and its
