@@ -10,6 +10,7 @@ with keras-tuner's environment variables on every machine:
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -331,7 +332,11 @@ def run_search(args, print_fn=print):
         _search(args, base, tuner, splits, print_fn)
     except KeyboardInterrupt:
         _results_so_far(args, tuner, hypermodel, print_fn)
-        raise
+        if tuner.signals.received is None:
+            raise
+        # Exit 128 + the signal, as fit does (130 for Ctrl-C, 143 for SIGTERM).
+        print(f"interrupted by {signal.Signals(tuner.signals.received).name}", file=sys.stderr)
+        raise SystemExit(128 + tuner.signals.received) from None
     if not distribute_is_tuning_chief():
         print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
         return None
