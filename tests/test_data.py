@@ -166,7 +166,8 @@ def test_random_erasing_replaces_one_rectangle_of_the_right_size_and_is_seeded()
     assert np.mean(shares) == pytest.approx(np.mean(ERASE_AREA), abs=0.04)
     never = [erase_rectangle(image, tf.constant([i, 3], tf.int64), 0.0).numpy() for i in range(20)]
     assert all((n == 7).all() for n in never)
-    half = sum(bool((erase_rectangle(image, tf.constant([i, 9], tf.int64), 0.5).numpy() != 7).any()) for i in range(400))
+    half = sum(bool((erase_rectangle(image, tf.constant([i, 9], tf.int64), 0.5).numpy() != 7).any())
+               for i in range(400))
     assert 150 < half < 250
 
 

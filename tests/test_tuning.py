@@ -179,6 +179,7 @@ def test_a_time_budget_stops_starting_trials_and_a_larger_one_goes_on(tmp_path, 
     assert search.main(tuning_args(out, "--max-trials", "3", "--time-budget", "0.0001")) == 0
     printed = capsys.readouterr().out
     assert "time budget:" in printed and "so no more trials start" in printed and "best: trial 0" in printed
+    assert "of 0.0001 budget minutes used)" in printed  # progress, trial by trial
     trials = json.load(open(out / "trials.json"))
     assert [t["status"] for t in trials] == ["COMPLETED"]  # the first trial ran; none started after it
     assert os.path.exists(out / "best_config.json")

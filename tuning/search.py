@@ -187,7 +187,9 @@ def _timed(tuner_class):
         def _record_time(self, trial, seconds, outcome):
             atomic_write_text(os.path.join(self.get_trial_dir(trial.trial_id), budget.TIME_FILE),
                               json.dumps({"seconds": seconds, "tuner_id": self.tuner_id}) + "\n")
-            print(f"{self.tuner_id}: {outcome} trial {trial.trial_id} in {seconds:.0f}s", flush=True)
+            used = "" if self.budget_minutes is None else (
+                f" ({budget.spent_seconds(self.project_dir) / 60:.1f} of {self.budget_minutes:g} budget minutes used)")
+            print(f"{self.tuner_id}: {outcome} trial {trial.trial_id} in {seconds:.0f}s{used}", flush=True)
 
     Timed.__name__ = f"Timed{tuner_class.__name__}"
     return Timed
