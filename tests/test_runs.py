@@ -359,6 +359,32 @@ def test_a_seed_outside_32_bits_is_one_line_and_writes_nothing(tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
+def test_signal_stop_records_the_first_signal_and_keeps_what_the_process_was_told_to_ignore():
+    """SIGTERM is recorded, raised only at check() (the safe point), a second one raises at once; a SIGINT the
+    process inherited as ignored (a script's background job) stays ignored; the old handlers come back."""
+    from nin_keras.cli import SignalStop
+
+    previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with SignalStop() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing recorded
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs between bytecodes
+            assert stop.received == signal.SIGTERM
+            with pytest.raises(KeyboardInterrupt):
+                stop.check()
+            with pytest.raises(KeyboardInterrupt):  # the user insists
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) is previous_term
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
 def test_ctrl_c_outside_training_is_one_line_and_exit_130(capsys):
     from nin_keras.cli import run_cli
 
