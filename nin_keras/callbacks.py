@@ -152,7 +152,7 @@ class StopOnSignal(keras.callbacks.Callback):
         return self.signals.received
 
     def on_train_begin(self, logs=None):
-        if not self.signals._previous:  # installed once: fit() may begin more than once
+        if not self.signals.installed:  # once: fit() may begin more than once
             self.signals.__enter__()
 
     def _check(self, *args, **kwargs):

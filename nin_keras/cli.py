@@ -60,8 +60,8 @@ class SignalStop:
     Raised from the handler itself, the interrupt lands wherever Python happens to be, and there it can be
     swallowed: in a weakref callback during garbage collection ("Exception ignored in ..."), or in
     keras-tuner, which counts any error in a trial as a failed trial and starts the next. A signal the
-    process inherited as ignored (``nohup``, a background job of a script) stays ignored. Outside the main
-    thread, where handlers cannot be set, the block runs without it.
+    process inherited as ignored (SIGINT in a shell script's background job) stays ignored. Outside the
+    main thread, where handlers cannot be set, the block runs without it.
     """
 
     def __init__(self, error=KeyboardInterrupt):
@@ -87,6 +87,11 @@ class SignalStop:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous = {}
         return False
+
+    @property
+    def installed(self):
+        """Whether the block's handlers are in place (entered and not yet exited)."""
+        return bool(self._previous)
 
     def __deepcopy__(self, memo):
         return self  # one per process: keras-tuner deep-copies a trial's callbacks, and with them this
