@@ -149,7 +149,7 @@ def test_augmentation_keeps_spec_and_changes_pixels():
 def test_random_erasing_replaces_one_rectangle_of_the_right_size_and_is_seeded():
     import tensorflow as tf
 
-    from nin_keras.data.pipeline import ERASE_AREA, erase_rectangle
+    from nin_keras.data.pipeline import erase_rectangle
 
     image = tf.constant(np.full((28, 28, 1), 7, np.uint8))  # no noise pixel can be told apart from 7 by chance...
     shares = []
@@ -162,8 +162,10 @@ def test_random_erasing_replaces_one_rectangle_of_the_right_size_and_is_seeded()
         shares.append(box / 784)
         again = erase_rectangle(image, tf.constant([i, 3], tf.int64), 1.0).numpy()[:, :, 0]
         np.testing.assert_array_equal(erased, again)  # stateless: the seed decides
-    assert min(shares) >= 0.01 and max(shares) <= ERASE_AREA[1] * 1.25  # rounding to whole pixels, clipping
-    assert np.mean(shares) == pytest.approx(np.mean(ERASE_AREA), abs=0.04)
+    # The paper's 2-40% of the image (written out, not read from the code under test), give or take the
+    # rounding to whole pixels and the clipping to the frame.
+    assert min(shares) >= 0.01 and max(shares) <= 0.5
+    assert np.mean(shares) == pytest.approx(0.21, abs=0.04)
     never = [erase_rectangle(image, tf.constant([i, 3], tf.int64), 0.0).numpy() for i in range(20)]
     assert all((n == 7).all() for n in never)
     half = sum(bool((erase_rectangle(image, tf.constant([i, 9], tf.int64), 0.5).numpy() != 7).any())
