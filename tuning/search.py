@@ -57,7 +57,7 @@ def validate_args(args):
     settings.validate_numeric_args(args)
     if args.tuner == "hyperband" and args.epochs < 2:
         raise ConfigError(f"--epochs (hyperband's max epochs) must be >= 2. Received: {args.epochs}")
-    if args.time_budget is not None and os.environ.get("KERASTUNER_ORACLE_IP"):
+    if args.time_budget is not None and is_distributed_tuning():
         # The chief's oracle server hands out trials until the search ends; workers stopping early would
         # leave it waiting.
         raise ConfigError("--time-budget is for a search on one machine, not distributed tuning. "
@@ -220,13 +220,18 @@ def start_from_defaults(oracle):
     return oracle
 
 
+def is_distributed_tuning():
+    """Whether a chief oracle is configured (keras-tuner's ``KERASTUNER_ORACLE_IP``): chief and workers alike."""
+    return bool(os.environ.get("KERASTUNER_ORACLE_IP"))
+
+
 def distribute_is_tuning_chief():
     """False on a keras-tuner worker: a chief oracle is configured and this is not it.
 
     Read from keras-tuner's documented environment variables rather than its
     private ``keras_tuner.src.distribute.utils``.
     """
-    if not os.environ.get("KERASTUNER_ORACLE_IP"):
+    if not is_distributed_tuning():
         return True
     return os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief"
 
@@ -322,7 +327,7 @@ def run_search(args, print_fn=print):
         "skip_bad_images": args.skip_bad_images, "max_image_pixels": args.max_image_pixels,
     })
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
-    if os.environ.get("KERASTUNER_ORACLE_IP"):
+    if is_distributed_tuning():
         distribute.print_cluster_notice("keras-tuner's oracle port ($KERASTUNER_ORACLE_IP:$KERASTUNER_ORACLE_PORT)")
     # Before the split file is read: a folder holding another search is refused first (workers too).
     check_search_dir(args)
@@ -391,7 +396,7 @@ def _search(args, base, tuner, splits, print_fn):
 
 
 def _serves_oracle():
-    return bool(os.environ.get("KERASTUNER_ORACLE_IP")) and distribute_is_tuning_chief()
+    return is_distributed_tuning() and distribute_is_tuning_chief()
 
 
 def _results_so_far(args, tuner, hypermodel, print_fn):
@@ -400,7 +405,7 @@ def _results_so_far(args, tuner, hypermodel, print_fn):
     Not in distributed tuning: a worker leaves results to the chief, and the chief's oracle is still being
     updated by its server threads.
     """
-    if os.environ.get("KERASTUNER_ORACLE_IP"):
+    if is_distributed_tuning():
         return
     try:
         write_results(args, tuner, hypermodel, print_fn)
