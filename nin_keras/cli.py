@@ -99,7 +99,7 @@ class SignalStop:
     def check(self, *args, **kwargs):
         """Raise ``error`` if a signal came (arguments ignored, so it serves as a Keras callback hook)."""
         if self.received is not None:
-            raise KeyboardInterrupt if self.error is KeyboardInterrupt else self.error(self.received)
+            raise self.error(self.received)
 
 
 def namespace_from_kwargs(parser, positionals=(), **settings):

@@ -118,7 +118,7 @@ def ema_warning(cfg, steps_per_epoch):
         return None
     suggested = 1 - 5 / steps if steps > 5 else 0.0
     return (f"warning: --ema {cfg.ema} over {steps} steps leaves {left:.0%} of the random initial weights in the "
-            f"average this run ends with; use --ema {max(0.0, suggested):.4g} or less, or more epochs")
+            f"average this run ends with; use --ema {suggested:.4g} or less, or more epochs")
 
 
 # -------------------------------------------------------------------- training
