@@ -1,7 +1,7 @@
 """Recipe ablation for the default preset: one training per variant and seed, compared on VALIDATION accuracy.
 
-``python scripts/ablation.py OUT [--variants a,b] [--seeds 0,1,2]`` trains the
-``fashion`` preset once per variant and seed (each the default plus one change, in a
+``python scripts/ablation.py OUT [--preset P] [--variants a,b] [--seeds 0,1,2]`` trains
+a preset (``fashion`` unless ``--preset`` says otherwise) once per variant and seed (each the default plus one change, in a
 fresh ``python -m nin_keras.fit`` process, one after another so they do not
 share the cores) and prints a table: validation accuracy, training accuracy
 and wall minutes. Test accuracy is written in each run's metrics.json but not
@@ -69,14 +69,14 @@ def folder_name(name):
     return name.replace(" ", "_").replace(",", "").replace("+", "and")
 
 
-def run(out, name, flags, seed):
+def run(out, name, flags, seed, preset="fashion"):
     """Train one variant with one seed (or find it finished); returns its metrics and wall seconds."""
     folder = os.path.join(out, folder_name(name))
     if seed:  # seed 0 keeps the folder names of the first ablation
         folder += f"-seed{seed}"
     extra = ["--seed", str(seed)]
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "nin_keras.fit", "--preset", "fashion", "--output-dir", folder,
+    subprocess.run([sys.executable, "-m", "nin_keras.fit", "--preset", preset, "--output-dir", folder,
                     "--verbose", "2", *flags, *extra], check=True)
     with open(os.path.join(folder, "metrics.json")) as f:
         metrics = json.load(f)
@@ -92,6 +92,7 @@ def main(argv=None):
     """Train every variant once per seed (or find it trained) and print the validation table; returns 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
+    parser.add_argument("--preset", default="fashion", help="the preset every variant starts from")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each variant is trained once per seed")
     parser.add_argument("--test", action="store_true",
@@ -105,7 +106,7 @@ def main(argv=None):
     print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}")
     chosen = None
     for name in args.variants.split(","):
-        runs = [run(args.out, name, variant_flags(args.out, name), seed) for seed in seeds]
+        runs = [run(args.out, name, variant_flags(args.out, name), seed, args.preset) for seed in seeds]
         print(f"{name:<32}{spread([m['val_accuracy'] for m, _ in runs]):>16}"
               f"{statistics.mean(m['train_accuracy'] for m, _ in runs):>11.4f}"
               f"{statistics.mean(s for _, s in runs) / 60:>9.1f}", flush=True)
