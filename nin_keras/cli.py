@@ -48,7 +48,8 @@ def run_cli(body):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C): stopped; nothing was half-written", file=sys.stderr)
+        # A second Ctrl-C or SIGTERM lands here too, so the message names neither.
+        print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)
         return 130
     return 0 if code is None else code
 
