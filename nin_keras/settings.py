@@ -31,8 +31,13 @@ def is_int(value):
 
 
 def is_number(value):
-    """A finite int or float that is not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float that is not a bool (nor an int past float's range: JSON allows 400 digits)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # math.isfinite converts an int to float first
+        return False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -187,6 +187,10 @@ def test_random_erasing_in_the_training_pipeline_keeps_flips_and_shifts_as_they_
                                                                        random_erasing=1.0)[0]])
     same = (plain == both).reshape(64, -1).mean(axis=1)
     assert same.min() > 0.55 and same.max() < 1  # each differs by its rectangle only (at most 40%)
+    for differs in (plain != both)[..., 0]:  # ...and what differs fills one rectangle (a moved half would not)
+        rows, cols = np.nonzero(differs.any(axis=1))[0], np.nonzero(differs.any(axis=0))[0]
+        box = differs[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert box.mean() > 0.9, box.astype(int)
     again = np.concatenate([b[0].numpy() for b in data.make_train_dataset(x, y, 32, seed=5, augment=True,
                                                                         random_erasing=1.0)[0]])
     np.testing.assert_array_equal(both, again)  # the run's seed decides every rectangle

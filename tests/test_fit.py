@@ -139,6 +139,7 @@ def test_bad_config_files(tmp_path, content, message):
         ({"epochs": 0}, "epochs must be an integer >= 1. Received: 0"),
         ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam, adamw. Received: 'rmsprop'"),
         ({"random_erasing": 1.5}, "random erasing must be a probability in [0, 1]. Received: 1.5"),
+        ({"random_erasing": 10**400}, "random erasing must be a probability in [0, 1]. Received: 1000"),
         ({"image_dir": "photos", "random_erasing": 0.5}, "--random-erasing works on in-memory data "
          "(Fashion-MNIST, --data-dir, --tfds), not on --image-dir. Received: 0.5"),
     ],

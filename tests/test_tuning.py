@@ -199,7 +199,8 @@ def test_the_budget_reads_only_time_files_that_make_sense(tmp_path):
 
     contents = {"trial_0": '{"seconds": 30.5}', "trial_1": '{"seconds": 12}', "trial_2": "[1, 2]",
                 "trial_3": '{"seconds": "40"}', "trial_4": '{"seconds": NaN}', "trial_5": '{"seconds": -9}',
-                "trial_6": '{"seconds": true}', "trial_7": "{not json", "trial_8": b"\xff\xfe"}
+                "trial_6": '{"seconds": true}', "trial_7": "{not json", "trial_8": b"\xff\xfe",
+                "trial_10": '{"seconds": 1' + "0" * 400 + "}"}  # an int past float's range
     for name, text in contents.items():
         (tmp_path / name).mkdir()
         path = tmp_path / name / "time.json"
@@ -233,9 +234,44 @@ def test_a_stopped_search_writes_the_results_of_its_finished_trials(tmp_path):
     assert "search stopped after 1 finished trial(s); results so far written" in output
     assert json.load(open(out / "best_hparams.json"))["trial"] == "0"
     assert [t["status"] for t in json.load(open(out / "trials.json"))][0] == "COMPLETED"
+    assert not (second / "time.json").exists()  # a stopped trial's time does not count against a budget
     proc = run_tuning(args)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0 and "finished trial 0 " not in output, output[-2000:]
+
+
+def test_keras_tuner_state_files_are_replaced_whole(tmp_path, monkeypatch):
+    """A crash while keras-tuner saves its state leaves the previous file (keras-tuner 1.4 truncates first)."""
+    from keras_tuner.src import utils
+
+    from tuning import compat
+
+    compat.atomic_state_files()
+    path = tmp_path / "oracle.json"
+    utils.save_json(str(path), {"trials": 1})
+
+    def crash(*args):
+        raise OSError("killed mid-save")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(Exception, match="killed mid-save"):
+        utils.save_json(str(path), {"trials": 2})
+    assert json.loads(path.read_text()) == {"trials": 1}
+    assert os.listdir(tmp_path) == ["oracle.json"]  # no temporary file left behind
+
+
+def test_an_unreadable_saved_search_is_one_line(tmp_path):
+    """A state file cut short (by an older writer, a full disk) is refused in one line, with the way out."""
+    from nin_keras.distribute import make_strategy
+
+    args = search.build_parser().parse_args(["--output-dir", str(tmp_path / "s"), "--preset", "tiny"])
+    tuner = search.make_tuner(args, hypermodel(), make_strategy("one-device"))
+    tuner.save()
+    tuner.oracle.save()
+    oracle_file = tmp_path / "s" / "search" / "oracle.json"
+    oracle_file.write_text(oracle_file.read_text()[:40])
+    with pytest.raises(search.ConfigError, match="saved state cannot be read .*--overwrite.* Received: JSONDecodeError"):
+        search.make_tuner(args, hypermodel(), make_strategy("one-device"))
 
 
 def free_port():
