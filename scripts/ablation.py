@@ -1,10 +1,11 @@
-"""Recipe ablation for the default preset: one training per variant and seed, compared on VALIDATION accuracy.
+"""Recipe ablation for a preset: one training per variant and seed, compared on VALIDATION accuracy.
 
-``python scripts/ablation.py OUT [--preset P] [--variants a,b] [--seeds 0,1,2]`` trains
-a preset (``fashion`` unless ``--preset`` says otherwise) once per variant and seed (each the default plus one change, in a
-fresh ``python -m nin_keras.fit`` process, one after another so they do not
-share the cores) and prints a table: validation accuracy, training accuracy
-and wall minutes. Test accuracy is written in each run's metrics.json but not
+``python scripts/ablation.py OUT [--preset P] [--variants a,b] [--seeds 0,1,2]``
+trains a preset (``fashion`` unless ``--preset`` says otherwise) once per
+variant and seed (each the preset plus one change, in a fresh
+``python -m nin_keras.fit`` process, one after another so they do not share
+the cores) and prints a table: validation accuracy, training accuracy and
+wall minutes. Test accuracy is written in each run's metrics.json but not
 shown: designs are chosen on validation, test is reported once per shipped
 configuration (``--test``: the variant with the best validation accuracy's).
 Runs are resumable: rerunning skips variants already finished.
