@@ -34,7 +34,8 @@ import time
 import numpy as np
 
 from nin_keras.errors import NinError
-from nin_keras.machine import ISA_CAPS, configure_threads, cpu_class, matmul_gflops, onednn_isa  # noqa: F401
+from nin_keras.machine import (ISA_CAPS, configure_threads, cpu_class, matmul_gflops, onednn_isa,  # noqa: F401
+                               read_onednn_isa, start_onednn_isa_probe, stop_probe)
 
 
 def _stats(values):
@@ -129,17 +130,17 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, *, formats=
     streams that folder's images (decoded and resized in tf.data, at
     ``image_size`` if given).
     """
-    import concurrent.futures
-
     settings = settings or BenchSettings()
     # The ISA probe is a TensorFlow process of its own: started first, its import overlaps this process's
     # (about 4 s less per bench), and it has finished before anything is timed.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        isa = pool.submit(onednn_isa)
+    probe = start_onednn_isa_probe()
+    try:
         threads = configure_threads(settings.intra_op_threads, settings.inter_op_threads)
         bench = _plan(preset, batch_size, steps, repeats, settings=settings, image_dir=image_dir,
                       image_size=image_size, config_file=config_file, print_fn=print_fn)
-        bench.results.update(_describe(bench, threads, image_dir, isa.result()))
+        bench.results.update(_describe(bench, threads, image_dir, read_onednn_isa(probe)))
+    finally:
+        stop_probe(probe)  # an error or Ctrl-C came first: do not wait for it
     print_fn("1/5 matmul ceiling ...")
     _matmul_ceiling(bench)
     _build(bench)

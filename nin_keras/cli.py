@@ -40,23 +40,32 @@ def run_cli(body):
     ``body`` returns an exit code (None means 0). A :class:`NinError` is a
     user mistake: printed as one ``error: ...`` line, exit code 1. Ctrl-C
     where no stage handles it (scanning images, building the model) is one
-    line and exit code 130, like a shell's.
+    line and exit code 130, like a shell's (143 for a second SIGTERM).
     """
     try:
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        # A second Ctrl-C or SIGTERM lands here too, so the message names neither.
+    except KeyboardInterrupt as e:
+        # A second Ctrl-C or SIGTERM (SignalStop's SecondSignal) lands here too, so the message names neither.
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell's
     return 0 if code is None else code
+
+
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM inside a :class:`SignalStop` block: stop at once; ``signum`` says which."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class SignalStop:
     """Within the block, SIGINT and SIGTERM (Ctrl-C, ``kill``, a job scheduler's stop) are recorded, and
-    :meth:`check` raises at the caller's next safe point; a second signal raises KeyboardInterrupt at once.
+    :meth:`check` raises at the caller's next safe point; a second signal raises :class:`SecondSignal` (a
+    KeyboardInterrupt) at once.
 
     Raised from the handler itself, the interrupt lands wherever Python happens to be, and there it can be
     swallowed: in a weakref callback during garbage collection ("Exception ignored in ..."), or in
@@ -72,7 +81,7 @@ class SignalStop:
 
     def _handler(self, signum, frame):
         if self.received is not None:  # the second one: the user insists
-            raise KeyboardInterrupt
+            raise SecondSignal(signum)
         self.received = signum
 
     def __enter__(self):

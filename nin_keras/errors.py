@@ -38,4 +38,7 @@ def require(condition, message, value):
     flags), in the Keras applications' "Received: ..." form.
     """
     if not condition:
-        raise ConfigError(f"{message} Received: {value!r}")
+        shown = repr(value)
+        if len(shown) > 80:  # a 400-digit number or a pasted blob: the error stays one readable line
+            shown = f"{shown[:60]}... ({len(shown)} characters)"
+        raise ConfigError(f"{message} Received: {shown}")

@@ -50,18 +50,45 @@ def onednn_isa(env=None):
     Runs a tiny convolution with ``ONEDNN_VERBOSE=1`` and reads its ``isa:``
     line, so ``ONEDNN_MAX_CPU_ISA`` caps can be checked, not assumed.
     """
+    return read_onednn_isa(start_onednn_isa_probe(env))
+
+
+def start_onednn_isa_probe(env=None):
+    """Start :func:`onednn_isa`'s probe process (a ``Popen``, or None if it cannot start); read it with
+    :func:`read_onednn_isa`. Started before this process imports TensorFlow, the two imports overlap."""
     import subprocess
 
     code = ("import tensorflow as tf; x = tf.random.normal((1, 8, 8, 1)); "
             "tf.nn.conv2d(x, tf.random.normal((3, 3, 1, 4)), 1, 'SAME').numpy()")
     full_env = {**os.environ, **(env or {}), "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
-                             timeout=120).stdout
-    except (OSError, subprocess.SubprocessError):
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env=full_env)
+    except OSError:
+        return None
+
+
+def read_onednn_isa(probe, timeout=120):
+    """Wait for a probe from :func:`start_onednn_isa_probe` and return the ISA it saw (None if unknown)."""
+    import subprocess
+
+    if probe is None:
+        return None
+    try:
+        out = probe.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
         return None
     line = next((line for line in out.splitlines() if ",info,cpu,isa:" in line), None)
     return line.split("isa:", 1)[1].strip() if line else None
+
+
+def stop_probe(probe):
+    """Kill a probe that is still running (an error or Ctrl-C came first); no-op otherwise."""
+    if probe is not None and probe.poll() is None:
+        probe.kill()
+        probe.wait()
 
 
 def configure_threads(intra_op_threads, inter_op_threads):

@@ -80,6 +80,8 @@ class Setting:
         label = self.label or self.name.replace("_", " ")
         if self.optional and value is None:
             return
+        # Past float's range (JSON allows any number of digits): every later check would say the wrong thing.
+        require(not (is_int(value) and not is_number(value)), f"{label} is too large.", value)
         if self.choices is not None:
             require(value in self.choices, f"{label} must be one of {', '.join(map(str, self.choices))}.", value)
         if self.check is not None:

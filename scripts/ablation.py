@@ -72,7 +72,7 @@ def folder_name(name):
 
 def run(out, name, flags, seed, preset="fashion"):
     """Train one variant with one seed (or find it finished); returns its metrics and wall seconds."""
-    folder = os.path.join(out, folder_name(name))
+    folder = os.path.join(out, folder_name(name) if preset == "fashion" else f"{preset}-{folder_name(name)}")
     if seed:  # seed 0 keeps the folder names of the first ablation
         folder += f"-seed{seed}"
     extra = ["--seed", str(seed)]
@@ -102,6 +102,10 @@ def main(argv=None):
     unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
     if unknown:
         raise SystemExit(f"ablation.py: unknown variant; known: {', '.join(VARIANTS)}. Received: {unknown[0]!r}")
+    networks = [name for name in args.variants.split(",") if isinstance(VARIANTS[name], dict)]
+    if networks and args.preset != "fashion":  # their --config replaces the whole block list with fashion's
+        raise SystemExit(f"ablation.py: network variants change the fashion preset's blocks; use flag variants "
+                         f"with --preset {args.preset}. Received: {networks[0]!r}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"seeds {args.seeds}; accuracies as mean +- standard deviation over the seeds")
     print(f"{'variant':<32}{'val acc':>16}{'train acc':>11}{'minutes':>9}")

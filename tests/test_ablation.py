@@ -1,7 +1,10 @@
 """scripts/ablation.py: the table compares on validation; test accuracy only for the variant chosen on it."""
 
 import importlib.util
+import os
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
 
@@ -100,3 +103,26 @@ def test_a_network_variant_becomes_a_config_that_fit_resolves(tmp_path):
     model = build_nin(**model_kwargs(cfg))
     assert model.get_layer("block1_conv0").output.shape[1:3] == (13, 13)  # no 28x28 stage left
     assert ablation.variant_flags(str(tmp_path), "flips only") == ["--augment", "--augment-shift", "0"]
+
+
+def test_ablation_of_another_preset_keeps_its_runs_apart_and_refuses_fashions_networks(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    ablation = load_ablation()
+    commands = []
+
+    def fake_fit(command, check):
+        commands.append(command)
+        folder = command[command.index("--output-dir") + 1]
+        os.makedirs(folder)
+        with open(os.path.join(folder, "metrics.json"), "w") as f:
+            json.dump({"val_accuracy": 0.9}, f)
+
+    monkeypatch.setattr(subprocess, "run", fake_fit)
+    ablation.run(str(tmp_path), "random erasing 0.5", ["--random-erasing", "0.5"], 0, "fashion-best")
+    assert commands[0][commands[0].index("--preset") + 1] == "fashion-best"
+    assert os.path.isdir(tmp_path / "fashion-best-random_erasing_0.5")  # not the fashion run's folder
+    refused = "network variants change the fashion preset's blocks.*Received: 'stride"
+    with pytest.raises(SystemExit, match=refused):
+        ablation.main([str(tmp_path), "--preset", "fashion-best", "--variants", "default,stride-2 stem 10 epochs"])

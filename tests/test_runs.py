@@ -375,9 +375,10 @@ def test_signal_stop_records_the_first_signal_and_keeps_what_the_process_was_tol
             assert stop.received == signal.SIGTERM
             with pytest.raises(KeyboardInterrupt):
                 stop.check()
-            with pytest.raises(KeyboardInterrupt):  # the user insists
+            with pytest.raises(KeyboardInterrupt) as second:  # the user insists
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)
+            assert second.value.signum == signal.SIGTERM  # run_cli exits 143 with it, not 130
         assert signal.getsignal(signal.SIGTERM) is previous_term
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
@@ -386,15 +387,20 @@ def test_signal_stop_records_the_first_signal_and_keeps_what_the_process_was_tol
 
 
 def test_ctrl_c_outside_training_is_one_line_and_exit_130(capsys):
-    from nin_keras.cli import run_cli
+    from nin_keras.cli import SecondSignal, run_cli
 
     def body():
         raise KeyboardInterrupt
 
     assert run_cli(body) == 130
     err = capsys.readouterr().err
-    # One line, and no "Ctrl-C" in it: a second SIGTERM ends up here too.
+    # One line, and no "Ctrl-C" in it: a second SIGTERM ends up here too, and exits as SIGTERM does.
     assert err.strip() == "interrupted: stopped; nothing was half-written"
+
+    def second_sigterm():
+        raise SecondSignal(signal.SIGTERM)
+
+    assert run_cli(second_sigterm) == 143
 
 
 def test_ctrl_c_at_any_moment_is_one_line_and_leaves_a_resumable_folder(tmp_path):

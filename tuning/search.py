@@ -251,20 +251,15 @@ def make_tuner(args, hypermodel, strategy):
         seed=args.seed,
         distribution_strategy=strategy,
     )
-    try:  # the constructor reloads a resumed search's state files
-        if args.tuner == "hyperband":
-            tuner = _timed(keras_tuner.Hyperband)(hypermodel, max_epochs=args.epochs, factor=3, **common)
-        elif args.tuner == "bayesian":
-            # 3 random points, not keras-tuner's default 3 x 9 dimensions: with a
-            # CPU-sized budget of ~10 trials the Gaussian process would never run.
-            tuner = _timed(keras_tuner.BayesianOptimization)(hypermodel, max_trials=args.max_trials,
-                                                              num_initial_points=3, **common)
-        else:
-            tuner = _timed(keras_tuner.RandomSearch)(hypermodel, max_trials=args.max_trials, **common)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--output-dir {args.output_dir}: keras-tuner's saved state cannot be read (written by "
-                          f"another version, or cut short); pass --overwrite to start afresh. Received: "
-                          f"{type(e).__name__}: {e}") from None
+    if args.tuner == "hyperband":
+        tuner = _timed(keras_tuner.Hyperband)(hypermodel, max_epochs=args.epochs, factor=3, **common)
+    elif args.tuner == "bayesian":
+        # 3 random points, not keras-tuner's default 3 x 9 dimensions: with a
+        # CPU-sized budget of ~10 trials the Gaussian process would never run.
+        tuner = _timed(keras_tuner.BayesianOptimization)(hypermodel, max_trials=args.max_trials,
+                                                          num_initial_points=3, **common)
+    else:
+        tuner = _timed(keras_tuner.RandomSearch)(hypermodel, max_trials=args.max_trials, **common)
     tuner.budget_minutes = args.time_budget
     start_from_defaults(tuner.oracle)
     retry_orphaned_trials(tuner.oracle)
