@@ -32,14 +32,10 @@ import sys
 import tempfile
 
 
-#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that leave out its native bfloat16 instructions.
-_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
-
-
 def peer_precisions(requested, isa_cap=None, flags=None):
     """The precisions to compare: ``requested`` unless it is ``auto``; else float32, and bfloat16 where it is native."""
     from nin_keras.errors import ConfigError
-    from nin_keras.precision import cpu_has_native_bf16
+    from nin_keras.precision import bf16_capped_away, cpu_has_native_bf16
 
     if requested == "float16":
         raise ConfigError("--peer compares float32 and bfloat16 training. Received: --precision float16")
@@ -47,8 +43,7 @@ def peer_precisions(requested, isa_cap=None, flags=None):
         return [requested]
     # A cap below AVX512_CORE_BF16 stands for a CPU without native bfloat16: float32 only (oneDNN's bfloat16
     # kernels abort under AVX2, and are emulated under AVX512_CORE while the peer's are not capped).
-    capped = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper() in _CAPS_WITHOUT_BF16
-    return ["float32"] + (["bfloat16"] if cpu_has_native_bf16(flags) and not capped else [])
+    return ["float32"] + (["bfloat16"] if cpu_has_native_bf16(flags) and not bf16_capped_away(isa_cap) else [])
 
 
 def network_spec(preset, config_file, batch_size):

@@ -40,6 +40,31 @@ def cpu_has_native_bf16(flags=None):
     return any(f in flags for f in NATIVE_BF16_CPU_FLAGS)
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that leave out its native bfloat16 instructions.
+CAPS_WITHOUT_NATIVE_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+#: ...and those below AVX-512, where oneDNN has no bfloat16 kernels at all.
+CAPS_WITHOUT_BF16_KERNELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
+
+
+def bf16_capped_away(isa_cap=None, kernels=False):
+    """The oneDNN cap (``isa_cap``, else ``$ONEDNN_MAX_CPU_ISA``) when it leaves out native bfloat16 (with
+    ``kernels``: every bfloat16 kernel), else None. A capped CPU stands for one without them."""
+    cap = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper()
+    return cap if cap in (CAPS_WITHOUT_BF16_KERNELS if kernels else CAPS_WITHOUT_NATIVE_BF16) else None
+
+
+def check_bf16_runs(flags=None):
+    """Refuse bfloat16 in one line where oneDNN would abort on it: an AVX-512 CPU (TensorFlow then sends
+    bfloat16 to oneDNN) capped below AVX-512 (oneDNN then has no bfloat16 kernel). Seen with TensorFlow 2.21:
+    "could not create a primitive descriptor for the convolution" as a traceback at the first step."""
+    flags = cpu_flags() if flags is None else flags
+    cap = bf16_capped_away(kernels=True)
+    if cap and "avx512f" in flags:
+        raise ConfigError(f"bfloat16 cannot run with ONEDNN_MAX_CPU_ISA={cap} on this AVX-512 CPU (oneDNN has no "
+                          f"bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
+                          f"Received: --precision bfloat16")
+
+
 def resolve_precision(name, has_gpu=None, flags=None):
     """Turn ``auto`` into a concrete precision; check the others.
 
@@ -48,6 +73,8 @@ def resolve_precision(name, has_gpu=None, flags=None):
     """
     if name not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}. Received: {name!r}")
+    if name == "bfloat16":
+        check_bf16_runs(flags)
     if name != "auto":
         return name
     forced = os.environ.get("NIN_KERAS_PRECISION")
@@ -61,7 +88,8 @@ def resolve_precision(name, has_gpu=None, flags=None):
         has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if has_gpu:
         return "float32"
-    return "bfloat16" if cpu_has_native_bf16(flags) else "float32"
+    # A cap like a user's AVX2 machine (ONEDNN_MAX_CPU_ISA=AVX2) gets what that machine gets: float32.
+    return "bfloat16" if cpu_has_native_bf16(flags) and not bf16_capped_away() else "float32"
 
 
 def keras_policy(precision):

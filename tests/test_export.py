@@ -10,6 +10,7 @@ import export
 from export import exporter, predict
 from export.converter import check_sidecar, convert, load_keras_model
 from export.evaluator import TFLiteClassifier
+from helpers import needs_bf16_kernels
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def test_float32_tflite_matches_keras(exported, fashion_test):
     np.testing.assert_allclose(tflite, model.predict(x, verbose=0), atol=1e-4)
 
 
+@needs_bf16_kernels
 def test_a_bfloat16_model_is_exported_as_its_float32_graph(tmp_path, fashion_test):
     """TFLite has no bfloat16 kernels: the exporter converts the same weights in float32."""
     from helpers import build_preset

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_preset, random_images, save_and_reload
+from helpers import build_preset, needs_bf16_kernels, random_images, save_and_reload
 from nin_keras.fused_bn import count_fused, fuse_batch_norm
 from nin_keras.precise_bn import batchnorm_layers
 
@@ -76,6 +76,7 @@ def test_gradients_match_keras_where_no_relu_sits_on_the_boundary():
             np.testing.assert_allclose(b, a, atol=1e-6)
 
 
+@needs_bf16_kernels
 def test_bfloat16_activations_keep_float32_statistics():
     from nin_keras.precision import precision_scope
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import build_preset, random_images, save_and_reload
+from helpers import build_preset, needs_bf16_kernels, random_images, save_and_reload
 from nin_keras.errors import ConfigError
 from nin_keras.precision import (cpu_flags, cpu_has_native_bf16, float32_copy, precision_scope,
                                  resolve_precision)
@@ -18,7 +18,28 @@ from nin_keras.precision import (cpu_flags, cpu_has_native_bf16, float32_copy, p
 ])
 def test_auto_precision_follows_the_hardware(flags, has_gpu, expected, monkeypatch):
     monkeypatch.delenv("NIN_KERAS_PRECISION", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert resolve_precision("auto", has_gpu=has_gpu, flags=flags) == expected
+
+
+def test_a_capped_cpu_gets_what_the_cpu_it_stands_for_gets(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (a user's AVX2 machine): auto is float32; bfloat16 asked for is refused in one
+    line on an AVX-512 CPU, where oneDNN would abort at the first step (seen: a traceback)."""
+    monkeypatch.delenv("NIN_KERAS_PRECISION", raising=False)
+    avx512_bf16 = {"avx2", "avx512f", "avx512_bf16"}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert resolve_precision("auto", has_gpu=False, flags=avx512_bf16) == "float32"
+    with pytest.raises(ConfigError) as info:
+        resolve_precision("bfloat16", has_gpu=False, flags=avx512_bf16)
+    assert str(info.value) == ("bfloat16 cannot run with ONEDNN_MAX_CPU_ISA=AVX2 on this AVX-512 CPU (oneDNN has "
+                               "no bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
+                               "Received: --precision bfloat16")
+    assert resolve_precision("bfloat16", has_gpu=False, flags={"avx2"}) == "bfloat16"  # TensorFlow's own kernels
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # emulated bfloat16: runs, but not chosen by auto
+    assert resolve_precision("auto", has_gpu=False, flags=avx512_bf16) == "float32"
+    assert resolve_precision("bfloat16", has_gpu=False, flags=avx512_bf16) == "bfloat16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert resolve_precision("auto", has_gpu=False, flags=avx512_bf16) == "bfloat16"
 
 
 def test_explicit_precision_and_environment_override(monkeypatch):
@@ -50,6 +71,7 @@ def test_precision_scope_builds_mixed_models_and_restores_the_policy():
     assert model.get_layer("predictions").compute_dtype == "float32"
 
 
+@needs_bf16_kernels
 def test_float32_copy_of_a_saved_bfloat16_model(tmp_path):
     with precision_scope("bfloat16"):
         model = build_preset("tiny")
@@ -64,6 +86,7 @@ def test_float32_copy_of_a_saved_bfloat16_model(tmp_path):
     assert float32_copy(plain) is plain
 
 
+@needs_bf16_kernels
 def test_fit_records_the_resolved_precision(tmp_path):
     from nin_keras.fit import main
 
