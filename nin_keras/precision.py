@@ -53,7 +53,7 @@ def bf16_capped_away(isa_cap=None, kernels=False):
     return cap if cap in (CAPS_WITHOUT_BF16_KERNELS if kernels else CAPS_WITHOUT_NATIVE_BF16) else None
 
 
-def check_bf16_runs(flags=None):
+def check_bf16_runs(flags=None, asked_by="--precision bfloat16"):
     """Refuse bfloat16 in one line where oneDNN would abort on it: an AVX-512 CPU (TensorFlow then sends
     bfloat16 to oneDNN) capped below AVX-512 (oneDNN then has no bfloat16 kernel). Seen with TensorFlow 2.21:
     "could not create a primitive descriptor for the convolution" as a traceback at the first step."""
@@ -62,7 +62,7 @@ def check_bf16_runs(flags=None):
     if cap and "avx512f" in flags:
         raise ConfigError(f"bfloat16 cannot run with ONEDNN_MAX_CPU_ISA={cap} on this AVX-512 CPU (oneDNN has no "
                           f"bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
-                          f"Received: --precision bfloat16")
+                          f"Received: {asked_by}")
 
 
 def resolve_precision(name, has_gpu=None, flags=None):
@@ -81,6 +81,8 @@ def resolve_precision(name, has_gpu=None, flags=None):
     if forced:
         if forced not in PRECISIONS[1:]:
             raise ConfigError(f"NIN_KERAS_PRECISION must be one of {', '.join(PRECISIONS[1:])}. Received: {forced!r}")
+        if forced == "bfloat16":
+            check_bf16_runs(flags, asked_by="NIN_KERAS_PRECISION=bfloat16")
         return forced
     if has_gpu is None:
         import tensorflow as tf

@@ -34,6 +34,10 @@ def test_a_capped_cpu_gets_what_the_cpu_it_stands_for_gets(monkeypatch):
     assert str(info.value) == ("bfloat16 cannot run with ONEDNN_MAX_CPU_ISA=AVX2 on this AVX-512 CPU (oneDNN has "
                                "no bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
                                "Received: --precision bfloat16")
+    monkeypatch.setenv("NIN_KERAS_PRECISION", "bfloat16")
+    with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA=AVX2 .* Received: NIN_KERAS_PRECISION=bfloat16$"):
+        resolve_precision("auto", has_gpu=False, flags=avx512_bf16)
+    monkeypatch.delenv("NIN_KERAS_PRECISION")
     assert resolve_precision("bfloat16", has_gpu=False, flags={"avx2"}) == "bfloat16"  # TensorFlow's own kernels
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # emulated bfloat16: runs, but not chosen by auto
     assert resolve_precision("auto", has_gpu=False, flags=avx512_bf16) == "float32"
