@@ -53,13 +53,19 @@ def bf16_capped_away(isa_cap=None, kernels=False):
     return cap if cap in (CAPS_WITHOUT_BF16_KERNELS if kernels else CAPS_WITHOUT_NATIVE_BF16) else None
 
 
-def check_bf16_runs(flags=None, asked_by="--precision bfloat16"):
-    """Refuse bfloat16 in one line where oneDNN would abort on it: an AVX-512 CPU (TensorFlow then sends
+def bf16_aborts(flags=None):
+    """The oneDNN cap under which bfloat16 would abort here, else None: an AVX-512 CPU (TensorFlow then sends
     bfloat16 to oneDNN) capped below AVX-512 (oneDNN then has no bfloat16 kernel). Seen with TensorFlow 2.21:
     "could not create a primitive descriptor for the convolution" as a traceback at the first step."""
     flags = cpu_flags() if flags is None else flags
     cap = bf16_capped_away(kernels=True)
-    if cap and "avx512f" in flags:
+    return cap if cap and "avx512f" in flags else None
+
+
+def check_bf16_runs(flags=None, asked_by="--precision bfloat16"):
+    """Refuse bfloat16 in one line where it would abort (:func:`bf16_aborts`)."""
+    cap = bf16_aborts(flags)
+    if cap:
         raise ConfigError(f"bfloat16 cannot run with ONEDNN_MAX_CPU_ISA={cap} on this AVX-512 CPU (oneDNN has no "
                           f"bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
                           f"Received: {asked_by}")
