@@ -75,6 +75,9 @@ class BenchSettings:
     resize_in: str = "model"  # where resizing presets (d2l) resize: the model's graph or tf.data
     cache: bool = True  # tf.data cache()
     fused_batch_norm: bool = True  # nin_keras.fused_bn (False: Keras 3's unfused BatchNorm ops)
+    # TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD: the thread that runs an op also computes a share of its oneDNN
+    # kernel instead of waiting for the intra-op pool (Intel's TensorFlow benchmark scripts set it).
+    onednn_caller_thread: bool = False
 
     def flags(self):
         """The flags that give these settings: only those that differ from the defaults."""
@@ -116,6 +119,12 @@ class Bench:
     results: dict = dataclasses.field(default_factory=dict)
 
 
+def set_onednn_environment(settings):
+    """The settings TensorFlow's oneDNN reads from the environment once, at its first op (none has run yet)."""
+    if settings.onednn_caller_thread:
+        os.environ["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] = "1"
+
+
 def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, *, formats=("float32", "float16", "dynamic", "int8"),
               data_dir=None, settings=None, inference=True, print_fn=print, image_dir=None, image_size=None,
               config_file=None):
@@ -134,6 +143,7 @@ def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, *, formats=
     # The ISA probe is a TensorFlow process of its own: started first, its import overlaps this process's
     # (about 4 s less per bench), and it has finished before anything is timed.
     probe = start_onednn_isa_probe()
+    set_onednn_environment(settings)
     try:
         threads = configure_threads(settings.intra_op_threads, settings.inter_op_threads)
         bench = _plan(preset, batch_size, steps, repeats, settings=settings, image_dir=image_dir,
@@ -194,7 +204,7 @@ def _describe(bench, threads, image_dir, isa):
             "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
             "inter_op_threads": threads[1], "data_format": settings.data_format,
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
-            "fused_batch_norm": settings.fused_batch_norm,
+            "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": settings.onednn_caller_thread,
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
@@ -381,6 +391,7 @@ def format_results(r):
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
         f"BatchNorm {'fused' if r.get('fused_batch_norm', True) else 'unfused'}, "
+        + ("oneDNN on the caller thread, " if r.get("onednn_caller_thread") else "") +
         f"strategy: {r.get('strategy', 'default')}"
         + (f"; data: {r['images']:,} images streamed from {r['image_dir']}" if r.get("image_dir") else ""),
         f"model: {r['model']['parameters']:,} params, {r['model']['macs_per_image'] / 1e6:,.1f} M MACs/image, "
@@ -446,6 +457,7 @@ SWEEP_CHANGES = [
     ("channels_first", {"data_format": "channels_first"}),
     ("no tf.data cache", {"cache": False}),
     ("unfused BatchNorm", {"fused_batch_norm": False}),
+    ("oneDNN on the caller thread", {"onednn_caller_thread": True}),
 ]
 
 
@@ -577,6 +589,9 @@ def build_parser():
     settings.add_argument("--no-cache", dest="cache", action="store_false", help="tf.data without cache()")
     settings.add_argument("--no-fused-batch-norm", dest="fused_batch_norm", action="store_false",
                           help="Keras 3's unfused BatchNorm ops instead of TensorFlow's fused kernel")
+    settings.add_argument("--onednn-caller-thread", action="store_true",
+                          help="TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1: an op's own thread computes a share of its "
+                               "oneDNN kernels")
     settings.add_argument("--no-inference", dest="inference", action="store_false", help="skip step 5")
     parser.add_argument("--sweep", action="store_true",
                         help="run once per setting above (fresh process each) and print a comparison table")

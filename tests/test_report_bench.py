@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -200,3 +201,13 @@ def test_report_counts_test_time_flip_twice_at_inference_only():
     assert flip["macs"] == plain["macs"] == plain["inference_macs"]  # training: one pass
     assert flip["inference_macs"] == 2 * plain["macs"]
     assert "x 2 at inference" in report.format_report(flip, None)
+
+
+def test_onednn_caller_thread_is_set_in_the_environment_only_when_asked(monkeypatch):
+    monkeypatch.delenv("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", raising=False)
+    bench.set_onednn_environment(bench.BenchSettings())
+    assert "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD" not in os.environ
+    args = bench.build_parser().parse_args(["--onednn-caller-thread"])
+    bench.set_onednn_environment(bench.BenchSettings.from_args(args))
+    assert os.environ["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] == "1"
+    assert "oneDNN on the caller thread" in dict(bench.sweep_variants("tiny", "float32"))
