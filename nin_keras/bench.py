@@ -125,6 +125,12 @@ def set_onednn_environment(settings):
         os.environ["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] = "1"
 
 
+def onednn_caller_thread_on():
+    """Whether TensorFlow's oneDNN runs on the caller thread in this process: the flag's, or the user's own
+    environment's (TensorFlow reads "1" or "true"; it acts only with one intra-op thread per CPU)."""
+    return os.environ.get("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "").lower() in ("1", "true")
+
+
 def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, *, formats=("float32", "float16", "dynamic", "int8"),
               data_dir=None, settings=None, inference=True, print_fn=print, image_dir=None, image_size=None,
               config_file=None):
@@ -204,7 +210,7 @@ def _describe(bench, threads, image_dir, isa):
             "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
             "inter_op_threads": threads[1], "data_format": settings.data_format,
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
-            "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": settings.onednn_caller_thread,
+            "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": onednn_caller_thread_on(),
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}

@@ -1,59 +1,64 @@
 """Where a training step's time goes, oneDNN primitive by primitive, in nin_keras and in the peer.
 
 ``python scripts/onednn_profile.py --peer ".venv-torch/bin/python benchmarks/torch_peer.py" [--preset P]
-[--precision float32|bfloat16] [--steps N] [--isa-cap AVX2]`` runs nin_keras' bench (model-only
-training, no inference) and then the peer (the same network, ``benchmarks/torch_peer.py``), each in a
-fresh process with ``ONEDNN_VERBOSE=1``, and prints one row per primitive (kind, pass, shape) with its
-milliseconds per training step on each side and which implementation oneDNN chose. Both frameworks call
-the same library, so rows that match say the kernels are not where the two differ; the peer's missing
-rows (BatchNorm, pooling) run in its own native kernels instead.
+[--precision float32|bfloat16] [--steps N] [--isa-cap AVX2]`` runs nin_keras' side and the peer's side
+of ``python -m nin_keras.bench --peer`` (the same network and protocol, ``nin_keras/peer.py``), each in
+a fresh process with ``ONEDNN_VERBOSE=1``, and prints one row per primitive (kind, pass, shape) with its
+milliseconds per training step on each side and which implementation oneDNN chose, the largest
+differences first. Both frameworks call the same library, so rows that match say the kernels are not
+where the two differ; the peer's missing rows (BatchNorm, pooling) run in its own native kernels.
 
 nin_keras runs with one inter-op thread here (``--inter-op-threads 1``): with TensorFlow's default two,
-independent ops run at once and each primitive's time counts the other's share of the cores. Steps are
-counted as executions of the network's first convolution's forward pass, the first three (warm-up) left
-out; the matmul ceiling the bench also measures is dropped (``matmul`` rows).
+independent ops run at once and each primitive's time counts the other's share of the cores. A step is
+the interval from one execution of the network's first forward convolution to the next. The first three
+(warm-up) are left out, and both sides count the same N - 2 steps after them: for nin_keras these are
+its model-only steps on a batch held in memory (the bench's end-to-end steps through tf.data that follow
+are not counted). The bench's matmul ceiling (``matmul`` rows) is left out.
 """
 
 import argparse
-import collections
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
 
-PROFILED_KINDS = ("convolution", "batch_normalization", "pooling", "reorder", "eltwise", "inner_product")
+WARM_UP_STEPS = 3
 
 
-def parse_verbose(text, skip_steps=3):
-    """{(kind, pass, shape): [total ms, executions, implementation]} from ONEDNN_VERBOSE lines, and the
-    number of training steps counted.
+def parse_verbose(text, skip_steps=WARM_UP_STEPS, max_steps=None):
+    """{(kind, pass, shape): [total ms, executions, implementation]} over the counted steps of an
+    ONEDNN_VERBOSE log, and the number of steps counted.
 
-    A step starts at each execution of the first forward convolution seen; the first ``skip_steps``
-    (both sides' warm-up: kernels generated, memory first touched) are left out.
+    Step i runs from the i-th execution of the first forward convolution seen up to the next one; steps
+    ``skip_steps + 1`` to ``skip_steps + max_steps`` are counted, each only once the next has begun (so
+    a step is always whole). Everything but ``matmul`` is kept.
     """
-    rows, first_forward, seen = {}, None, 0
+    rows, first_forward, seen, pending, counted = {}, None, 0, [], 0
     for line in text.splitlines():
         fields = line.split(",")
         if len(fields) < 11 or fields[0] != "onednn_verbose" or fields[2:4] != ["primitive", "exec"]:
             continue
         kind, implementation, pass_, shape = fields[5], fields[6], fields[7], fields[-2]
-        if kind not in PROFILED_KINDS:
-            continue
         try:
             ms = float(fields[-1])
         except ValueError:
             continue
+        if kind == "matmul":
+            continue
         key = (kind, pass_, shape)
         if first_forward is None and kind == "convolution" and pass_ == "forward_training":
             first_forward = key
-        seen += key == first_forward
-        if seen <= skip_steps:
-            continue
-        row = rows.setdefault(key, [0.0, 0, implementation])
-        row[0] += ms
-        row[1] += 1
-    return rows, max(seen - skip_steps, 0)
+        if key == first_forward:
+            if skip_steps < seen and (max_steps is None or counted < max_steps):  # step ``seen`` is whole
+                for done_key, done_ms, done_impl in pending:
+                    row = rows.setdefault(done_key, [0.0, 0, done_impl])
+                    row[0] += done_ms
+                    row[1] += 1
+                counted += 1
+            seen, pending = seen + 1, []
+        pending.append((key, ms, implementation))
+    return rows, counted
 
 
 def run_verbose(command, env_extra=None):
@@ -66,16 +71,19 @@ def run_verbose(command, env_extra=None):
     return proc.stdout + proc.stderr
 
 
-def commands(args, network_path):
-    """(ours, peer) command lines."""
-    ours = [sys.executable, "-m", "nin_keras.bench", "--preset", args.preset, "--batch-size", str(args.batch_size),
-            "--steps", str(args.steps),
-            "--repeats", "1", "--no-inference", "--formats", "", "--precision", args.precision,
-            "--inter-op-threads", "1"]
-    peer = [*shlex.split(args.peer), "--network", network_path, "--batch-size", str(args.batch_size),
-            "--steps", str(args.steps),
-            "--precision", args.precision]
-    return ours, peer
+def commands(args, network_path, json_path):
+    """(ours, peer) command lines: the two sides of one ``bench --peer`` round, nin_keras with one inter-op
+    thread."""
+    from nin_keras import bench, peer
+
+    flags = ["--preset", args.preset, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+             "--inter-op-threads", "1", "--peer", args.peer] + (["--isa-cap", args.isa_cap] if args.isa_cap else [])
+    bench_args = bench.build_parser().parse_args(flags)
+    _, cfg = peer.network_spec(args.preset, None, args.batch_size)
+    ours = peer.ours_command(bench_args, args.precision, json_path)
+    theirs = peer.peer_command(peer.split_peer(args.peer), network_path, cfg, bench_args, args.precision,
+                               peer.peer_data_dir(None))
+    return ours, theirs
 
 
 def table(ours, peer):
@@ -86,7 +94,7 @@ def table(ours, peer):
         return rows[key][0] / steps if key in rows and steps else 0.0
 
     keys = sorted(set(ours_rows) | set(peer_rows),
-                  key=lambda k: per_step(peer_rows, peer_steps, k) - per_step(ours_rows, ours_steps, k))
+                  key=lambda k: -abs(per_step(ours_rows, ours_steps, k) - per_step(peer_rows, peer_steps, k)))
     lines = [f"{'nin_keras ms':>12} {'peer ms':>9}  primitive (per training step; implementation ours / peer)"]
     for key in keys:
         impl = "/".join(rows[key][2].split(":")[0] if key in rows else "-" for rows in (ours_rows, peer_rows))
@@ -106,9 +114,11 @@ def main(argv=None):
     parser.add_argument("--preset", default="fashion")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per side; N - 2 are counted (>= 3)")
     parser.add_argument("--isa-cap", help="ONEDNN_MAX_CPU_ISA for both sides (e.g. AVX2)")
     args = parser.parse_args(argv)
+    if args.steps < 3:
+        parser.error(f"--steps must be at least 3. Received: {args.steps}")
 
     import json
 
@@ -120,12 +130,16 @@ def main(argv=None):
         network_path = os.path.join(tmp, "network.json")
         with open(network_path, "w") as f:
             json.dump(network, f)
-        ours_command, peer_command = commands(args, network_path)
-        ours = parse_verbose(run_verbose(ours_command, cap))
-        peer = parse_verbose(run_verbose(peer_command, cap))
-    print(f"preset {args.preset}, {args.precision}, batch {args.batch_size}, {args.steps} timed steps each"
-          + (f", ONEDNN_MAX_CPU_ISA={args.isa_cap}" if args.isa_cap else ""))
-    print(table(ours, peer))
+        sides = []
+        for command in commands(args, network_path, os.path.join(tmp, "ours.json")):
+            rows, steps = parse_verbose(run_verbose(command, cap), max_steps=args.steps - 2)
+            if steps == 0:
+                raise SystemExit(f"onednn_profile.py: no training step found in the oneDNN log of "
+                                 f"{shlex.join(command)} (ONEDNN_VERBOSE output in another format?)")
+            sides.append((rows, steps))
+    print(f"preset {args.preset}, {args.precision}, batch {args.batch_size}, {args.steps - 2} steps counted per "
+          f"side" + (f", ONEDNN_MAX_CPU_ISA={args.isa_cap}" if args.isa_cap else ""))
+    print(table(*sides))
     return 0
 
 

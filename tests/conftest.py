@@ -20,6 +20,8 @@ TEST_REPLICAS = 2
 
 
 def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # pytest-xdist's controller runs no test: no TensorFlow in it
     from nin_keras.distribute import split_cpu
 
     split_cpu(TEST_REPLICAS)
@@ -47,9 +49,10 @@ def pytest_collection_modifyitems(config, items):
 def heaviest_files_first(items):
     """The files with the most slow tests first, each file's tests in their own order.
 
-    pytest-xdist's ``--dist loadfile`` (pyproject.toml) hands a worker whole files in this order: a
-    heavy file started last would leave the other worker idle while it runs (about 2 minutes of the
-    suite's 8 on 2 cores, with test_tuning.py last alphabetically).
+    pytest-xdist's ``--dist loadfile --no-loadscope-reorder`` (pyproject.toml) hands a worker whole files
+    in this order: a heavy file started last (test_tuning.py comes late alphabetically) would leave the
+    other worker idle while it runs. Without ``--no-loadscope-reorder`` xdist orders files by their
+    number of tests instead, which puts the heaviest, test_export.py, seventh.
     """
     files = {}
     for item in items:

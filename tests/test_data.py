@@ -281,9 +281,10 @@ def test_image_folder_follows_the_models_colour_mode(tmp_path):
         data.load_data(image_dir=str(root), channels=5)
 
 
-def test_a_preset_is_not_silently_rebuilt_for_other_data(capsys):
+def test_a_preset_is_not_silently_rebuilt_for_other_data(capsys, monkeypatch, tmp_path):
     from nin_keras import fit
 
+    monkeypatch.chdir(tmp_path)  # the default output folder is runs/ under the working directory
     code = fit.main(["--preset", "paper-cifar", "--epochs", "1", "--limit", "500"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1

@@ -204,10 +204,15 @@ def test_report_counts_test_time_flip_twice_at_inference_only():
 
 
 def test_onednn_caller_thread_is_set_in_the_environment_only_when_asked(monkeypatch):
-    monkeypatch.delenv("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", raising=False)
+    # setenv first so that teardown restores the variable's absence: the bench sets it in os.environ
+    # itself, and every later process this worker starts would inherit it.
+    monkeypatch.setenv("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "0")
+    monkeypatch.delenv("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD")
     bench.set_onednn_environment(bench.BenchSettings())
     assert "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD" not in os.environ
     args = bench.build_parser().parse_args(["--onednn-caller-thread"])
     bench.set_onednn_environment(bench.BenchSettings.from_args(args))
-    assert os.environ["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] == "1"
-    assert "oneDNN on the caller thread" in dict(bench.sweep_variants("tiny", "float32"))
+    assert os.environ["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] == "1" and bench.onednn_caller_thread_on()
+    monkeypatch.setenv("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "false")  # the user's own, as TF reads it
+    assert not bench.onednn_caller_thread_on()
+    assert dict(bench.sweep_variants("tiny", "float32"))["oneDNN on the caller thread"] == ["--onednn-caller-thread"]
