@@ -42,8 +42,8 @@ VARIANTS = {
     # Third round: the anchors' regulariser (ResNet-20 + random erasing, about 0.955 on Fashion-MNIST).
     "random erasing 0.5": ["--random-erasing", "0.5"],
     "random erasing 0.5 11 epochs": ["--random-erasing", "0.5", "--epochs", "11"],
-    # Fourth round: the two that paid (label smoothing 0.1, more epochs) together, at the 10 epochs that
-    # still fit 10 AVX2 minutes.
+    # Fourth round: the two that paid (label smoothing 0.1, more epochs) together, at 10 epochs, the most
+    # that might fit 10 AVX2 minutes (it took 5.0-5.5 capped minutes, about 10-11: docs/benchmarks.md).
     "label smoothing 0.1 10 epochs": ["--label-smoothing", "0.1", "--epochs", "10"],
     # A stride-2 4x4 stem straight to 13x13: the default's 28x28 stage (32 channels, a 5x5 and a 1x1
     # convolution, then max pooling) is 16% of its multiply-adds but about 22% of its step time (bench).
