@@ -71,15 +71,14 @@ def run_verbose(command, env_extra=None):
     return proc.stdout + proc.stderr
 
 
-def commands(args, network_path, json_path):
-    """(ours, peer) command lines: the two sides of one ``bench --peer`` round, nin_keras with one inter-op
-    thread."""
+def commands(args, cfg, network_path, json_path):
+    """(ours, peer) command lines: the two sides of one ``bench --peer`` round for the resolved config
+    ``cfg``, nin_keras with one inter-op thread."""
     from nin_keras import bench, peer
 
     flags = ["--preset", args.preset, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
              "--inter-op-threads", "1", "--peer", args.peer] + (["--isa-cap", args.isa_cap] if args.isa_cap else [])
     bench_args = bench.build_parser().parse_args(flags)
-    _, cfg = peer.network_spec(args.preset, None, args.batch_size)
     ours = peer.ours_command(bench_args, args.precision, json_path)
     theirs = peer.peer_command(peer.split_peer(args.peer), network_path, cfg, bench_args, args.precision,
                                peer.peer_data_dir(None))
@@ -108,6 +107,8 @@ def table(ours, peer):
 
 def main(argv=None):
     """Profile both sides and print the table; returns 0."""
+    from nin_keras.machine import ISA_CAPS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer", required=True, help="the peer's command, e.g. '.venv-torch/bin/python "
                                                       "benchmarks/torch_peer.py'")
@@ -115,7 +116,7 @@ def main(argv=None):
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per side; N - 2 are counted (>= 3)")
-    parser.add_argument("--isa-cap", help="ONEDNN_MAX_CPU_ISA for both sides (e.g. AVX2)")
+    parser.add_argument("--isa-cap", choices=ISA_CAPS, help="ONEDNN_MAX_CPU_ISA for both sides (e.g. AVX2)")
     args = parser.parse_args(argv)
     if args.steps < 3:
         parser.error(f"--steps must be at least 3. Received: {args.steps}")
@@ -124,14 +125,14 @@ def main(argv=None):
 
     from nin_keras.peer import network_spec
 
-    network, _ = network_spec(args.preset, None, args.batch_size)
+    network, cfg = network_spec(args.preset, None, args.batch_size)
     cap = {"ONEDNN_MAX_CPU_ISA": args.isa_cap} if args.isa_cap else {}
     with tempfile.TemporaryDirectory(prefix="onednn-profile-") as tmp:
         network_path = os.path.join(tmp, "network.json")
         with open(network_path, "w") as f:
             json.dump(network, f)
         sides = []
-        for command in commands(args, network_path, os.path.join(tmp, "ours.json")):
+        for command in commands(args, cfg, network_path, os.path.join(tmp, "ours.json")):
             rows, steps = parse_verbose(run_verbose(command, cap), max_steps=args.steps - 2)
             if steps == 0:
                 raise SystemExit(f"onednn_profile.py: no training step found in the oneDNN log of "
