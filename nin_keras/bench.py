@@ -119,16 +119,20 @@ class Bench:
     results: dict = dataclasses.field(default_factory=dict)
 
 
+#: Read by TensorFlow once, at its first oneDNN op ("1" or "true" turns it on).
+CALLER_THREAD_VARIABLE = "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"
+
+
 def set_onednn_environment(settings):
     """The settings TensorFlow's oneDNN reads from the environment once, at its first op (none has run yet)."""
     if settings.onednn_caller_thread:
-        os.environ["TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD"] = "1"
+        os.environ[CALLER_THREAD_VARIABLE] = "1"
 
 
 def onednn_caller_thread_on():
     """Whether TensorFlow's oneDNN runs on the caller thread in this process: the flag's, or the user's own
     environment's (TensorFlow reads "1" or "true"; it acts only with one intra-op thread per CPU)."""
-    return os.environ.get("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "").lower() in ("1", "true")
+    return os.environ.get(CALLER_THREAD_VARIABLE, "").lower() in ("1", "true")
 
 
 def run_bench(preset="fashion", batch_size=128, steps=30, repeats=3, *, formats=("float32", "float16", "dynamic", "int8"),

@@ -77,7 +77,7 @@ def commands(args, cfg, network_path, json_path):
     from nin_keras import bench, peer
 
     flags = ["--preset", args.preset, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-             "--inter-op-threads", "1", "--peer", args.peer] + (["--isa-cap", args.isa_cap] if args.isa_cap else [])
+             "--inter-op-threads", "1"] + (["--isa-cap", args.isa_cap] if args.isa_cap else [])
     bench_args = bench.build_parser().parse_args(flags)
     ours = peer.ours_command(bench_args, args.precision, json_path)
     theirs = peer.peer_command(peer.split_peer(args.peer), network_path, cfg, bench_args, args.precision,
