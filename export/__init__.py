@@ -5,7 +5,7 @@ Use it from Python::
     import export
 
     report = export.export("runs/fashion-...", formats=["int8"])   # what `python -m export RUN` does
-    result = export.evaluate_tflite("runs/.../export/model_int8.tflite", images, labels)
+    result = export.evaluate_tflite("runs/.../export/nin_int8.tflite", images, labels)
 
 Names load on first use, so ``import export`` stays light.
 """

@@ -124,7 +124,8 @@ def main(argv=None):
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, HEIC, ...)")
     parser.add_argument("--top-k", type=int, default=3)
     max_pixels = BY_NAME["max_image_pixels"]
-    parser.add_argument("--max-image-pixels", type=int, default=max_pixels.default, metavar="N", help=max_pixels.help)
+    parser.add_argument("--max-image-pixels", type=int, default=max_pixels.default, metavar="N",
+                        help=max_pixels.help.removeprefix("--image-dir: "))
     args = parser.parse_args(argv)
 
     def body():

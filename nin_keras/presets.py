@@ -15,7 +15,7 @@ PRESETS = {
             "The default: a CPU-sized NiN for 28x28 Fashion-MNIST. mlpconv blocks 32 (5x5, one 1x1) "
             "and 64 (3x3, two 1x1), then a 128 (3x3) + 10 (1x1) class block and global average "
             "pooling; BatchNorm only at 13x13 and below; 104,840 parameters. 8 epochs: >= 0.92 test "
-            "accuracy in about 10 minutes on a 2-core AVX2 CPU in float32 (README, Measured)."
+            "accuracy in about 10 minutes on a 2-core AVX2 CPU in float32 (docs/benchmarks.md)."
         ),
         "model": {
             "input_shape": [28, 28, 1],
@@ -40,7 +40,7 @@ PRESETS = {
             "26 epochs; at inference it averages the class scores of the image and its mirror. 549,896 "
             "parameters (0.4% of VGG16's 138 M), 24.2 M multiply-adds per training image, 48.4 M per "
             "prediction; test accuracy 0.9431 +- 0.0004 over 3 seeds (0.9398 without the mirror), about "
-            "48 minutes on 2 AVX2 cores (README, Results)."
+            "48 minutes on 2 AVX2 cores (docs/benchmarks.md)."
         ),
         "model": {
             "input_shape": [28, 28, 1],
@@ -54,13 +54,13 @@ PRESETS = {
             ],
             "head_block": {"filters": 192, "kernel_size": 3, "mlp_filters": [None], "batch_norm": True},
             "head_activation": None,
-            # Mirror-averaged scores: +0.3 point on the same weights (README, Results).
+            # Mirror-averaged scores: +0.3 point on the same weights (docs/benchmarks.md).
             "test_time_flip": True,
         },
         "fit": {"epochs": 26, "batch_size": 128, "optimizer": "adamw", "learning_rate": 0.003,
                 "weight_decay": 0.05, "augment": True},
         # python -m export's defaults for this preset's runs: with one scale per tensor its int8
-        # lost 0.07-0.31 point against Keras (3 seeds), with one per channel +0.03 (README, Results).
+        # lost 0.07-0.31 point against Keras (3 seeds), with one per channel +0.03 (docs/benchmarks.md).
         "export": {"per_channel": True},
     },
     "fashion-best-v1": {

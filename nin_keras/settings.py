@@ -15,6 +15,7 @@ preset's"; flags default to None for the same reason.
 import argparse
 import dataclasses
 import math
+import re
 
 from nin_keras.errors import require
 from nin_keras.precision import PRECISIONS
@@ -132,7 +133,7 @@ SETTINGS = (
             "then /usr/share/datasets/fashion-mnist", optional=True),
     Setting("image_dir", str, "folder of images, one sub-folder per class", optional=True),
     Setting("tfds", str, "name of a prepared tensorflow-datasets dataset", optional=True),
-    Setting("limit", int, "use only the first N training examples", optional=True, check=_int_at_least(2),
+    Setting("limit", int, "use only the first N training examples (image folders: a seeded sample of N)", optional=True, check=_int_at_least(2),
             rule="an integer >= 2"),
     Setting("test_limit", int, "evaluate on only the first N test examples", optional=True,
             check=_int_at_least(1), rule="an integer >= 1"),
@@ -244,6 +245,9 @@ def add_flags(parser, names, defaults=None, group=None):
     for name in names:
         s = BY_NAME[name]
         kwargs = {"help": s.help, "default": defaults.get(name)}
+        if defaults.get(name) is not None and "(default:" in s.help:
+            # The schema's help states fit's default; a command with its own default states that one.
+            kwargs["help"] = re.sub(r"\(default:[^)]*\)", f"(default: {defaults[name]})", s.help)
         if s.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

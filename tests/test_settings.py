@@ -37,7 +37,18 @@ def test_tuning_shares_the_schema_for_common_flags():
     for name in ("preset", "seed", "cpu_replicas", "precision", "verbose", *settings.DATA_FLAGS):
         s = settings.BY_NAME[name]
         action = parser_options[s.option]
-        assert action.help == s.help and action.type is (None if s.type is bool else s.type), name
+        assert action.type is (None if s.type is bool else s.type), name
+        if "(default:" in s.help and action.default is not None:  # tuning's own default, not fit's
+            assert action.help.endswith(f"(default: {action.default})"), name
+        else:
+            assert action.help == s.help, name
+
+
+def test_a_command_with_its_own_default_states_it_in_its_help():
+    # fit's --verbose default is a bar on a terminal; tuning's is 2, and its help must not repeat fit's.
+    verbose = options(tuning_parser())["--verbose"]
+    assert verbose.default == 2 and verbose.help == "Keras progress output (default: 2)"
+    assert "bar on a terminal" in options(fit_parser())["--verbose"].help
 
 
 @pytest.mark.parametrize("setting", [s for s in settings.SETTINGS if s.check is not None or s.choices is not None],

@@ -4,7 +4,7 @@ Resumes by default (rerun the same command after an interruption; finished
 trials are not run again). For distributed tuning, start the same command
 with keras-tuner's environment variables on every machine:
 ``KERASTUNER_TUNER_ID=chief|tuner0|tuner1...``, ``KERASTUNER_ORACLE_IP``,
-``KERASTUNER_ORACLE_PORT`` (see README).
+``KERASTUNER_ORACLE_PORT`` (see docs/tuning.md).
 """
 
 import contextlib
