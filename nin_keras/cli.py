@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from nin_keras.errors import NinError
+from nin_keras.errors import NinError, Stopped
 
 # Before TensorFlow is imported (entry points import this module first): hide
 # its C++ start-up chatter (e.g. cuInit on CPU machines).
@@ -47,6 +47,8 @@ def run_cli(body):
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:  # the stage that stopped has said what it kept
+        return e.exit_code
     except KeyboardInterrupt as e:
         # A second Ctrl-C or SIGTERM (SignalStop's SecondSignal) lands here too, so the message names neither.
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)

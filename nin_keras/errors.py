@@ -31,6 +31,20 @@ class TrainingDiverged(NinError):
     """The loss became NaN or infinite."""
 
 
+class Stopped(KeyboardInterrupt):
+    """Training or a search stopped on SIGINT/SIGTERM after keeping what it had finished, and said so.
+
+    A KeyboardInterrupt, so a Python caller (a notebook's ``nin_keras.train``) sees what Ctrl-C means in
+    Python rather than a ``SystemExit``; the command-line entry points exit with :attr:`exit_code` (130 for
+    Ctrl-C, 143 for SIGTERM, as a shell's) without a second message.
+    """
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 def require(condition, message, value):
     """Raise :class:`ConfigError` ``"<message> Received: <value>"`` unless ``condition`` holds.
 

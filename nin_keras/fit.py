@@ -18,7 +18,7 @@ import time
 from nin_keras import config as config_lib
 from nin_keras import precise_bn, rundir, settings
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
-from nin_keras.errors import ClusterError, ConfigError, TrainingDiverged
+from nin_keras.errors import ClusterError, ConfigError, Stopped, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text
 from nin_keras.precision import precision_scope, resolve_precision
 from nin_keras.presets import describe_presets
@@ -527,8 +527,8 @@ def make_callbacks(run, steps_per_epoch, schedule=None):
 def train_and_finish(run, model, datasets, schedule=None):
     """``model.fit`` with the run's callbacks, then :func:`_finish`; returns (metrics, per-class report).
 
-    Signals become exit code 128 + signal (the last finished epoch stays
-    saved); a lost worker of a multi-worker cluster is a one-line ClusterError.
+    A signal raises :class:`~nin_keras.errors.Stopped` (a KeyboardInterrupt; the command exits 128 +
+    signal) with the last finished epoch saved; a lost worker of a multi-worker cluster is a one-line ClusterError.
     """
     import tensorflow as tf
 
@@ -559,7 +559,7 @@ def train_and_finish(run, model, datasets, schedule=None):
                  f"python -m nin_keras.fit --output-dir {run.final_dir} (same settings)")
         run.aside = None
         run.print_fn(f"\ninterrupted by {e}: {where}")
-        raise SystemExit(128 + e.signum) from None
+        raise Stopped(e.signum) from None
     finally:
         run.stopper.restore()
 

@@ -403,6 +403,38 @@ def test_ctrl_c_outside_training_is_one_line_and_exit_130(capsys):
     assert run_cli(second_sigterm) == 143
 
 
+def _interrupt_after_two_batches(monkeypatch):
+    """SIGINT to this process at the second batch of epoch 1, as a Ctrl-C in a notebook would arrive."""
+    import keras
+
+    from nin_keras import fit
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    make_callbacks = fit.make_callbacks
+    monkeypatch.setattr(fit, "make_callbacks", lambda *a, **k: [CtrlC(), *make_callbacks(*a, **k)])
+
+
+def test_ctrl_c_in_a_library_call_is_a_keyboard_interrupt_and_the_command_exits_130(tmp_path, monkeypatch, capsys):
+    from nin_keras.cli import run_cli
+    from nin_keras.errors import Stopped
+
+    _interrupt_after_two_batches(monkeypatch)
+    # From Python (a notebook): what Ctrl-C means there, not a SystemExit that would look like a clean exit.
+    with pytest.raises(KeyboardInterrupt) as info:
+        _train(tmp_path / "lib", epochs=2)
+    assert isinstance(info.value, Stopped) and info.value.exit_code == 130
+    assert os.path.exists(tmp_path / "lib" / "config.json")  # the folder is a resumable run
+    # The command: exit 130 and one message, the run's own (no generic second line after it).
+    assert _fit(*SMALL_FLAGS, "--epochs", "2", "--output-dir", str(tmp_path / "cli")) == 130
+    captured = capsys.readouterr()
+    assert "interrupted by SIGINT" in captured.out and "resume with" in captured.out
+    assert "nothing was half-written" not in captured.err
+
+
 def test_ctrl_c_at_any_moment_is_one_line_and_leaves_a_resumable_folder(tmp_path):
     out = str(tmp_path / "r")
     proc = launch("nin_keras.fit", *SMALL_FLAGS, "--epochs", "2", "--output-dir", out)

@@ -16,7 +16,7 @@ import time
 
 from nin_keras import config as config_lib
 from nin_keras import settings
-from nin_keras.errors import ConfigError, NinError
+from nin_keras.errors import ConfigError, NinError, Stopped
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli, SignalStop
 from nin_keras.io import atomic_write_text, read_json_object
 from nin_keras.precision import precision_scope, resolve_precision
@@ -342,9 +342,9 @@ def run_search(args, print_fn=print):
         _results_so_far(args, tuner, hypermodel, print_fn)
         if tuner.signals.received is None:
             raise
-        # Exit 128 + the signal, as fit does (130 for Ctrl-C, 143 for SIGTERM).
+        # The command exits 128 + the signal, as fit's does (130 for Ctrl-C, 143 for SIGTERM).
         print(f"interrupted by {signal.Signals(tuner.signals.received).name}", file=sys.stderr)
-        raise SystemExit(128 + tuner.signals.received) from None
+        raise Stopped(tuner.signals.received) from None
     if not distribute_is_tuning_chief():
         print_fn(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; the chief writes the results")
         return None
