@@ -100,7 +100,8 @@ def format_table(rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["format"], f"{r['size_bytes'] / 1024:,.1f}", f"{r['size_ratio_to_float32']:.3f}",
+            r["format"], f"{r['size_bytes'] / 1024:,.1f}",
+            "-" if r["size_ratio_to_float32"] is None else f"{r['size_ratio_to_float32']:.3f}",
             f"{r['accuracy']:.4f}" if "accuracy" in r else "-",
             f"{r['agreement_with_keras']:.4f}" if "agreement_with_keras" in r else "-",
             f"{r['latency_ms_mean']:.3f}" if "latency_ms_mean" in r else "-",
@@ -427,7 +428,8 @@ def _verify(job, report):
     def row(name, path, param_bytes, result):
         size = os.path.getsize(path)
         return {"format": name, "path": _relative(path, run), "size_bytes": size,
-                "size_ratio_to_float32": size / float32_size if float32_size else float("nan"),
+                # null, not NaN, without a float32 file: report.json stays JSON that browsers and jq parse.
+                "size_ratio_to_float32": size / float32_size if float32_size else None,
                 "parameter_bytes": param_bytes, **result}
 
     rows, predictions = [], {"keras": keras_top1}

@@ -295,6 +295,17 @@ def _check_strategy_settings(cfg, strategy):
                           f"Received: time_budget={cfg.time_budget}")
 
 
+def _check_outside_image_dir(cfg, output_dir):
+    """Refuse a run folder inside --image-dir: the next run would read its models and plots as photos of a
+    class, or its folder as a class (``runs/`` when the command runs from inside the photo folder)."""
+    if not cfg.image_dir:
+        return
+    images = os.path.realpath(cfg.image_dir)
+    if os.path.commonpath([images, os.path.realpath(output_dir)]) == images:
+        raise ConfigError(f"--output-dir {output_dir} is inside --image-dir {cfg.image_dir}, where its files "
+                          "would be read as photos; pass an --output-dir outside the image folder")
+
+
 def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
     """Decide the run folder's state on the chief and share it with every worker.
 
@@ -314,6 +325,8 @@ def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
         _check_strategy_settings(cfg, strategy)
         if not chief:
             return None
+        # Checked before the default folder is made under runs/.
+        _check_outside_image_dir(cfg, cfg.output_dir or "runs")
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir(cfg.preset)
         # Before anything is read or written: a second process on this folder stops here.

@@ -103,7 +103,9 @@ def test_accuracy_gate_fails_when_forced(exported, capsys, monkeypatch, tmp_path
                           "--calibration-samples", "50"])
     assert code == exporter.EXIT_ACCURACY_GATE
     assert "int8 accuracy" in capsys.readouterr().out
-    saved = json.loads(open(os.path.join(out, "report.json")).read())
+    # Strict JSON, as a browser or jq reads it: without a float32 file the size ratio was NaN, not JSON.
+    saved = json.loads(open(os.path.join(out, "report.json")).read(),
+                       parse_constant=lambda name: pytest.fail(f"report.json holds {name}, which is not JSON"))
     assert saved["int8_gate"]["passed"] is False and "int8_accuracy_drop_points" in saved
     report = exporter.export(run_dir, output_dir=str(tmp_path), formats=["int8"], test_limit=200,
                              calibration_samples=50, print_fn=lambda *a: None)

@@ -305,3 +305,117 @@ def test_an_image_without_an_image_file_name_is_named_so(tmp_path):
     scene().save(tmp_path / "IMG_0001", format="JPEG")
     with pytest.raises(DataError, match=r"IMG_0001: a JPEG image without an image file name extension"):
         folders.scan(str(tmp_path), ["IMG_0001"], [0])
+
+
+# ------------------------------------------------------- folders as users really arrange them (QA round)
+
+
+@pytest.mark.parametrize("name", ["still.gif", "plain.bmp", "scan.tiff", "iphone.heic"])
+def test_a_cut_short_file_of_any_format_is_caught_by_the_scan_not_by_training(tmp_path, name):
+    """Pillow's verify proves only PNGs complete, and the end marker JPEGs: a cut GIF, BMP, TIFF or HEIC passed
+    the scan and then stopped training with a TensorFlow traceback (and a hung process). (An animated GIF cut
+    in a later frame is fine: the pipeline reads the first.)"""
+    {"still.gif": lambda p, im: im.save(p), **KINDS}[name](tmp_path / name, scene())
+    whole = (tmp_path / name).read_bytes()
+    (tmp_path / ("cut-" + name)).write_bytes(whole[: int(len(whole) * 0.9)])
+    with pytest.raises(DataError, match=rf"cut-{name}: corrupt or unreadable image"):
+        folders.scan(str(tmp_path), ["cut-" + name], [0])
+    assert folders.scan(str(tmp_path), [name], [0])[0] == [name]  # the whole file still passes
+
+
+def _gps_version_as_text(path, upright):
+    """A turned JPEG (Orientation 6) whose GPS IFD writes GPSVersionID, a BYTE tag, as ASCII "2.2", as some
+    editors and old phones do: Pillow's exif_transpose raises while it rewrites such EXIF."""
+    stored = io.BytesIO()
+    upright.transpose(Image.ROTATE_90).save(stored, "JPEG", quality=95)
+    jpeg = stored.getvalue()
+    gps_ifd = 8 + 2 + 12 * 2 + 4
+    tiff = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+            + struct.pack("<HHII", 0x8825, 4, 1, gps_ifd) + struct.pack("<I", 0)
+            + struct.pack("<H", 1) + struct.pack("<HHI4s", 0x0000, 2, 4, b"2.2\x00") + struct.pack("<I", 0))
+    app1 = b"Exif\x00\x00" + tiff
+    path.write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:])
+
+
+def test_a_photo_with_malformed_exif_still_decodes_upright(tmp_path):
+    from PIL import ImageOps
+
+    _gps_version_as_text(tmp_path / "gps.jpg", scene())
+    with Image.open(tmp_path / "gps.jpg") as img, pytest.raises(Exception):
+        ImageOps.exif_transpose(img)  # the upstream failure this works around (drop the workaround once fixed)
+    assert folders.scan(str(tmp_path), ["gps.jpg"], [0])[0] == ["gps.jpg"]
+    assert np.abs(decoded(tmp_path / "gps.jpg") - expected(scene())).mean() < 5
+
+
+def _photo_tree(root, layout):
+    """``layout``: {relative folder: number of photos}; labels alternate the scene by folder name."""
+    for rel, n in layout.items():
+        os.makedirs(root / rel, exist_ok=True)
+        for i in range(n):
+            scene(int(rel.endswith("right"))).save(root / rel / f"IMG_{i:04d}.jpg")
+
+
+@pytest.mark.parametrize("train, val, test", [("Train", None, "Test"), ("train", "valid", "test"),
+                                              ("training_set", None, "test_set"), ("TRAIN", "Validation", "TEST")])
+def test_split_folders_are_recognised_whatever_their_case_and_usual_names(tmp_path, train, val, test):
+    """Capitalised "Train/Test" became two classes named Train and Test, silently."""
+    layout = {f"{split}/{cls}": 3 for split in (train, val, test) if split for cls in ("left", "right")}
+    _photo_tree(tmp_path, layout)
+    names, given, _ = folders.list_folder(str(tmp_path))
+    assert names == ["left", "right"]
+    assert sorted(given) == sorted(["train", "test"] + (["val"] if val else []))
+    assert all(len(paths) == 6 for paths, _ in given.values())
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"val/left": 2, "validation/left": 2, "train/left": 3, "train/right": 3, "test/left": 2, "test/right": 2},
+     r"val/ and validation/ are both the val split"),
+    ({"train/left": 3, "train/right": 3, "test/left": 2, "test/right": 2, "notes/left": 1},
+     r"holds split folders \(test, train\) and other folders \(notes\)"),
+    ({"train": 4, "test": 2}, r"no class folders"),
+])
+def test_ambiguous_split_folders_are_one_line(tmp_path, layout, message):
+    """Both val/ and validation/: one was dropped without a word; images straight in train/: an IndexError."""
+    _photo_tree(tmp_path, layout)
+    with pytest.raises(DataError, match=message):
+        folders.list_folder(str(tmp_path))
+
+
+@pytest.mark.parametrize("case", ["all bad", "test only"])
+def test_a_class_without_a_usable_training_image_is_refused(tmp_path, case):
+    """A class whose files were all skipped as bad, or that only test/ holds, got an output it never learns."""
+    if case == "all bad":
+        _photo_tree(tmp_path, {"a": 4, "b": 4, "c": 0})
+        (tmp_path / "c" / "IMG_0001.jpg").write_bytes(b"")  # a zero-byte file, as a failed copy leaves
+    else:
+        _photo_tree(tmp_path, {"train/a": 4, "train/b": 4, "test/a": 2, "test/b": 2, "test/c": 2})
+    with pytest.raises(DataError, match=r"class 'c' has no usable training image"):
+        data.load_data(image_dir=str(tmp_path), image_size=SIZE, channels=3, val_fraction=0.25, skip_bad_images=True,
+                       print_fn=lambda m: None)
+
+
+def test_windows_folder_files_are_not_photos(tmp_path):
+    _photo_tree(tmp_path, {"left": 2, "right": 2})
+    for cls in ("left", "right"):
+        (tmp_path / cls / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))
+        (tmp_path / cls / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    _, _, (paths, _) = folders.list_folder(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in paths) == ["IMG_0000.jpg"] * 2 + ["IMG_0001.jpg"] * 2
+
+
+@pytest.mark.parametrize("inside", ["run", "left/run", None])
+def test_a_run_folder_inside_the_image_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                                                     inside):
+    """Its models and plots would be photos of a class next time (the default runs/ too, from inside the
+    folder)."""
+    from nin_keras.fit import main
+
+    photos = tmp_path / "photos"
+    _photo_tree(photos, {"left": 4, "right": 4})
+    before = sorted(str(p.relative_to(photos)) for p in photos.rglob("*"))
+    monkeypatch.chdir(photos)
+    flags = ["--preset", "tiny", "--image-dir", "."] + (["--output-dir", str(photos / inside)] if inside else [])
+    assert main(flags) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is inside --image-dir" in err
+    assert sorted(str(p.relative_to(photos)) for p in photos.rglob("*")) == before

@@ -115,10 +115,15 @@ def _class_folders(directory):
                   if os.path.isdir(os.path.join(directory, d)) and not d.startswith("."))
 
 
+#: Files that Windows Explorer writes into picture folders (thumbnail cache, folder settings): not photos.
+_FOLDER_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")
+
+
 def _files(folder):
     """Every file under a class folder, sub-folders included, as paths relative to it, sorted.
 
-    Hidden files and folders (``.DS_Store``, ``.thumbnails``) are skipped;
+    Hidden files and folders (``.DS_Store``, ``.thumbnails``) and Windows' ``Thumbs.db`` and
+    ``desktop.ini`` are skipped;
     symlinked folders are followed once (a folder already visited, such as a
     link back up to a parent, is not entered again).
     """
@@ -132,7 +137,7 @@ def _files(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = os.path.relpath(root, folder)
         found += [n if rel == "." else os.path.join(rel, n) for n in names
-                  if not n.startswith(".") and os.path.isfile(os.path.join(root, n))]
+                  if not n.startswith(".") and n.lower() not in _FOLDER_FILES and os.path.isfile(os.path.join(root, n))]
     return sorted(found)
 
 
@@ -148,14 +153,10 @@ def list_folder(directory):
     top = _class_folders(directory)
     if not top:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
-    given = {"validation": "val"}
-    if {"train", "test"} <= set(top) and set(top) <= {"train", "val", "validation", "test"}:
-        class_names = sorted(set().union(*(_class_folders(os.path.join(directory, s)) for s in top)))
-        splits = {}
-        for name in top:
-            split = given.get(name, name)
-            paths, labels = _list_classes(directory, name, class_names)
-            splits[split] = (paths, labels)
+    given = _given_splits(directory, top)
+    if given:
+        class_names = sorted(set().union(*(_class_folders(os.path.join(directory, s)) for s in given.values())))
+        splits = {split: _list_classes(directory, folder, class_names) for split, folder in given.items()}
         _check_classes(directory, class_names)
         for paths, _ in splits.values():
             _check_inside(directory, paths)
@@ -164,6 +165,30 @@ def list_folder(directory):
     _check_classes(directory, top)
     _check_inside(directory, paths)
     return top, None, (paths, labels)
+
+
+#: Folder names of a given split, read case-insensitively (Roboflow writes ``valid``, Kaggle ``training_set``).
+SPLIT_FOLDERS = {"train": "train", "training": "train", "training_set": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test", "test_set": "test"}
+
+
+def _given_splits(directory, top):
+    """``{split: folder}`` when the top folders are a given split (train and test at least), else None."""
+    splits = [SPLIT_FOLDERS.get(name.lower()) for name in top]
+    if sum(s is not None for s in splits) < 2 or not {"train", "test"} <= set(splits):
+        return None
+    others = [name for name, split in zip(top, splits) if split is None]
+    if others:
+        raise DataError(f"{directory}: holds split folders ({', '.join(n for n in top if n not in others)}) and "
+                        f"other folders ({', '.join(others)}); keep one layout: one folder per class, or "
+                        "train/ and test/ (and val/) folders that each hold the class folders")
+    given = {}
+    for name, split in zip(top, splits):
+        if split in given:
+            raise DataError(f"{directory}: {given[split]}/ and {name}/ are both the {split} split; merge or "
+                            "remove one")
+        given[split] = name
+    return given
 
 
 def _check_inside(directory, paths):
@@ -194,6 +219,8 @@ def _list_classes(directory, prefix, class_names):
 
 
 def _check_classes(directory, class_names):
+    if not class_names:
+        raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
     if len(class_names) < 2:
         raise DataError(f"{directory}: only one class folder ({class_names[0]!r}); a classifier needs at least two")
 
@@ -361,6 +388,17 @@ def read_split(path, directory, skip_bad=False, print_fn=print, max_pixels=None)
     return class_names, splits
 
 
+def _check_every_class_trains(directory, class_names, train_labels):
+    """Refuse a class without a training image (all its files skipped as bad, or it has none in train/): the
+    model would get an output it can never learn."""
+    counts = np.bincount(np.asarray(train_labels, np.int64), minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts) if n == 0]
+    if empty:
+        raise DataError(f"{directory}: class {empty[0]!r} has no usable training image (its files were skipped "
+                        f"as bad, or it has none in the training split); add images or remove its folder"
+                        + (f"; {len(empty) - 1} more such class(es)" if len(empty) > 1 else ""))
+
+
 def load_folder_splits(directory, image_size, channels, *, val_fraction, seed, limit=None, test_limit=None,
                        split_file=None, skip_bad=False, resize="stretch", print_fn=print,
                        max_pixels=None):
@@ -398,6 +436,7 @@ def load_folder_splits(directory, image_size, channels, *, val_fraction, seed, l
         for name in SPLIT_NAMES:
             if not splits[name][0]:
                 raise DataError(f"{directory}: the {name} split is empty; add images (at least 3 per class)")
+    _check_every_class_trains(directory, class_names, splits["train"][1])
     record = split_record(directory, class_names, splits)
     if test_limit is not None:
         splits["test"] = (splits["test"][0][:test_limit], splits["test"][1][:test_limit])
@@ -462,6 +501,11 @@ def _sniff(head):
     return None
 
 
+def _article(name):
+    """"a" or "an" before a format's name as it is read aloud ("an ICO", "an SVG", "a JPEG")."""
+    return "an" if name.split()[0] in ("ICO", "SVG", "AVIF", "MPO", "Olympus") else "a"
+
+
 def _unidentified(path):
     """Why Pillow found no supported format in ``path``: an image format named as such, or not an image."""
     with open(path, "rb") as f:
@@ -471,7 +515,7 @@ def _unidentified(path):
     if name == "HEIC/HEIF" and not _heif_opener():
         return f"a HEIC/HEIF image, which needs pillow-heif to read: {HEIF_INSTALL}"
     if name:
-        return f"a {name} image, which nin_keras cannot read (convert it to JPEG or PNG)"
+        return f"{_article(name)} {name} image, which nin_keras cannot read (convert it to JPEG or PNG)"
     if ext in IMAGE_EXTENSIONS:
         return f"corrupt or unreadable image (its content is none of {', '.join(_formats())})"
     return f"not an image file (read by content: {', '.join(_formats())})"
@@ -540,8 +584,25 @@ def _jpeg_complete(path):
         return data[len(data) - 2 :] == b"\xff\xd9"
 
 
+#: Formats whose cut-short files the header checks catch: Pillow's verify (PNG's chunk CRCs), WebP's
+#: decoder at open, JPEG's end marker. A cut GIF, TIFF, BMP or HEIC passes them and failed only when
+#: training decoded it, so those are decoded once at the scan (phone photos are JPEG or HEIC).
+_VERIFIED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+
+
+def _decode_fully(path, max_pixels):
+    with open_image(path, max_pixels) as img:
+        try:
+            img.load()
+        except Exception as e:  # the plugins' errors differ, as verify's do
+            raise BadImage(f"corrupt or unreadable image ({e})") from None
+
+
 def check_image(path, max_pixels=None):
-    """:class:`BadImage` unless ``path`` is a complete image the pipeline reads (header checks only)."""
+    """:class:`BadImage` unless ``path`` is a complete image the pipeline reads.
+
+    Header checks, plus a full decode for the formats they cannot prove complete (GIF, TIFF, BMP, HEIC).
+    """
     with open_image(path, max_pixels) as img:
         kind = img.format
         try:
@@ -550,10 +611,12 @@ def check_image(path, max_pixels=None):
             raise BadImage(f"corrupt or unreadable image ({e})") from None
     if kind in ("JPEG", "MPO") and not _jpeg_complete(path):
         raise BadImage("corrupt or unreadable image (JPEG cut short: no end marker)")
+    if kind not in _VERIFIED_FORMATS:
+        _decode_fully(path, max_pixels)
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         # The content decides how a file is read, but split.json (read as untrusted input) only lists
         # image file names: a run must not write a split its own resume would refuse.
-        raise BadImage(f"a {kind} image without an image file name extension (rename it, e.g. to .jpg or .png)")
+        raise BadImage(f"{_article(kind)} {kind} image without an image file name extension (rename it, e.g. to .jpg or .png)")
 
 
 def _rgb(img):
@@ -571,6 +634,28 @@ def _rgb(img):
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     return img.convert("RGB")
+
+
+def _upright(img):
+    """``img`` turned as its EXIF Orientation says (the picture as a phone shows it).
+
+    Pillow's ``exif_transpose`` also rewrites the EXIF of the turned copy, and that raises (TypeError,
+    struct.error) on a malformed tag elsewhere in it, as photo editors and old phones write; the
+    orientation is then applied without the rewrite.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        try:
+            orientation = img.getexif().get(0x0112)
+        except Exception:  # EXIF not even parseable: no orientation to apply
+            return img
+    turn = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}.get(orientation)
+    return img.transpose(turn) if turn is not None else img
 
 
 def _canvas(image, image_size, resize):
@@ -610,13 +695,13 @@ def load_pixels(path, image_size, channels, resize="stretch", *, box=(0.0, 0.0, 
     Pillow's antialiased bilinear filter; grey by ITU-R 601 luma when
     ``channels`` is 1. Raises :class:`BadImage`.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     side = 2 * max(image_size)
     try:
         with open_image(path, max_pixels) as img:
             img.draft("RGB", (side, side))  # a no-op for formats other than JPEG
-            upright = _rgb(ImageOps.exif_transpose(img))
+            upright = _rgb(_upright(img))
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"corrupt or unreadable image ({e})") from None
     canvas, (left, top, right, bottom) = _canvas(upright, image_size, resize)
