@@ -100,7 +100,8 @@ def classify(model_path, image_paths, top_k=3, *, print_fn=print, err_fn=None, m
     results = {}
     for path in image_paths:
         if not os.path.isfile(path):
-            err_fn(f"error: {path}: no such file")
+            err_fn(f"error: {path}: " + (f"a folder; pass the image files in it (e.g. {path}/*.jpg)"
+                                         if os.path.isdir(path) else "no such file"))
             continue
         try:
             image = load_image(path, size, color, resize, max_pixels)

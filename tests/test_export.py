@@ -180,8 +180,9 @@ def test_predict_labels_real_pngs_and_reports_bad_files(exported, fashion_test, 
         paths.append(str(path))
     (tmp_path / "junk.png").write_text("not an image")
     names = [line.strip() for line in open(os.path.join(run_dir, "labels.txt"))]
+    (tmp_path / "album").mkdir()
     code = predict.main([os.path.join(out, "nin_int8.tflite"), *paths, str(tmp_path / "junk.png"),
-                         str(tmp_path / "missing.png")])
+                         str(tmp_path / "missing.png"), str(tmp_path / "album")])
     captured = capsys.readouterr()
     assert code == 1
     for path, i in zip(paths, confident):
@@ -189,6 +190,7 @@ def test_predict_labels_real_pngs_and_reports_bad_files(exported, fashion_test, 
         assert line.split(": ")[1].startswith(names[y[i]])
     assert f"error: {tmp_path / 'junk.png'}: not a readable image" in captured.err
     assert f"error: {tmp_path / 'missing.png'}: no such file" in captured.err
+    assert f"error: {tmp_path / 'album'}: a folder; pass the image files in it" in captured.err
 
 
 def test_export_uses_the_runs_split(tmp_path):

@@ -381,6 +381,12 @@ def test_ambiguous_split_folders_are_one_line(tmp_path, layout, message):
         folders.list_folder(str(tmp_path))
 
 
+def test_image_dir_given_a_photo_says_it_wants_the_folder(tmp_path):
+    scene().save(tmp_path / "photo.jpg")
+    with pytest.raises(DataError, match=r"photo\.jpg: a file, not a folder \(pass the folder that holds"):
+        folders.list_folder(str(tmp_path / "photo.jpg"))
+
+
 @pytest.mark.parametrize("case", ["all bad", "test only"])
 def test_a_class_without_a_usable_training_image_is_refused(tmp_path, case):
     """A class whose files were all skipped as bad, or that only test/ holds, got an output it never learns."""
@@ -419,3 +425,17 @@ def test_a_run_folder_inside_the_image_folder_is_refused_before_anything_is_writ
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "is inside --image-dir" in err
     assert sorted(str(p.relative_to(photos)) for p in photos.rglob("*")) == before
+
+
+def test_a_letterboxed_panorama_is_shrunk_before_its_canvas_is_made(tmp_path, monkeypatch):
+    """--resize pad made a canvas of the photo's long side squared: a 1080x20000 scrolling screenshot took 1.8 GB."""
+    tall = Image.fromarray(np.tile(np.asarray(scene().resize((100, 75)))[:, :, :], (40, 1, 1)))  # 100 x 3000
+    tall.save(tmp_path / "scroll.png")
+    canvases = []
+    new = Image.new
+    monkeypatch.setattr(Image, "new", lambda mode, size, *a, **k: canvases.append(size) or new(mode, size, *a, **k))
+    got = folders.load_pixels(str(tmp_path / "scroll.png"), SIZE, 3, "pad").astype(float)
+    assert canvases and max(max(size) for size in canvases) <= 4 * max(SIZE)
+    shown = Image.new("RGB", (3000, 3000), folders.PAD_COLOUR)
+    shown.paste(tall, (1450, 0))
+    assert np.abs(got - expected(shown)).mean() < 4  # the same letterbox as at full size

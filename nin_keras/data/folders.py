@@ -141,6 +141,11 @@ def _files(folder):
     return sorted(found)
 
 
+def _not_a_folder(path):
+    return ("a file, not a folder (pass the folder that holds the class folders)" if os.path.exists(path)
+            else "no such directory")
+
+
 def list_folder(directory):
     """The folder's classes and files: ``(class_names, {split: (relative paths, labels)} or None, all files)``.
 
@@ -149,7 +154,7 @@ def list_folder(directory):
     file (relative path, label) of an unsplit folder.
     """
     if not os.path.isdir(directory):
-        raise DataError(f"--image-dir {directory}: no such directory")
+        raise DataError(f"--image-dir {directory}: {_not_a_folder(directory)}")
     top = _class_folders(directory)
     if not top:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
@@ -416,7 +421,7 @@ def load_folder_splits(directory, image_size, channels, *, val_fraction, seed, l
         raise DataError(f"resize mode must be one of {', '.join(RESIZE_MODES)}. Received: {resize!r}")
     if split_file and os.path.isfile(split_file):
         if not os.path.isdir(directory):
-            raise DataError(f"--image-dir {directory}: no such directory")
+            raise DataError(f"--image-dir {directory}: {_not_a_folder(directory)}")
         class_names, splits = read_split(split_file, directory, skip_bad, print_fn, max_pixels)
     else:
         class_names, splits, files = list_folder(directory)
@@ -675,6 +680,13 @@ def _canvas(image, image_size, resize):
         left, top = (width - crop_w) / 2, (height - crop_h) / 2
         return image, (left, top, left + crop_w, top + crop_h)
     pad_w, pad_h = max(width, round(height * aspect)), max(height, round(width / aspect))
+    # A 1080x20000 scrolling screenshot would need a 20000x20000 canvas (1.2 GB): shrink by a whole factor
+    # first (Pillow's box reduce, which its antialiased resize also starts with), keeping twice the input size.
+    factor = max(pad_w, pad_h) // (2 * max(image_size))
+    if factor >= 2:
+        image = image.reduce(factor)
+        width, height = image.size
+        pad_w, pad_h = max(width, round(height * aspect)), max(height, round(width / aspect))
     canvas = Image.new("RGB", (pad_w, pad_h), PAD_COLOUR)
     canvas.paste(image, ((pad_w - width) // 2, (pad_h - height) // 2))
     return canvas, (0, 0, pad_w, pad_h)
