@@ -274,6 +274,8 @@ class Export:
     resize: str = "stretch"
     deployed: object = None
     written: dict = dataclasses.field(default_factory=dict)
+    # The SignalStop's check(): raises at a safe point once Ctrl-C or SIGTERM came (a no-op outside one).
+    check_signals: object = lambda: None
 
     @property
     def tflite_formats(self):
@@ -296,10 +298,23 @@ def _export_files(args, print_fn=print):
     :func:`_load_export_data` (the run's own split), :func:`_prepare_deployed`,
     :func:`_write_formats`, then :func:`_verify` and :func:`_write_report`.
     """
-    job = _open_export(args)
-    _load_export_data(job)
-    _prepare_deployed(job)
-    _write_formats(job, print_fn)
+    from nin_keras.cli import SignalInterrupt, SignalStop
+
+    # A signal is acted on between steps: raised inside TensorFlow's converter or a garbage-collector
+    # callback, Python drops it ("Exception ignored in ... __del__") and the export ran on to the end.
+    with SignalStop(error=SignalInterrupt) as signals:
+        job = _open_export(args)
+        job.check_signals = signals.check
+        _load_export_data(job)
+        _prepare_deployed(job)
+        signals.check()
+        _write_formats(job, print_fn)
+        return _verify_and_report(job, print_fn)
+
+
+def _verify_and_report(job, print_fn):
+    """The report's header, then (unless --no-verify) :func:`_verify` and :func:`_write_report`."""
+    args = job.args
     run = run_dir(job.model_path)
     # Relative to the run folder: reports are shared, and absolute paths carry user names.
     report = {"model": _relative(job.model_path, run), "output_dir": _relative(job.out_dir, run),
@@ -390,6 +405,7 @@ def _write_formats(job, print_fn):
         if fmt == "saved_model":
             job.written[fmt] = export_saved_model(job.model, out_dir)
             print_fn(f"wrote {job.written[fmt]}")
+            job.check_signals()
             continue
         if fmt == "onnx":
             # The model's own input (desktop and server runtimes); phones get the TFLite files.
@@ -397,6 +413,7 @@ def _write_formats(job, print_fn):
             job.written[fmt] = write_tflite(out_dir, "onnx", onnx, onnx_sidecar(onnx, labels, job.model, job.resize),
                                             suffix=".onnx")
             print_fn(f"wrote {job.written[fmt]} ({len(onnx) / 1024:,.1f} KB)")
+            job.check_signals()
             continue
         calibration = _calibration_images(job) if fmt == "int8" else None
         tflite = convert(job.deployed, fmt, calibration, int8_input=args.int8_input, int8_output=args.int8_output,
@@ -410,6 +427,7 @@ def _write_formats(job, print_fn):
             fmt, tflite, labels, job.deployed, per_channel=job.per_channel, metadata=args.metadata,
             float_blocks=float_blocks, resize=job.resize))
         print_fn(f"wrote {job.written[fmt]} ({len(tflite) / 1024:,.1f} KB)")
+        job.check_signals()
 
 
 def _verify(job, report):
@@ -443,6 +461,7 @@ def _verify(job, report):
             result["litert_tool_ms_1_thread"] = litert_benchmark(written[fmt], threads=1)
             result["litert_tool_ms_2_threads"] = litert_benchmark(written[fmt], threads=2)
         rows.append(row(fmt, written[fmt], report["parameter_bytes"][fmt], result))
+        job.check_signals()
     if "onnx" in written:
         from export.evaluator import evaluate_onnx
 

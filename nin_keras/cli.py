@@ -56,12 +56,16 @@ def run_cli(body):
     return 0 if code is None else code
 
 
-class SecondSignal(KeyboardInterrupt):
-    """A second SIGINT or SIGTERM inside a :class:`SignalStop` block: stop at once; ``signum`` says which."""
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGINT or SIGTERM as a KeyboardInterrupt that says which (``signum``: :func:`run_cli` exits 130 or 143)."""
 
     def __init__(self, signum):
         super().__init__(signum)
         self.signum = signum
+
+
+class SecondSignal(SignalInterrupt):
+    """A second SIGINT or SIGTERM inside a :class:`SignalStop` block: stop at once."""
 
 
 class SignalStop:
