@@ -49,6 +49,15 @@ def run_cli(body):
         return 1
     except Stopped as e:  # the stage that stopped has said what it kept
         return e.exit_code
+    except Exception as e:
+        from nin_keras.data.folders import decode_failure
+
+        reason = decode_failure(e)  # an image that changed after the scan, reported inside TensorFlow's error
+        if reason is None:
+            raise
+        print(f"error: {reason}; the file changed after the scan (moved, deleted or rewritten): restore it and "
+              "rerun (a training run resumes from its last finished epoch)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         # A second Ctrl-C or SIGTERM (SignalStop's SecondSignal) lands here too, so the message names neither.
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)

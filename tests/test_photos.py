@@ -439,3 +439,28 @@ def test_a_letterboxed_panorama_is_shrunk_before_its_canvas_is_made(tmp_path, mo
     shown = Image.new("RGB", (3000, 3000), folders.PAD_COLOUR)
     shown.paste(tall, (1450, 0))
     assert np.abs(got - expected(shown)).mean() < 4  # the same letterbox as at full size
+
+
+def test_a_photo_deleted_during_training_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Tidying the folder while a run trains: TensorFlow's error carried Python tracebacks (and logged one per
+    parallel decode); now one line names the file and says how to go on."""
+    import keras
+
+    from nin_keras import fit
+
+    _photo_tree(tmp_path / "photos", {"left": 12, "right": 12})
+
+    class TidyUp(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for photo in (tmp_path / "photos" / "left").iterdir():
+                photo.unlink()
+
+    make_callbacks = fit.make_callbacks
+    monkeypatch.setattr(fit, "make_callbacks", lambda *a, **k: [TidyUp(), *make_callbacks(*a, **k)])
+    code = fit.main(["--preset", "photo", "--image-size", "32", "--image-dir", str(tmp_path / "photos"),
+                     "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--verbose", "0",
+                     "--precision", "float32"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {tmp_path / 'photos' / 'left'}") and "No such file or directory: '" in err
+    assert "the file changed after the scan" in err

@@ -737,6 +737,18 @@ def preprocessing_contract(resize):
 # -------------------------------------------------------------- tf.data
 
 
+#: Marks a file that failed to decode inside tf.data (it changed after the scan), so that :func:`decode_failure`
+#: finds it in the TensorFlow error that carries it.
+DECODE_FAILED = "nin_keras could not decode"
+
+
+def decode_failure(error):
+    """The one-line reason in ``error`` (a TensorFlow error from a pipeline) if an image failed to decode, else None."""
+    # TensorFlow's assertion message: "assertion failed: [<problem>]", with quotes escaped.
+    found = re.search(rf"{DECODE_FAILED}: ([^\n]*?)\]?$", str(error), re.MULTILINE)
+    return found.group(1).replace("\\'", "'").strip() if found else None
+
+
 def _pixels_op(path, box, image_size, channels, *, resize, max_pixels):
     """:func:`load_pixels` as a graph op (Pillow releases the GIL while it decodes and resizes, so parallel
     map calls decode in parallel)."""
@@ -744,11 +756,15 @@ def _pixels_op(path, box, image_size, channels, *, resize, max_pixels):
 
     def run(p, b):
         try:
-            return load_pixels(os.fsdecode(p), image_size, channels, resize, box=b, max_pixels=max_pixels)
-        except BadImage as e:  # a file changed after the scan: one line, not a Pillow traceback
-            raise ValueError(f"{os.fsdecode(p)}: {e}") from None
+            return load_pixels(os.fsdecode(p), image_size, channels, resize, box=b, max_pixels=max_pixels), b""
+        except BadImage as e:  # a file changed after the scan (moved, deleted, rewritten)
+            return np.zeros((*image_size, channels), np.uint8), f"{DECODE_FAILED}: {os.fsdecode(p)}: {e}".encode()
 
-    image = tf.numpy_function(run, [path, box], tf.uint8, stateful=False)
+    # The failure is raised by a graph assertion, not inside the Python function: from there TensorFlow logged
+    # a Python traceback per parallel call, and the error's message carried one more (decode_failure reads it).
+    image, problem = tf.numpy_function(run, [path, box], (tf.uint8, tf.string), stateful=False)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(problem, b""), [problem])]):
+        image = tf.identity(image)
     image.set_shape([*image_size, channels])
     return image
 
