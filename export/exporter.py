@@ -309,7 +309,9 @@ def _export_files(args, print_fn=print):
         _prepare_deployed(job)
         signals.check()
         _write_formats(job, print_fn)
-        return _verify_and_report(job, print_fn)
+        result = _verify_and_report(job, print_fn)
+        signals.check()  # a signal during the last check or the report: stop before the web step
+        return result
 
 
 def _verify_and_report(job, print_fn):
@@ -468,6 +470,7 @@ def _verify(job, report):
         result = evaluate_onnx(written["onnx"], x_test, y_test, keras_top1, label="onnx")
         predictions["onnx"] = result.pop("top1")
         rows.append(row("onnx (onnxruntime)", written["onnx"], report["parameter_bytes"]["float32"], result))
+        job.check_signals()
     report["formats"] = rows
     return rows, predictions
 

@@ -302,7 +302,8 @@ def _check_outside_image_dir(cfg, output_dir):
         return
     images = os.path.realpath(cfg.image_dir)
     if os.path.commonpath([images, os.path.realpath(output_dir)]) == images:
-        raise ConfigError(f"--output-dir {output_dir} is inside --image-dir {cfg.image_dir}, where its files "
+        where = f"--output-dir {output_dir}" if cfg.output_dir else f"the default run folder {output_dir}/"
+        raise ConfigError(f"{where} is inside --image-dir {cfg.image_dir}, where its files "
                           "would be read as photos; pass an --output-dir outside the image folder")
 
 

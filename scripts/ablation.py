@@ -54,7 +54,7 @@ VARIANTS = {
         "model": {"blocks": [STRIDE2_STEM, DEFAULT_BLOCK2, {"filters": 128, "kernel_size": 3, "pool": None,
                                                             "batch_norm": True}]},
         "flags": ["--epochs", "10"]},
-    # Fifth round: the batch size x learning rate (256 steps as fast per image as 128, 64 about
+    # Fifth round: the batch size x learning rate (256 about as fast per image as 128 in the bench, 64
     # 20% slower: docs/benchmarks.md), and BatchNorm in the 28x28 stem, which the fused kernel made
     # affordable (about 12% slower steps, so one epoch fewer).
     "batch 256 learning rate 8e-3": ["--batch-size", "256", "--learning-rate", "0.008"],

@@ -482,9 +482,20 @@ def test_int8_scales_default_to_the_runs_preset_and_the_flag_overrides(trained_t
             assert json.load(f)["quantization"].endswith(expected)
 
 
+@pytest.mark.slow  # converts twice
 def test_ctrl_c_during_a_conversion_stops_the_export_after_that_file(trained_tiny_run, tmp_path, monkeypatch, capsys):
     """A SIGINT that arrives inside TensorFlow's converter was sometimes raised in a garbage-collector callback,
     dropped ("Exception ignored in ... __del__"), and the export ran to the end with exit 0."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell leaves it
+    try:
+        _export_interrupted_in_a_conversion(trained_tiny_run, tmp_path, monkeypatch, capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _export_interrupted_in_a_conversion(trained_tiny_run, tmp_path, monkeypatch, capsys):
     import signal
 
     real_convert = exporter.convert

@@ -400,11 +400,30 @@ def test_a_class_without_a_usable_training_image_is_refused(tmp_path, case):
                        print_fn=lambda m: None)
 
 
+def test_a_small_limit_keeps_every_class_in_training(tmp_path):
+    """A --limit sample drawn without regard to class left small classes out (then refused, or never learnt)."""
+    _photo_tree(tmp_path, {f"class{c}": 4 for c in range(8)})
+    for seed in range(5):
+        splits = data.load_data(image_dir=str(tmp_path), image_size=SIZE, channels=3, val_fraction=0.2, seed=seed,
+                                limit=10)
+        assert sorted(set(splits.y_train.tolist())) == list(range(8))
+
+
+def test_decode_failure_reads_the_line_out_of_tensorflows_message():
+    # TensorFlow escapes quotes and backslashes in an assertion's message.
+    message = (r"assertion failed: [nin_keras could not decode: /photos/Sam\'s \"best\".jpg: corrupt or unreadable "
+               "image ([Errno 2] No such file)]\n\t [[{{node Assert/Assert}}]]")
+    assert folders.decode_failure(Exception(message)) == (
+        "/photos/Sam's \"best\".jpg: corrupt or unreadable image ([Errno 2] No such file)")
+    assert folders.decode_failure(Exception("some other error")) is None
+
+
 def test_windows_folder_files_are_not_photos(tmp_path):
     _photo_tree(tmp_path, {"left": 2, "right": 2})
     for cls in ("left", "right"):
         (tmp_path / cls / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))
         (tmp_path / cls / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    _photo_tree(tmp_path / "__MACOSX", {"left": 1})  # a macOS zip's resource forks: not a class
     _, _, (paths, _) = folders.list_folder(str(tmp_path))
     assert sorted(os.path.basename(p) for p in paths) == ["IMG_0000.jpg"] * 2 + ["IMG_0001.jpg"] * 2
 
@@ -441,6 +460,7 @@ def test_a_letterboxed_panorama_is_shrunk_before_its_canvas_is_made(tmp_path, mo
     assert np.abs(got - expected(shown)).mean() < 4  # the same letterbox as at full size
 
 
+@pytest.mark.slow  # trains
 def test_a_photo_deleted_during_training_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
     """Tidying the folder while a run trains: TensorFlow's error carried Python tracebacks (and logged one per
     parallel decode); now one line names the file and says how to go on."""

@@ -418,8 +418,17 @@ def _interrupt_after_two_batches(monkeypatch):
     monkeypatch.setattr(fit, "make_callbacks", lambda *a, **k: [CtrlC(), *make_callbacks(*a, **k)])
 
 
-def test_ctrl_c_in_a_library_call_is_a_keyboard_interrupt_and_the_command_exits_130(tmp_path, monkeypatch, capsys):
-    from nin_keras.cli import run_cli
+@pytest.fixture
+def ctrl_c_handler():
+    """SIGINT handled as an interactive shell leaves it (a suite started with `cmd &` inherits it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.slow  # trains twice
+def test_ctrl_c_in_a_library_call_is_a_keyboard_interrupt_and_the_command_exits_130(tmp_path, monkeypatch, capsys,
+                                                                                    ctrl_c_handler):
     from nin_keras.errors import Stopped
 
     _interrupt_after_two_batches(monkeypatch)

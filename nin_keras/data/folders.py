@@ -7,13 +7,14 @@ and written into the run directory (``split.json``); resume, export and
 tuning read it back instead of splitting again.
 
 Class folders are walked with their sub-folders (hidden files and folders
-skipped, symlink loops entered once). Nothing is decoded up front:
+skipped, symlink loops entered once). Nothing is kept decoded:
 :class:`ImageFiles` stands in for an image array (``len``, ``shape``,
 indexing), and :func:`image_pipeline` reads, decodes, resizes and (for
 training) augments in parallel tf.data map calls, so memory stays bounded
 whatever the folder's size. Files are checked before training by a header
 scan (format by content, pixel cap, Pillow's ``verify``, the JPEG's end
-marker), which names a bad file in one line, or skips bad files with
+marker, HEIC's box sizes; the rare GIF, TIFF and BMP decoded once), which
+names a bad file in one line, or skips bad files with
 ``--skip-bad-images``.
 
 Every path that turns a file into pixels (training, evaluation, int8
@@ -112,7 +113,7 @@ def as_array(images):
 
 def _class_folders(directory):
     return sorted(d for d in os.listdir(directory)
-                  if os.path.isdir(os.path.join(directory, d)) and not d.startswith("."))
+                  if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".") and d != "__MACOSX")
 
 
 #: Files that Windows Explorer writes into picture folders (thumbnail cache, folder settings): not photos.
@@ -134,7 +135,7 @@ def _files(folder):
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")  # macOS zips' forks
         rel = os.path.relpath(root, folder)
         found += [n if rel == "." else os.path.join(rel, n) for n in names
                   if not n.startswith(".") and n.lower() not in _FOLDER_FILES and os.path.isfile(os.path.join(root, n))]
@@ -231,14 +232,15 @@ def _check_classes(directory, class_names):
 
 
 def scan(directory, paths, labels, *, skip_bad=False, print_fn=print, max_pixels=None):
-    """Check every file's header without decoding its pixels; returns the good (paths, labels).
+    """Check every file by its header (GIF, TIFF and BMP by a decode); returns the good (paths, labels).
 
     A file is bad when its content is not one of :data:`FORMATS` (whatever
     its name: a TIFF named ``.png`` is read as the TIFF it is), when it is
     larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) or a
-    decompression bomb, fails Pillow's ``verify``, or is a JPEG cut short
-    (no end marker after its image data; a motion photo's video after the
-    marker is fine). The first bad file is named in a one-line error, or all
+    decompression bomb, fails Pillow's ``verify``, or is cut short (a JPEG
+    without its end marker after its image data, where a motion photo's video
+    after the marker is fine; a HEIC whose boxes run past its end; a GIF,
+    TIFF or BMP that does not decode). The first bad file is named in a one-line error, or all
     are skipped and counted when ``skip_bad``.
     """
     good_paths, good_labels, bad = [], [], []
@@ -278,9 +280,12 @@ def stratified_split(labels, fraction, seed):
     return rest, held
 
 
-def _sample(indices, limit, seed):
-    """A seeded sample of ``limit`` of ``indices``, sorted: not the first N files (all the first classes')."""
-    return np.sort(np.random.default_rng(seed + 2).permutation(indices)[:limit])
+def _sample(indices, labels, limit, seed):
+    """A seeded sample of ``limit`` of ``indices``, sorted: not the first N files (all the first classes'), and
+    one file of every class of ``labels[indices]`` first, so a small ``--limit`` leaves no class out."""
+    shuffled = np.random.default_rng(seed + 2).permutation(indices)
+    _, first = np.unique(np.asarray(labels)[shuffled], return_index=True)
+    return np.sort(np.concatenate([shuffled[np.sort(first)], np.delete(shuffled, first)])[:limit])
 
 
 def make_split(paths, labels, val_fraction, seed, limit=None):
@@ -291,7 +296,7 @@ def make_split(paths, labels, val_fraction, seed, limit=None):
     paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
     rest, test = stratified_split(labels, TEST_FRACTION, seed + 1)
     if limit is not None:
-        rest = _sample(rest, limit, seed)
+        rest = _sample(rest, labels, limit, seed)
     train_idx, val_idx = stratified_split(labels[rest], val_fraction, seed)
     train, val = rest[train_idx], rest[val_idx]
     return {"train": (paths[train].tolist(), labels[train].tolist()), "val": (paths[val].tolist(), labels[val].tolist()),
@@ -395,7 +400,7 @@ def read_split(path, directory, skip_bad=False, print_fn=print, max_pixels=None)
 
 def _check_every_class_trains(directory, class_names, train_labels):
     """Refuse a class without a training image (all its files skipped as bad, or it has none in train/): the
-    model would get an output it can never learn."""
+    model would get an output it can never learn. (A --limit sample keeps one file of every class.)"""
     counts = np.bincount(np.asarray(train_labels, np.int64), minlength=len(class_names))
     empty = [name for name, n in zip(class_names, counts) if n == 0]
     if empty:
@@ -436,12 +441,13 @@ def load_folder_splits(directory, image_size, channels, *, val_fraction, seed, l
                 train = (np.asarray(splits["train"][0]), np.asarray(splits["train"][1]))
                 splits["val"] = (train[0][val].tolist(), train[1][val].tolist())
                 if limit is not None:
-                    rest = _sample(rest, limit, seed)
+                    rest = _sample(rest, train[1], limit, seed)
                 splits["train"] = (train[0][rest].tolist(), train[1][rest].tolist())
         for name in SPLIT_NAMES:
             if not splits[name][0]:
                 raise DataError(f"{directory}: the {name} split is empty; add images (at least 3 per class)")
-    _check_every_class_trains(directory, class_names, splits["train"][1])
+        # A fresh split only: a recorded one (resume, export) is what that run trained on.
+        _check_every_class_trains(directory, class_names, splits["train"][1])
     record = split_record(directory, class_names, splits)
     if test_limit is not None:
         splits["test"] = (splits["test"][0][:test_limit], splits["test"][1][:test_limit])
@@ -590,9 +596,31 @@ def _jpeg_complete(path):
 
 
 #: Formats whose cut-short files the header checks catch: Pillow's verify (PNG's chunk CRCs), WebP's
-#: decoder at open, JPEG's end marker. A cut GIF, TIFF, BMP or HEIC passes them and failed only when
-#: training decoded it, so those are decoded once at the scan (phone photos are JPEG or HEIC).
-_VERIFIED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+#: decoder at open, JPEG's end marker, HEIF/AVIF's box sizes. A cut GIF, TIFF or BMP passes them and failed
+#: only when training decoded it, so those (rare from phones) are decoded once at the scan.
+_VERIFIED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "HEIF", "AVIF")
+
+
+def _boxes_complete(path):
+    """Whether an ISO-BMFF file (HEIC, AVIF) holds every byte its top-level boxes declare: a cut one does not.
+
+    Decoding a 12 MP HEIC to check it took about a second; walking its few top-level boxes takes microseconds.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            length, = struct.unpack(">I", f.read(4))
+            f.read(4)  # the box type
+            if length == 1:  # a 64-bit size follows the type
+                length, = struct.unpack(">Q", f.read(8))
+            elif length == 0:  # the last box runs to the end of the file
+                return True
+            if length < 8:
+                return False
+            pos += length
+        return pos == size
 
 
 def _decode_fully(path, max_pixels):
@@ -606,7 +634,7 @@ def _decode_fully(path, max_pixels):
 def check_image(path, max_pixels=None):
     """:class:`BadImage` unless ``path`` is a complete image the pipeline reads.
 
-    Header checks, plus a full decode for the formats they cannot prove complete (GIF, TIFF, BMP, HEIC).
+    Header checks, plus a full decode for the formats they cannot prove complete (GIF, TIFF, BMP).
     """
     with open_image(path, max_pixels) as img:
         kind = img.format
@@ -616,6 +644,8 @@ def check_image(path, max_pixels=None):
             raise BadImage(f"corrupt or unreadable image ({e})") from None
     if kind in ("JPEG", "MPO") and not _jpeg_complete(path):
         raise BadImage("corrupt or unreadable image (JPEG cut short: no end marker)")
+    if kind in ("HEIF", "AVIF") and not _boxes_complete(path):
+        raise BadImage(f"corrupt or unreadable image ({kind} cut short: its boxes run past the end of the file)")
     if kind not in _VERIFIED_FORMATS:
         _decode_fully(path, max_pixels)
     if not path.lower().endswith(IMAGE_EXTENSIONS):
@@ -680,10 +710,11 @@ def _canvas(image, image_size, resize):
         left, top = (width - crop_w) / 2, (height - crop_h) / 2
         return image, (left, top, left + crop_w, top + crop_h)
     pad_w, pad_h = max(width, round(height * aspect)), max(height, round(width / aspect))
-    # A 1080x20000 scrolling screenshot would need a 20000x20000 canvas (1.2 GB): shrink by a whole factor
-    # first (Pillow's box reduce, which its antialiased resize also starts with), keeping twice the input size.
+    # A 1080x20000 scrolling screenshot would need a 20000x20000 canvas (1.2 GB): where padding would more than
+    # quadruple the pixels, shrink by a whole factor first (Pillow's box reduce), keeping twice the input size.
+    # Ordinary photos (padding adds at most 3x) keep exactly the pixels they had.
     factor = max(pad_w, pad_h) // (2 * max(image_size))
-    if factor >= 2:
+    if factor >= 2 and pad_w * pad_h > 4 * width * height:
         image = image.reduce(factor)
         width, height = image.size
         pad_w, pad_h = max(width, round(height * aspect)), max(height, round(width / aspect))
@@ -746,7 +777,7 @@ def decode_failure(error):
     """The one-line reason in ``error`` (a TensorFlow error from a pipeline) if an image failed to decode, else None."""
     # TensorFlow's assertion message: "assertion failed: [<problem>]", with quotes escaped.
     found = re.search(rf"{DECODE_FAILED}: ([^\n]*?)\]?$", str(error), re.MULTILINE)
-    return found.group(1).replace("\\'", "'").strip() if found else None
+    return re.sub(r"\\(['\"\\])", r"\1", found.group(1)).strip() if found else None
 
 
 def _pixels_op(path, box, image_size, channels, *, resize, max_pixels):
