@@ -38,7 +38,8 @@ def build_parser():
     add_data_flags(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir even if settings changed")
-    mode.add_argument("--overwrite", action="store_true", help="replace the nin_keras run in --output-dir (its files come back if the new run fails)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace the nin_keras run in --output-dir (its files come back if the new run fails)")
     return parser
 
 

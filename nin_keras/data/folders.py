@@ -181,7 +181,7 @@ SPLIT_FOLDERS = {"train": "train", "training": "train", "training_set": "train",
 def _given_splits(directory, top):
     """``{split: folder}`` when the top folders are a given split (train and test at least), else None."""
     splits = [SPLIT_FOLDERS.get(name.lower()) for name in top]
-    if sum(s is not None for s in splits) < 2 or not {"train", "test"} <= set(splits):
+    if not {"train", "test"} <= set(splits):
         return None
     others = [name for name, split in zip(top, splits) if split is None]
     if others:
@@ -651,7 +651,8 @@ def check_image(path, max_pixels=None):
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         # The content decides how a file is read, but split.json (read as untrusted input) only lists
         # image file names: a run must not write a split its own resume would refuse.
-        raise BadImage(f"{_article(kind)} {kind} image without an image file name extension (rename it, e.g. to .jpg or .png)")
+        raise BadImage(f"{_article(kind)} {kind} image without an image file name extension (rename it, e.g. to "
+                       ".jpg or .png)")
 
 
 def _rgb(img):
