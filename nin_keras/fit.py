@@ -296,18 +296,6 @@ def _check_strategy_settings(cfg, strategy):
                           f"Received: time_budget={cfg.time_budget}")
 
 
-def _check_outside_image_dir(cfg, output_dir):
-    """Refuse a run folder inside --image-dir: the next run would read its models and plots as photos of a
-    class, or its folder as a class (``runs/`` when the command runs from inside the photo folder)."""
-    if not cfg.image_dir:
-        return
-    images = os.path.realpath(cfg.image_dir)
-    if os.path.commonpath([images, os.path.realpath(output_dir)]) == images:
-        where = f"--output-dir {output_dir}" if cfg.output_dir else f"the default run folder {output_dir}/"
-        raise ConfigError(f"{where} is inside --image-dir {cfg.image_dir}, where its files "
-                          "would be read as photos; pass an --output-dir outside the image folder")
-
-
 def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
     """Decide the run folder's state on the chief and share it with every worker.
 
@@ -328,7 +316,7 @@ def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
         if not chief:
             return None
         # Checked before the default folder is made under runs/.
-        _check_outside_image_dir(cfg, cfg.output_dir or "runs")
+        rundir.check_outside_image_dir(cfg.image_dir, cfg.output_dir or "runs", given=cfg.output_dir is not None)
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir(cfg.preset)
         # Before anything is read or written: a second process on this folder stops here.

@@ -246,6 +246,19 @@ def check_writable(run_dir):
     return run_dir
 
 
+def check_outside_image_dir(image_dir, output_dir, *, given=True):
+    """Refuse a run or search folder inside --image-dir: the next run would read its models and plots as photos
+    of a class, or its folder as a class (``runs/`` when the command runs from inside the photo folder).
+    ``given``: the user passed ``output_dir`` (else it is the command's default)."""
+    if not image_dir:
+        return
+    images = os.path.realpath(image_dir)
+    if os.path.commonpath([images, os.path.realpath(output_dir)]) == images:
+        where = f"--output-dir {output_dir}" if given else f"the default folder {output_dir}/"
+        raise ConfigError(f"{where} is inside --image-dir {image_dir}, where its files would be read as photos; "
+                          "pass an --output-dir outside the image folder")
+
+
 def default_output_dir(preset, root="runs"):
     """A new, empty ``runs/<preset>-<time>`` folder, created exclusively (two runs started
     in the same second get ``-2``, ``-3``...)."""

@@ -382,3 +382,17 @@ def test_a_trial_orphaned_by_a_kill_is_retried(tmp_path):
     assert search.retry_orphaned_trials(tuner.oracle) == [trial.trial_id]
     assert tuner.oracle.create_trial("tuner0").trial_id == trial.trial_id
     assert search.retry_orphaned_trials(tuner.oracle) == []  # ongoing again: nothing to add
+
+
+def test_a_search_folder_inside_the_image_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """The default tuning_runs/, made from inside the photo folder, would be a class of the next run (as fit's
+    runs/ would)."""
+    from tuning.search import main
+
+    for cls in ("left", "right"):
+        (tmp_path / cls).mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--image-dir", ".", "--max-trials", "1", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the default folder tuning_runs/fashion/ is inside --image-dir ." in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["left", "right"]

@@ -15,7 +15,7 @@ import sys
 import time
 
 from nin_keras import config as config_lib
-from nin_keras import settings
+from nin_keras import rundir, settings
 from nin_keras.errors import ConfigError, NinError, Stopped
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli, SignalStop
 from nin_keras.io import atomic_write_text, read_json_object
@@ -62,8 +62,10 @@ def validate_args(args):
         # leave it waiting.
         raise ConfigError("--time-budget is for a search on one machine, not distributed tuning. "
                           f"Received: --time-budget {args.time_budget:g} with $KERASTUNER_ORACLE_IP set")
-    if args.output_dir is None:
+    given = args.output_dir is not None
+    if not given:
         args.output_dir = os.path.join("tuning_runs", args.preset)
+    rundir.check_outside_image_dir(args.image_dir, args.output_dir, given=given)
 
 
 # What defines a search: a folder holding another search is not resumed with these.
