@@ -298,7 +298,8 @@ def _export_files(args, print_fn=print):
     :func:`_load_export_data` (the run's own split), :func:`_prepare_deployed`,
     :func:`_write_formats`, then :func:`_verify` and :func:`_write_report`.
     """
-    from nin_keras.cli import SignalInterrupt, SignalStop
+    from nin_keras.cli import SignalStop
+    from nin_keras.errors import SignalInterrupt
 
     # A signal is acted on between steps: raised inside TensorFlow's converter or a garbage-collector
     # callback, Python drops it ("Exception ignored in ... __del__") and the export ran on to the end.

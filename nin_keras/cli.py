@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from nin_keras.errors import NinError, Stopped
+from nin_keras.errors import NinError, SignalInterrupt, Stopped
 
 # Before TensorFlow is imported (entry points import this module first): hide
 # its C++ start-up chatter (e.g. cuInit on CPU machines).
@@ -63,14 +63,6 @@ def run_cli(body):
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell's
     return 0 if code is None else code
-
-
-class SignalInterrupt(KeyboardInterrupt):
-    """SIGINT or SIGTERM as a KeyboardInterrupt that says which (``signum``: :func:`run_cli` exits 130 or 143)."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
 
 
 class SecondSignal(SignalInterrupt):

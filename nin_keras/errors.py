@@ -31,18 +31,23 @@ class TrainingDiverged(NinError):
     """The loss became NaN or infinite."""
 
 
-class Stopped(KeyboardInterrupt):
-    """Training or a search stopped on SIGINT/SIGTERM after keeping what it had finished, and said so.
-
-    A KeyboardInterrupt, so a Python caller (a notebook's ``nin_keras.train``) sees what Ctrl-C means in
-    Python rather than a ``SystemExit``; the command-line entry points exit with :attr:`exit_code` (130 for
-    Ctrl-C, 143 for SIGTERM, as a shell's) without a second message.
-    """
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGINT or SIGTERM as a KeyboardInterrupt that says which: ``signum``, and the command's
+    :attr:`exit_code` (130 for Ctrl-C, 143 for SIGTERM, as a shell's)."""
 
     def __init__(self, signum):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class Stopped(SignalInterrupt):
+    """Training or a search stopped on SIGINT/SIGTERM after keeping what it had finished, and said so.
+
+    A KeyboardInterrupt, so a Python caller (a notebook's ``nin_keras.train``) sees what Ctrl-C means in
+    Python rather than a ``SystemExit``; the command-line entry points exit with :attr:`exit_code` without
+    a second message.
+    """
 
 
 def require(condition, message, value):
