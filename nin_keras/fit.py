@@ -316,7 +316,8 @@ def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
         if not chief:
             return None
         # Checked before the default folder is made under runs/.
-        rundir.check_outside_image_dir(cfg.image_dir, cfg.output_dir or "runs", given=cfg.output_dir is not None)
+        rundir.check_outside_image_dir(cfg.image_dir, cfg.output_dir or rundir.RUNS_ROOT,
+                                       given=cfg.output_dir is not None)
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir(cfg.preset)
         # Before anything is read or written: a second process on this folder stops here.

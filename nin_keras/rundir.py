@@ -259,7 +259,11 @@ def check_outside_image_dir(image_dir, output_dir, *, given=True):
                           "pass an --output-dir outside the image folder")
 
 
-def default_output_dir(preset, root="runs"):
+#: Where run folders go unless --output-dir says otherwise.
+RUNS_ROOT = "runs"
+
+
+def default_output_dir(preset, root=RUNS_ROOT):
     """A new, empty ``runs/<preset>-<time>`` folder, created exclusively (two runs started
     in the same second get ``-2``, ``-3``...)."""
     stem = os.path.join(root, f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")

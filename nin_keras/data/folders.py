@@ -623,14 +623,6 @@ def _boxes_complete(path):
         return pos == size
 
 
-def _decode_fully(path, max_pixels):
-    with open_image(path, max_pixels) as img:
-        try:
-            img.load()
-        except Exception as e:  # the plugins' errors differ, as verify's do
-            raise BadImage(f"corrupt or unreadable image ({e})") from None
-
-
 def check_image(path, max_pixels=None):
     """:class:`BadImage` unless ``path`` is a complete image the pipeline reads.
 
@@ -639,15 +631,14 @@ def check_image(path, max_pixels=None):
     with open_image(path, max_pixels) as img:
         kind = img.format
         try:
-            img.verify()
-        except Exception as e:  # verify's errors differ by plugin (SyntaxError, OSError, struct.error...)
+            # verify() where the checks below can prove the file whole; a decode where only that can.
+            img.verify() if kind in _VERIFIED_FORMATS else img.load()
+        except Exception as e:  # the plugins' errors differ (SyntaxError, OSError, struct.error...)
             raise BadImage(f"corrupt or unreadable image ({e})") from None
     if kind in ("JPEG", "MPO") and not _jpeg_complete(path):
         raise BadImage("corrupt or unreadable image (JPEG cut short: no end marker)")
     if kind in ("HEIF", "AVIF") and not _boxes_complete(path):
         raise BadImage(f"corrupt or unreadable image ({kind} cut short: its boxes run past the end of the file)")
-    if kind not in _VERIFIED_FORMATS:
-        _decode_fully(path, max_pixels)
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         # The content decides how a file is read, but split.json (read as untrusted input) only lists
         # image file names: a run must not write a split its own resume would refuse.
