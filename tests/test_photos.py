@@ -76,6 +76,13 @@ def _png_alpha(path, upright):
     return Image.fromarray(shown)
 
 
+def _float_tiff(path, upright):
+    """A 32-bit float TIFF on the [0, 1] scale, as scientific and HDR tools write (Pillow mode F)."""
+    grey = np.asarray(upright.convert("L")).astype(np.float32) / 255.0
+    Image.fromarray(grey, "F").save(path)
+    return upright.convert("L")
+
+
 def _motion_photo(path, upright):
     """A Pixel-style motion photo: a complete JPEG, then an MP4 (whose bytes include FF D9) after its end."""
     save_turned(upright, path, 6, quality=92)
@@ -102,6 +109,7 @@ KINDS = {
     "plain.bmp": lambda p, im: im.save(p),
     "browser.webp": lambda p, im: save_turned(im, p, 6, lossless=True),
     "scan.tiff": lambda p, im: save_turned(im, p, 3),
+    "float.tiff": _float_tiff,
     "iphone.heic": _heic,
     "tiff-named.png": lambda p, im: im.save(p, format="TIFF"),  # the content decides, not the name
 }

@@ -654,7 +654,10 @@ def _rgb(img):
         # 16-bit grey (PNG, TIFF): Pillow's convert would clip at 255; keep the top 8 of 16 bits.
         img = Image.fromarray((np.clip(np.asarray(img).astype(np.int64), 0, 65535) >> 8).astype(np.uint8), "L")
     elif img.mode == "F":
-        img = img.convert("L")
+        # 32-bit float (TIFF): Pillow's convert clips, which turns a [0, 1] image (the usual float scale) black.
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         out = Image.new("RGB", img.size, ALPHA_BACKGROUND)
