@@ -26,12 +26,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def add_data_flags(parser, exclude=()):
-    """Data-source flags shared by fit, tuning and export (without ``exclude``)."""
+def add_data_flags(parser, exclude=(), defaults=None):
+    """Data-source flags shared by fit, tuning and export (without ``exclude``; ``defaults``: a command's own)."""
     from nin_keras.settings import DATA_FLAGS, add_flags
 
     names = [name for name in DATA_FLAGS if name not in exclude]
-    return add_flags(parser, names, group=parser.add_argument_group("data"))
+    return add_flags(parser, names, defaults=defaults, group=parser.add_argument_group("data"))
 
 
 def run_cli(body):

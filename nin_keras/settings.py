@@ -246,9 +246,13 @@ def add_flags(parser, names, defaults=None, group=None):
     for name in names:
         s = BY_NAME[name]
         kwargs = {"help": s.help, "default": defaults.get(name)}
-        if defaults.get(name) is not None and "(default:" in s.help:
-            # The schema's help states fit's default; a command with its own default states that one.
-            kwargs["help"] = re.sub(r"\(default:[^)]*\)", f"(default: {defaults[name]})", s.help)
+        if defaults.get(name) is not None:
+            # The schema's help states fit's default, if any; a command with its own default states that one.
+            stated = f"(default: {defaults[name]})"
+            if "(default:" in s.help:
+                kwargs["help"] = re.sub(r"\(default:[^)]*\)", stated, s.help)
+            elif "(default" not in s.help:  # e.g. precision's "(default auto: ...)" already says it
+                kwargs["help"] = f"{s.help} {stated}"
         if s.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -38,7 +38,8 @@ def test_tuning_shares_the_schema_for_common_flags():
         s = settings.BY_NAME[name]
         action = parser_options[s.option]
         assert action.type is (None if s.type is bool else s.type), name
-        if "(default:" in s.help and action.default is not None:  # tuning's own default, not fit's
+        if action.default is not None and "(default" not in s.help.replace("(default:", ""):
+            # tuning's own default (seed 0, --limit 20000), stated in place of fit's or added
             assert action.help.endswith(f"(default: {action.default})"), name
         else:
             assert action.help == s.help, name
@@ -49,6 +50,8 @@ def test_a_command_with_its_own_default_states_it_in_its_help():
     verbose = options(tuning_parser())["--verbose"]
     assert verbose.default == 2 and verbose.help == "Keras progress output (default: 2)"
     assert "bar on a terminal" in options(fit_parser())["--verbose"].help
+    # fit's --limit has no default (all the data); tuning's 20,000 must be said, not found out.
+    assert options(tuning_parser())["--limit"].help.endswith("(default: 20000)")
 
 
 @pytest.mark.parametrize("setting", [s for s in settings.SETTINGS if s.check is not None or s.choices is not None],

@@ -45,8 +45,7 @@ def build_parser():
     parser.add_argument("--retrain-best", action="store_true",
                         help="then retrain the best config on the full training set with nin_keras.fit")
     settings.add_flags(parser, ("verbose",), defaults={"verbose": 2})
-    add_data_flags(parser)
-    parser.set_defaults(limit=20000)
+    add_data_flags(parser, defaults={"limit": 20000})
     return parser
 
 
