@@ -148,6 +148,18 @@ def test_bad_folders_are_one_line_and_the_run_writes_nothing(tmp_path, photo_dir
     assert not out.exists() or os.listdir(out) == []
 
 
+def test_a_zip_unpacked_into_a_folder_of_its_own_is_pointed_at_its_real_root(tmp_path, photo_dir, capsys):
+    """Kaggle's and Takeout's zips unpack to DATASET/DATASET/<classes>: the error names the folder to pass."""
+    from nin_keras.fit import main
+
+    outer = tmp_path / "fashion-photos"
+    copy_folder(photo_dir, outer / "fashion-photos")
+    assert main(["--preset", "tiny", "--image-dir", str(outer), "--output-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only one class folder ('fashion-photos')" in err
+    assert f"did you mean --image-dir {outer / 'fashion-photos'}?" in err
+
+
 def test_skip_bad_images_counts_and_skips(tmp_path, photo_dir, capsys):
     root = copy_folder(photo_dir, tmp_path / "photos")
     _break(root, "corrupt")

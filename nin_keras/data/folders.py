@@ -228,7 +228,13 @@ def _check_classes(directory, class_names):
     if not class_names:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
     if len(class_names) < 2:
-        raise DataError(f"{directory}: only one class folder ({class_names[0]!r}); a classifier needs at least two")
+        inner = os.path.join(directory, class_names[0])
+        nested = _class_folders(inner) if os.path.isdir(inner) else []
+        # A zip that unpacks into a folder of its own name (Kaggle, Google Takeout): point at the real root.
+        hint = (f" (it holds {len(nested)} folders: {', '.join(nested[:3])}{', ...' if len(nested) > 3 else ''}; "
+                f"did you mean --image-dir {inner}?)" if len(nested) >= 2 else "")
+        raise DataError(f"{directory}: only one class folder ({class_names[0]!r}){hint}; a classifier needs at least "
+                        "two")
 
 
 def scan(directory, paths, labels, *, skip_bad=False, print_fn=print, max_pixels=None):
