@@ -465,8 +465,18 @@ def build_model(run, steps_per_epoch, schedule=None):
 
     with run.strategy.scope():
         model = build_nin(**run.model_kwargs)
+        if run.cfg.whiten_stem:
+            _whiten_stem(run, model)
         compile_model(model, run.cfg, steps_per_epoch, schedule)
     return model
+
+
+def _whiten_stem(run, model):
+    """--whiten-stem (in-memory data only: settings.validate): the stem from the first training images'
+    patches, the same on a resume, frozen."""
+    from nin_keras.whitening import DEFAULT_IMAGES, whiten_stem
+
+    whiten_stem(model, run.splits.x_train[:DEFAULT_IMAGES])
 
 
 def start_writing(run, model):

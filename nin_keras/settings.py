@@ -123,6 +123,9 @@ SETTINGS = (
     Setting("random_erasing", float, "in-memory data: erase one random rectangle (2 to 40 percent of the image, random "
             "pixels) of each training image with probability P (Zhong et al. 2017; 0: off)", fallback=0.0,
             check=lambda v: is_number(v) and 0 <= v <= 1, rule="a probability in [0, 1]", metavar="P"),
+    Setting("whiten_stem", bool, "set the first convolution to whiten the training images' patches and freeze it "
+            "(airbench's first layer; needs a stem without BatchNorm)", fallback=False,
+            check=lambda v: isinstance(v, bool), rule="true or false"),
     Setting("time_budget", float, "choose the number of epochs (at most --epochs) from the first epoch's time so "
             "the whole run, data loading and test evaluation included, fits MINUTES", optional=True,
             check=lambda v: is_number(v) and v > 0, rule="a number of minutes > 0", metavar="MINUTES"),
@@ -224,6 +227,8 @@ def validate(cfg):
     # Image folders have their own augmentation (random resized crop, flip, colour jitter); not silently ignored.
     require(not (cfg.image_dir and cfg.random_erasing), "--random-erasing works on in-memory data "
             "(Fashion-MNIST, --data-dir, --tfds), not on --image-dir.", cfg.random_erasing)
+    require(not (cfg.image_dir and cfg.whiten_stem), "--whiten-stem works on in-memory data "
+            "(Fashion-MNIST, --data-dir, --tfds), not on --image-dir.", cfg.whiten_stem)
 
 
 def validate_numeric_args(args):
