@@ -13,7 +13,15 @@ Attributes are imported on first use (PEP 562), so ``import nin_keras`` and
 the command-line entry points stay fast and load TensorFlow only when needed.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# nin_keras trains through tf.data and tf.distribute, so Keras must run on TensorFlow whatever a user's
+# ~/.keras/keras.json says (its "backend": "jax" made every command a ModuleNotFoundError traceback).
+# Keras reads this variable before keras.json; one the user sets is kept, and the commands refuse another
+# backend in one line (nin_keras.cli.run_cli).
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 _EXPORTS = {
     "build_nin": "nin_keras.model",

@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from nin_keras.errors import NinError, SignalInterrupt, Stopped
+from nin_keras.errors import ConfigError, NinError, SignalInterrupt, Stopped
 
 # Before TensorFlow is imported (entry points import this module first): hide
 # its C++ start-up chatter (e.g. cuInit on CPU machines).
@@ -34,6 +34,14 @@ def add_data_flags(parser, exclude=(), defaults=None):
     return add_flags(parser, names, defaults=defaults, group=parser.add_argument_group("data"))
 
 
+def _check_backend():
+    """A one-line ConfigError unless Keras will run on TensorFlow (see nin_keras/__init__.py)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend.lower() != "tensorflow":
+        raise ConfigError(f"nin_keras runs Keras on TensorFlow (tf.data, tf.distribute, TFLite); unset "
+                          f"KERAS_BACKEND or set it to tensorflow. Received: KERAS_BACKEND={backend}")
+
+
 def run_cli(body):
     """Run ``body()`` and return the process exit code.
 
@@ -43,6 +51,7 @@ def run_cli(body):
     line and exit code 130, like a shell's (143 for a second SIGTERM).
     """
     try:
+        _check_backend()
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -316,6 +316,25 @@ def test_a_users_keras_json_does_not_change_the_layout():
     assert resized.output_shape == (None, 10)
 
 
+def test_a_keras_json_that_picks_another_backend_does_not_stop_the_commands(tmp_path):
+    """A user's keras.json with "backend": "jax" (not installed) made every command a traceback."""
+    (tmp_path / ".keras").mkdir()
+    (tmp_path / ".keras" / "keras.json").write_text('{"backend": "jax", "image_data_format": "channels_first"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    out = tmp_path / "run"
+    proc = launch("nin_keras.fit", *SMALL_FLAGS, "--output-dir", str(out),
+                  env={**env, "HOME": str(tmp_path)})
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-2000:]
+    assert json.loads((out / "config.json").read_text())["model"]["data_format"] == "channels_last"
+    # An explicit KERAS_BACKEND is the user's choice: refused in one line, before anything is loaded.
+    proc = launch("nin_keras.fit", "--output-dir", str(tmp_path / "other"), env={"KERAS_BACKEND": "jax"},
+                  merge_stderr=False)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.count("\n") == 1 and "Received: KERAS_BACKEND=jax" in err, err
+    assert not (tmp_path / "other").exists()
+
+
 # ---------------------------------------------------------------- seeds, bad inputs, umask
 
 
