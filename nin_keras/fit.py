@@ -632,10 +632,9 @@ def _finish(run, model, datasets, history, throughput):
                                                             replicas=strategy.num_replicas_in_sync, seed=cfg.seed)
     test_loss, test_acc, per_class = evaluate_test(run, model, datasets.test)
     last = history[-1] if history else {}
-    val_acc = last.get("val_accuracy")
-    if cfg.ema and history:
-        # The last epoch was validated with the raw weights; the saved model holds their average.
-        val_acc = float(model.evaluate(datasets.val, verbose=0, callbacks=[stopper])[1])
+    # The saved model's own validation accuracy, like the test's: the last epoch was validated with
+    # BatchNorm statistics from fewer images (precise_bn.VALIDATION_IMAGES) and, under --ema, raw weights.
+    val_acc = float(model.evaluate(datasets.val, verbose=0, callbacks=[stopper])[1]) if history else None
     metrics = {
         "preset": cfg.preset,
         "parameters": int(model.count_params()),

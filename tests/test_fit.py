@@ -262,6 +262,19 @@ def test_ema_run_ends_with_the_averaged_weights_and_saves_them(tmp_path):
         np.testing.assert_allclose(weight.numpy(), average.numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_the_reported_validation_accuracy_is_the_saved_models(tmp_path):
+    """metrics.json's val_accuracy is what the saved model scores, as test_accuracy is: not the last epoch's,
+    whose BatchNorm statistics came from 512 images where the saved model's come from 2,048."""
+    import keras
+
+    cfg = resolve_config({"preset": "fashion", "epochs": 1, "limit": 3000, "test_limit": 200,
+                          "output_dir": str(tmp_path / "r"), "verbose": 0})
+    metrics = fit.train(cfg, print_fn=lambda *a: None)
+    model = keras.saving.load_model(tmp_path / "r" / "model.keras")
+    splits = load_data(val_fraction=cfg.val_fraction, seed=cfg.seed, limit=cfg.limit, print_fn=lambda *a: None)
+    assert metrics["val_accuracy"] == pytest.approx(model.evaluate(splits.x_val, splits.y_val, verbose=0)[1])
+
+
 def test_ema_warns_when_the_average_would_still_hold_the_initial_weights():
     cfg = resolve_config({"preset": "tiny", "epochs": 2, "ema": 0.999})
     warning = fit.ema_warning(cfg, steps_per_epoch=100)
