@@ -1,6 +1,8 @@
 """Helpers shared by the tests: build a preset, save/reload, sample images, launch a CLI in a subprocess."""
 
 import os
+import random
+import socket
 import subprocess
 import sys
 
@@ -33,6 +35,33 @@ def save_and_reload(model, tmp_path, name="model.keras"):
     path = os.path.join(tmp_path, name)
     model.save(path)
     return keras.saving.load_model(path)
+
+
+def free_ports(n):
+    """``n`` distinct ports on 127.0.0.1 that bind now, from below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, which it also hands to
+    outgoing connections (the other test worker's gRPC clients), so it can be taken between our check
+    and a child's bind; ports below the range are only ever taken by a deliberate bind.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; macOS's starts at 49152
+    candidates = list(range(max(1024, low - 12000), low))
+    random.SystemRandom().shuffle(candidates)
+    ports = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def random_images(n=8, shape=(28, 28, 1), seed=0):

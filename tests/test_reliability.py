@@ -4,13 +4,12 @@ import errno
 import json
 import os
 import signal
-import socket
 import time
 
 import numpy as np
 import pytest
 
-from helpers import launch
+from helpers import free_ports, launch
 from nin_keras import io as nio
 from nin_keras.callbacks import AtomicModelCheckpoint, read_history
 from nin_keras.errors import NinError
@@ -151,16 +150,6 @@ def test_bad_idx_folder_via_cli(tmp_path, capsys, problem, message):
     assert main(["--preset", "tiny", "--data-dir", str(root), "--output-dir", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert message in err and "train-images-idx3-ubyte" in err and err.count("\n") == 1
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_workers(args, scratch, envs=({}, {})):

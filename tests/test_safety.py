@@ -220,18 +220,14 @@ def test_tuning_overwrite_needs_the_searchs_marker_and_never_follows_links(tmp_p
 
 def test_a_tuning_worker_started_with_another_preset_is_refused(tmp_path):
     """The chief's search.json decides; a worker with other settings exits in one line instead of joining."""
-    import socket
-
-    from helpers import launch
+    from helpers import free_ports, launch
     from tuning import search
 
     out = tmp_path / "tune"
     out.mkdir()
     chief = search.build_parser().parse_args(_tuning_args(out))
     (out / "search.json").write_text(json.dumps({k: getattr(chief, k) for k in search.SEARCH_SETTINGS}))
-    with socket.socket() as s:  # a port nothing listens on: a worker that joined would wait for the oracle
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports(1)[0]  # a port nothing listens on: a worker that joined would wait for the oracle
     args = _tuning_args(out)
     args[args.index("tiny")] = "fashion"
     proc = launch("tuning", *args, env={"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port),

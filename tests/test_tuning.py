@@ -1,14 +1,13 @@
 import json
 import os
 import signal
-import socket
 import time
 
 import keras
 import keras_tuner
 import pytest
 
-from helpers import launch
+from helpers import free_ports, launch
 from nin_keras.config import resolve_config
 from tuning import search
 from tuning.hypermodel import NinHyperModel
@@ -286,16 +285,10 @@ def test_an_unreadable_saved_search_is_one_line_naming_the_file(tmp_path, monkey
     assert "pass --overwrite" in message and "\n" not in message
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_chief_and_two_workers_share_a_search(tmp_path):
     out = tmp_path / "s"
     args = tuning_args(out, "--max-trials", "4")
-    port = str(free_port())
+    port = str(free_ports(1)[0])
     base = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
     chief = run_tuning(args, {**base, "KERASTUNER_TUNER_ID": "chief"})
     time.sleep(3)
