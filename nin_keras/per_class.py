@@ -7,7 +7,6 @@ the run directory, and the exporter adds per-class accuracy per format.
 
 import numpy as np
 
-from nin_keras.io import atomic_path
 
 
 def confusion_matrix(y_true, y_pred, num_classes):
@@ -51,6 +50,8 @@ def plot_confusion(report, path, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nin_keras.plotting import save_figure
+
     matrix = np.asarray(report["confusion_matrix"])
     names = report["classes"]
     size = max(4.0, 0.55 * len(names) + 2)
@@ -67,7 +68,4 @@ def plot_confusion(report, path, title=None):
                 ax.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=7,
                         color="white" if matrix[t, p] > threshold else "black")
     ax.set_title(title or f"confusion matrix (accuracy {report['accuracy']:.3f})")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -26,7 +26,22 @@ def plot_history(rows, path, test_accuracy=None, title=None):
     ax.legend()
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Lay out ``fig``, save it as a PNG atomically, and close it.
+
+    Class names are the user's folder names: an emoji or a script the bundled font lacks is drawn as a
+    box, and matplotlib's warning for every missing glyph would only repeat that in the training log.
+    """
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -184,6 +184,22 @@ def test_per_class_report_matches_a_hand_computed_case():
     assert empty["per_class"]["b"] == {"accuracy": None, "examples": 0}
 
 
+def test_class_names_the_font_cannot_draw_make_no_warnings(tmp_path):
+    """Folder names with emoji or CJK (a user's own classes): boxes in the PNG, not a warning per glyph."""
+    import warnings
+
+    from nin_keras.per_class import per_class_report, plot_confusion
+    from nin_keras.plotting import plot_history
+
+    report = per_class_report([0, 1, 1], [0, 1, 0], ["🐱 cats", "狗 dogs"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_confusion(report, tmp_path / "confusion.png")
+        plot_history([{"epoch": 1, "loss": 0.5, "accuracy": 0.8}], tmp_path / "history.png", title="🐱 狗 run")
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "history.png").stat().st_size > 0
+
+
 def test_every_sweep_variant_is_the_defaults_with_fields_replaced_and_its_flags_parse_back():
     import dataclasses
 
