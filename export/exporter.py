@@ -29,7 +29,7 @@ from export.converter import (
 from nin_keras.settings import BY_NAME, FALLBACKS, validate_numeric_args
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli
-from nin_keras.io import atomic_write_text, read_json_object
+from nin_keras.io import atomic_write_text
 
 EXIT_ACCURACY_GATE = 3
 
@@ -132,9 +132,15 @@ def _relative(path, start):
 
 
 def run_config(model_path):
-    """The resolved settings saved beside the model (``config.json``), or {} for a bare .keras file."""
-    config_path = os.path.join(run_dir(model_path), "config.json")
-    return read_json_object(config_path, "run config") if os.path.isfile(config_path) else {}
+    """The resolved settings saved beside the model (``config.json``), or {} for a bare .keras file.
+
+    Only a nin_keras run's config counts (:func:`nin_keras.rundir.read_run_config`): a ``config.json``
+    another tool wrote beside a model is not read as this model's recipe.
+    """
+    from nin_keras.rundir import read_run_config
+
+    config, _ = read_run_config(run_dir(model_path))
+    return config or {}
 
 
 def data_settings(args, model_path):
@@ -159,7 +165,8 @@ def data_settings(args, model_path):
     if out["val_fraction"] is None:
         out["val_fraction"] = FALLBACKS["val_fraction"]
     given = {k: getattr(args, k) for k in SOURCE_SETTINGS if getattr(args, k) is not None}
-    out.update(given or {k: run.get(k) for k in SOURCE_SETTINGS})
+    source = given or run  # a source flag replaces the run's source, all of it
+    out.update({k: source.get(k) for k in SOURCE_SETTINGS})
     out["test_limit"] = args.test_limit
     # An image-folder run's split file: calibration and test images are exactly the run's.
     split_file = os.path.join(run_dir(model_path), "split.json")

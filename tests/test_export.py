@@ -12,6 +12,8 @@ from export.converter import check_sidecar, convert, load_keras_model
 from export.evaluator import TFLiteClassifier
 from helpers import needs_bf16_kernels
 
+RUN_MARKER = {"format": "nin_keras.run", "format_version": 1}  # what fit writes into every config.json
+
 
 @pytest.fixture(scope="module")
 def exported(trained_tiny_run, tmp_path_factory):
@@ -209,8 +211,8 @@ def test_export_uses_the_runs_split(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.keras").write_bytes(b"")
-    (run / "config.json").write_text(json.dumps({"seed": 7, "val_fraction": 0.2, "limit": None, "data_dir": None,
-                                                 "image_dir": str(folder), "tfds": None}))
+    (run / "config.json").write_text(json.dumps({**RUN_MARKER, "seed": 7, "val_fraction": 0.2, "limit": None,
+                                                 "data_dir": None, "image_dir": str(folder), "tfds": None}))
     args = exporter.build_parser().parse_args([str(run)])
     settings = data_settings(args, str(run / "model.keras"))
     assert (settings["seed"], settings["val_fraction"], settings["image_dir"]) == (7, 0.2, str(folder))
@@ -230,6 +232,26 @@ def test_export_uses_the_runs_split(tmp_path):
     bad = exporter.build_parser().parse_args([str(run), "--seed", "1"])
     with pytest.raises(Exception, match="the run was trained with seed=7"):
         data_settings(bad, str(run / "model.keras"))
+    # The photos moved: --image-dir replaces the run's source (every source key is set; this was a KeyError).
+    moved = data_settings(exporter.build_parser().parse_args([str(run), "--image-dir", str(tmp_path / "moved")]),
+                          str(run / "model.keras"))
+    assert (moved["image_dir"], moved["data_dir"], moved["tfds"], moved["seed"]) == (str(tmp_path / "moved"), None,
+                                                                                     None, 7)
+    fashion = data_settings(exporter.build_parser().parse_args([str(run), "--data-dir", "/data/fm"]),
+                            str(run / "model.keras"))
+    assert (fashion["data_dir"], fashion["image_dir"], fashion["tfds"]) == ("/data/fm", None, None)
+
+
+def test_a_config_json_another_tool_wrote_is_not_read_as_the_runs_recipe(tmp_path):
+    from export.exporter import data_settings, run_config
+
+    run = tmp_path / "hf-model"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"model_type": "bert", "seed": "abc", "limit": "all"}))
+    assert run_config(str(run / "model.keras")) == {}
+    settings = data_settings(exporter.build_parser().parse_args([str(run)]), str(run / "model.keras"))
+    assert (settings["seed"], settings["limit"], settings["image_dir"]) == (0, None, None)  # a bare model's defaults
 
 
 # ---------------------------------------------------------------- phone apps
@@ -417,8 +439,8 @@ def test_export_reads_an_image_folder_runs_split_file(tmp_path):
     (run / "model.keras").write_bytes(b"")
     trained = load_data(image_dir=str(folder), image_size=(16, 16), channels=3, seed=4)
     folders.write_split(str(run / "split.json"), trained.split_record)
-    (run / "config.json").write_text(json.dumps({"seed": 0, "val_fraction": 0.1, "limit": None, "data_dir": None,
-                                                 "image_dir": str(folder), "tfds": None}))
+    (run / "config.json").write_text(json.dumps({**RUN_MARKER, "seed": 0, "val_fraction": 0.1, "limit": None,
+                                                 "data_dir": None, "image_dir": str(folder), "tfds": None}))
     settings = data_settings(exporter.build_parser().parse_args([str(run)]), str(run / "model.keras"))
     assert settings["split_file"] == str(run / "split.json")
     seen = load_data(image_dir=settings["image_dir"], seed=settings["seed"], image_size=(16, 16), channels=3,
@@ -461,7 +483,9 @@ def test_int8_scales_default_to_the_runs_preset_and_the_flag_overrides(trained_t
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
     # A run from before run records: today's preset table decides.
-    legacy = {k: v for k, v in config.items() if k not in ("format", "format_version", "nin_keras_version", "export")}
+    from nin_keras.rundir import FORMAT_KEYS
+
+    legacy = {k: v for k, v in config.items() if k not in FORMAT_KEYS}
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump({**legacy, "preset": "fashion-best"}, f)
     assert exporter.preset_export_settings(os.path.join(run, "model.keras")) == {"per_channel": True}
