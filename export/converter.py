@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 
 from nin_keras.errors import NinError
-from nin_keras.io import file_mode
+from nin_keras.io import file_mode, foreign_entries
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
 ALL_FORMATS = TFLITE_FORMATS + ("saved_model", "onnx")
@@ -330,8 +330,24 @@ def check_sidecar(model_path, meta):
                           "(an export was interrupted?); export again")
 
 
+#: What a TensorFlow SavedModel folder holds: ``saved_model/`` holding anything else was not written by an
+#: export, and is not replaced.
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets")
+
+
+def check_saved_model_folder(out_dir):
+    """Refuse (one line) to replace ``<out_dir>/saved_model`` when it holds files an export did not write."""
+    target = os.path.join(out_dir, "saved_model")
+    foreign = foreign_entries(target, SAVED_MODEL_ENTRIES)
+    if foreign:
+        raise ExportError(f"{target}: holds files an export did not write ({', '.join(foreign[:3])}), which the "
+                          "SavedModel would replace; move them or choose another --output-dir")
+
+
 def export_saved_model(model, out_dir):
-    """Export a TF SavedModel for serving into ``out_dir/saved_model`` (atomic rename)."""
+    """Export a TF SavedModel for serving into ``out_dir/saved_model`` (atomic rename; over a SavedModel
+    only: :func:`check_saved_model_folder`)."""
+    check_saved_model_folder(out_dir)
     target = os.path.join(out_dir, "saved_model")
     tmp = tempfile.mkdtemp(prefix=".saved_model.", dir=out_dir)
     try:

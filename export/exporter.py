@@ -18,6 +18,7 @@ from export.converter import (
     convert,
     convert_onnx,
     image_rules,
+    check_saved_model_folder,
     export_saved_model,
     onnx_sidecar,
     load_keras_model,
@@ -346,6 +347,13 @@ def _open_export(args):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
+    # Before minutes of conversion: folders these formats replace must be an export's own.
+    if "web" in (args.formats or ()):
+        from export.web import check_web_folder
+
+        check_web_folder(out_dir)
+    if "saved_model" in (args.formats or ()):
+        check_saved_model_folder(out_dir)
     per_channel = args.per_channel
     if per_channel is None:
         per_channel = preset_export_settings(model_path).get("per_channel", False)

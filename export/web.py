@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 
 from nin_keras.errors import NinError
-from nin_keras.io import atomic_write_bytes, atomic_write_text
+from nin_keras.io import atomic_write_bytes, atomic_write_text, foreign_entries
 
 RUNTIME_PACKAGE = "@mediapipe/tasks-vision"
 RUNTIME_VERSION = "1.1.0"
@@ -139,12 +139,28 @@ def index_html(runtime_base):
     return template.replace("__IMPORTMAP__", json.dumps(importmap, indent=2))
 
 
+#: Everything write_web puts in ``web/`` (``models/`` is the browser benchmark's): a folder holding anything
+#: else was not written by an export, and is not replaced.
+WEB_ENTRIES = ("model.tflite", "page.json", "labels.txt", "index.html", "app.js", "style.css", "mediapipe", "models")
+
+
+def check_web_folder(out_dir):
+    """Refuse (one line) to replace ``<out_dir>/web`` when it holds files an export did not write."""
+    target = os.path.join(out_dir, "web")
+    foreign = foreign_entries(target, WEB_ENTRIES)
+    if foreign:
+        raise WebExportError(f"{target}: holds files an export did not write ({', '.join(foreign[:3])}), which "
+                             "writing the page would replace; move them or choose another --output-dir")
+
+
 def write_web(out_dir, int8_path, report, *, resize=None, run_name="run", runtime="auto", print_fn=print):
     """Write the page folder ``<out_dir>/web`` beside the int8 model; returns its path.
 
     ``runtime``: "auto" (npm if available, else the CDN), "npm" (fail
-    without it) or "cdn". The folder is staged and then renamed into place.
+    without it) or "cdn". The folder is staged and then renamed into place,
+    over a previous export's page only (:func:`check_web_folder`).
     """
+    check_web_folder(out_dir)
     if not os.path.isfile(int8_path):
         raise WebExportError(f"{int8_path}: the web page needs the int8 model (export it with --format int8)")
     local, reason = (None, "--web-runtime cdn") if runtime == "cdn" else npm_runtime()

@@ -92,3 +92,13 @@ def atomic_write_bytes(path, data):
 def atomic_write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def foreign_entries(folder, known):
+    """What ``folder`` holds that is not in ``known`` (names): what replacing the folder would delete
+    without having written it. Empty when the folder does not exist; the path itself when it is a file."""
+    if not os.path.lexists(folder):
+        return []
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return [os.path.basename(folder)]
+    return sorted(set(os.listdir(folder)) - set(known))

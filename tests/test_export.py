@@ -537,3 +537,16 @@ def _export_interrupted_in_a_conversion(trained_tiny_run, tmp_path, monkeypatch,
     assert code == 130 and err.strip().splitlines()[-1] == "interrupted: stopped; nothing was half-written"
     assert sorted(os.listdir(out)) == ["nin_float32.json", "nin_float32.tflite"]  # the first file, whole; no int8
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+@pytest.mark.parametrize("fmt, folder, theirs", [("web", "web", "about.html"), ("saved_model", "saved_model", "README")])
+def test_a_folder_the_export_did_not_write_is_not_replaced(trained_tiny_run, tmp_path, capsys, fmt, folder, theirs):
+    """--output-dir is the user's project folder, and its web/ or saved_model/ holds their own files."""
+    out = tmp_path / "project"
+    (out / folder).mkdir(parents=True)
+    (out / folder / theirs).write_text("mine")
+    assert exporter.main([trained_tiny_run[0], "--output-dir", str(out), "--format", fmt, "--no-verify"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / folder}: holds files an export did not write ({theirs})" in err
+    assert (out / folder / theirs).read_text() == "mine"
+    assert sorted(os.listdir(out)) == [folder]  # refused before anything was converted
