@@ -58,20 +58,58 @@ def load_keras_model(path):
         raise ExportError(f"{path}: cannot load ({e})") from None
     except Exception as e:  # Keras raises many types for damaged archives
         raise ExportError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
+    _check_image_classifier(model, path)
     # Models trained in mixed bfloat16/float16 are converted and verified as
     # their float32 graph (same weights): TFLite has no bfloat16 kernels.
     return float32_copy(model)
 
 
+def _check_image_classifier(model, path):
+    """One image input (height, width, channels) and one output of class scores, or a one-line ExportError."""
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):  # a Sequential model saved before it was ever called
+        inputs = outputs = None
+    if not inputs or not outputs:
+        raise ExportError(f"{path}: the model has no defined input (a Sequential model saved without an Input "
+                          "layer?); export a model with a fixed input shape")
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ExportError(f"{path}: expected one image input and one output of class scores. Received: "
+                          f"{len(inputs)} input(s), {len(outputs)} output(s)")
+    if len(inputs[0].shape) != 4 or len(outputs[0].shape) != 2:
+        raise ExportError(f"{path}: expected images (height, width, channels) in and class scores out. Received: "
+                          f"input {tuple(inputs[0].shape[1:])}, output {tuple(outputs[0].shape[1:])}")
+
+
 def load_labels(model_path, num_classes):
-    """Class names from the run's labels.txt if present, else "0".."N-1"."""
+    """Class names from the run's ``labels.txt`` (one per line, as fit writes it), else "0".."N-1".
+
+    A file that does not name each class once is a one-line ExportError: its names would go into every
+    sidecar and the phone page, shifted or mislabelled.
+    """
     labels_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "labels.txt")
-    if os.path.isfile(labels_path):
-        with open(labels_path) as f:
-            labels = [line.rstrip("\n") for line in f if line.strip()]
-        if len(labels) == num_classes:
-            return labels
-    return [str(i) for i in range(num_classes)]
+    if not os.path.isfile(labels_path):
+        return [str(i) for i in range(num_classes)]
+    try:
+        with open(labels_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{labels_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ExportError(f"{labels_path}: cannot read ({e.strerror})") from None
+    labels = [line.strip() for line in lines]
+    while labels and not labels[-1]:  # trailing blank lines
+        labels.pop()
+    where = f"{labels_path}: "
+    if len(labels) != num_classes:
+        raise ExportError(f"{where}{len(labels)} labels for the model's {num_classes} classes; one per line, in "
+                          "class order (or delete the file: the classes are then numbered)")
+    if not all(labels):
+        raise ExportError(f"{where}line {labels.index('') + 1} is empty; every class needs a name")
+    duplicate = next((name for i, name in enumerate(labels) if name in labels[:i]), None)
+    if duplicate is not None:
+        raise ExportError(f"{where}{duplicate!r} names two classes; every class needs its own name")
+    return labels
 
 
 def _saved_model_converter(model, workdir):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import sys
 import zipfile
 
@@ -550,3 +551,47 @@ def test_a_folder_the_export_did_not_write_is_not_replaced(trained_tiny_run, tmp
     assert err.count("\n") == 1 and f"{out / folder}: holds files an export did not write ({theirs})" in err
     assert (out / folder / theirs).read_text() == "mine"
     assert sorted(os.listdir(out)) == [folder]  # refused before anything was converted
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"caf\xe9\nb\n", "not UTF-8 text (byte 3)"),
+    (b"a\nb\n", "2 labels for the model's 3 classes"),
+    (b"a\n\nc\n", "line 2 is empty"),
+    (b"a\nb\na\n", "'a' names two classes"),
+])
+def test_a_labels_file_that_does_not_name_each_class_once_is_one_line(tmp_path, content, message):
+    """labels.txt edited by hand: its names go into every sidecar and the phone page, so no guessing."""
+    from export.converter import ExportError, load_labels
+
+    (tmp_path / "labels.txt").write_bytes(content)
+    with pytest.raises(ExportError, match=re.escape(message)):
+        load_labels(str(tmp_path / "model.keras"), 3)
+
+
+def test_labels_from_windows_line_endings_and_padding_are_the_names(tmp_path):
+    from export.converter import load_labels
+
+    (tmp_path / "labels.txt").write_bytes("T-shirt \r\n\tcafé\r\n🐱 cats\r\n\r\n".encode())
+    assert load_labels(str(tmp_path / "model.keras"), 3) == ["T-shirt", "café", "🐱 cats"]
+    assert load_labels(str(tmp_path / "elsewhere" / "model.keras"), 2) == ["0", "1"]  # no file: numbered
+
+
+def _other_models():
+    import keras
+
+    unbuilt = keras.Sequential([keras.layers.Dense(10)])
+    image = keras.Input((28, 28, 1))
+    two = keras.Model(image, [keras.layers.GlobalAveragePooling2D()(image), keras.layers.Flatten()(image)])
+    flat = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+    return {"unbuilt Sequential": (unbuilt, "has no defined input"),
+            "two outputs": (two, "Received: 1 input(s), 2 output(s)"),
+            "flat input": (flat, "Received: input (784,), output (10,)")}
+
+
+@pytest.mark.parametrize("kind", ["unbuilt Sequential", "two outputs", "flat input"])
+def test_a_keras_model_that_is_not_an_image_classifier_is_one_line(tmp_path, capsys, kind):
+    model, message = _other_models()[kind]
+    model.save(tmp_path / "model.keras")
+    assert exporter.main([str(tmp_path / "model.keras"), "--no-verify", "--format", "float32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
