@@ -1,6 +1,7 @@
 """``python -m export``: TFLite/SavedModel export with a verified size/accuracy/latency report."""
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -224,10 +225,29 @@ def run_export(args, print_fn=print):
     """Export and verify, then write the web page if asked; returns (report dict, exit code)."""
     if args.browser_benchmark and "web" not in (args.formats or ()):
         raise NinError("--browser-benchmark times the models in the web page: add --format web")
-    report, code = _export_files(args, print_fn)
-    if "web" in (args.formats or ()):
-        web_step(args, report, print_fn)
+    with _locked_run(args.model):
+        report, code = _export_files(args, print_fn)
+        if "web" in (args.formats or ()):
+            web_step(args, report, print_fn)
     return report, code
+
+
+@contextlib.contextmanager
+def _locked_run(model):
+    """Hold the run folder's lock (fit's) while exporting it: a training into it, a ``fit --overwrite`` of it
+    or a second export of it would change the files this export reads and writes. A bare ``.keras``
+    file, or a folder this process cannot write, is not locked."""
+    from nin_keras.rundir import RunLock, read_run_config
+
+    folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
+    if read_run_config(folder)[0] is None or not os.access(folder, os.W_OK):
+        yield
+        return
+    lock = RunLock(folder, label=folder, advice="(a training or an export of it)").acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def web_step(args, report, print_fn=print):

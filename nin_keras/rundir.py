@@ -115,11 +115,14 @@ class RunLock:
     writes its process id into the file so a refused process can name it.
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, label=None, advice="or choose another --output-dir"):
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, LOCK_NAME)
         self.fd = None
         self.created = False
+        # How a refusal names the folder and what it suggests: fit's --output-dir, or export's run folder.
+        self.label = label or f"--output-dir {run_dir}"
+        self.advice = advice
 
     def acquire(self):
         """Take the lock or raise a one-line ConfigError naming the holder's process id."""
@@ -147,8 +150,8 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise ConfigError(f"--output-dir {self.run_dir}: cannot lock ({e.strerror or e})") from None
-            raise ConfigError(f"--output-dir {self.run_dir} is in use by another nin_keras process (pid {holder}); "
-                              "wait for it to finish or choose another --output-dir") from None
+            raise ConfigError(f"{self.label} is in use by another nin_keras process (pid {holder}); wait for it to "
+                              f"finish {self.advice}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

@@ -595,3 +595,31 @@ def test_a_keras_model_that_is_not_an_image_classifier_is_one_line(tmp_path, cap
     assert exporter.main([str(tmp_path / "model.keras"), "--no-verify", "--format", "float32"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_an_export_holds_the_run_folder_as_fit_does(trained_tiny_run, tmp_path, capsys, monkeypatch):
+    """Training into the run, `fit --overwrite` of it or a second export would change what an export reads."""
+    import shutil
+
+    from nin_keras.errors import ConfigError
+    from nin_keras.rundir import RunLock
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_tiny_run[0], run, ignore=shutil.ignore_patterns("export", "backup", "logs"))
+    holder = RunLock(run).acquire()  # another process: a training, or an export, of this run
+    try:
+        assert exporter.main([run, "--format", "float32", "--no-verify"]) == 1
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run} is in use by another nin_keras process (pid {os.getpid()})" in err
+    assert not os.path.exists(os.path.join(run, "export"))
+
+    def exporting(args, print_fn=print):  # while the files are written, a fit of the same folder is refused
+        with pytest.raises(ConfigError, match="is in use by another nin_keras process"):
+            RunLock(run).acquire()
+        return {}, 0
+
+    monkeypatch.setattr(exporter, "_export_files", exporting)
+    assert exporter.main([run, "--format", "float32"]) == 0
+    RunLock(run).acquire().release()  # and let go after
