@@ -66,19 +66,39 @@ class FolderHandler(http.server.SimpleHTTPRequestHandler):
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
+class _TLSServer(http.server.ThreadingHTTPServer):
+    """HTTPS with each connection's TLS handshake in that connection's own thread.
+
+    A listening socket wrapped the usual way shakes hands inside ``accept()``, on the one thread that
+    accepts every connection: a client that connects and sends nothing (a browser's pre-connect, a port
+    scanner) froze the server for everyone until it gave up.
+    """
+
+    HANDSHAKE_SECONDS = 30
+
+    def finish_request(self, request, client_address):
+        request.settimeout(self.HANDSHAKE_SECONDS)
+        try:
+            request.do_handshake()
+        except (ssl.SSLError, OSError):  # not TLS, or gone before it finished: nothing to serve
+            return
+        request.settimeout(None)
+        super().finish_request(request, client_address)
+
+
 def make_server(folder, host="127.0.0.1", port=8000, certificate=None):
     """An HTTP(S) server of ``folder`` (not started); ``certificate`` is (cert path, key path) for https."""
     if not os.path.isfile(os.path.join(folder, "index.html")):
         raise ServeError(f"{folder}: no index.html here (write the page with: python -m export RUN --format web)")
     handler = lambda *a, **k: FolderHandler(*a, directory=os.path.abspath(folder), **k)  # noqa: E731
     try:
-        server = http.server.ThreadingHTTPServer((host, port), handler)
+        server = (_TLSServer if certificate else http.server.ThreadingHTTPServer)((host, port), handler)
     except OSError as e:
         raise ServeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     if certificate:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*certificate)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     return server
 
 

@@ -487,3 +487,30 @@ def test_the_page_resizes_as_the_sidecar_says(tmp_path):
     sidecar = {"labels": ["a", "b"], "preprocessing": {"resize_to": [28, 28], "resize_mode": "pad"}}
     (tmp_path / "nin_int8.json").write_text(json.dumps(sidecar))
     assert page_config(str(int8), {}, "stretch", "run", "./")["resize"] == "pad"
+
+
+def test_https_serves_others_while_a_client_sits_silent(tmp_path):
+    """A connection that never starts its TLS handshake (a pre-connect, a port scanner) blocked every
+    other visitor: the handshake ran inside accept(), on the one accepting thread."""
+    import socket
+    import ssl
+    import threading
+    import urllib.request
+
+    from export import serve
+
+    (tmp_path / "index.html").write_text("<html>page</html>")
+    cert, key = serve.self_signed_certificate(str(tmp_path / "cert"), ["127.0.0.1"])
+    server = serve.make_server(str(tmp_path), port=0, certificate=(cert, key))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    silent = socket.create_connection(("127.0.0.1", port))
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=context, timeout=10) as r:
+            assert r.read() == b"<html>page</html>"
+    finally:
+        silent.close()
+        server.shutdown()
+        server.server_close()
