@@ -112,10 +112,17 @@ def classify(model_path, image_paths, top_k=3, *, print_fn=print, err_fn=None, m
             err_fn(f"error: {path}: not a readable image ({e})")
             continue
         probs = clf.predict(image[None])[0]
-        order = np.argsort(probs)[::-1][:top_k]
+        order = top_classes(probs, top_k)
         results[path] = [(labels[i], float(probs[i])) for i in order]
         print_fn(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in results[path]))
     return results
+
+
+def top_classes(scores, k):
+    """The ``k`` best classes, ties to the lower class index: as the report's argmax and the phone page
+    rank them (an int8 model's scores are multiples of 1/256, so ties are common)."""
+    scores = np.asarray(scores)
+    return np.lexsort((np.arange(len(scores)), -scores))[:k]
 
 
 def main(argv=None):

@@ -623,3 +623,10 @@ def test_an_export_holds_the_run_folder_as_fit_does(trained_tiny_run, tmp_path, 
     monkeypatch.setattr(exporter, "_export_files", exporting)
     assert exporter.main([run, "--format", "float32"]) == 0
     RunLock(run).acquire().release()  # and let go after
+
+
+def test_predict_ranks_tied_scores_as_the_phone_page_does():
+    """int8 scores tie often (multiples of 1/256); the lower class index first, as argmax and app.js."""
+    scores = np.array([120, 3, 0, 0, 0, 0, 0, 120, 13, 120]) / 256
+    assert list(predict.top_classes(scores, 3)) == [0, 7, 9]
+    assert predict.top_classes(scores, 1)[0] == np.argmax(scores)
