@@ -431,6 +431,21 @@ def _calibration_images(job):
     return calibration
 
 
+def _discard_previous_report(out_dir):
+    """Remove an earlier export's report.json and report.md before its files are replaced: an export stopped
+    midway (Ctrl-C) or run with --no-verify would otherwise leave a report of sizes and accuracies that
+    no longer describe the files beside it. Only reports an export wrote are removed."""
+    for name, ours in (("report.json", lambda text: '"parameter_bytes"' in text),
+                       ("report.md", lambda text: text.startswith("# Export report"))):
+        path = os.path.join(out_dir, name)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if ours(f.read(65536)):
+                    os.remove(path)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+
+
 def _write_formats(job, print_fn):
     """Convert and write every format (a SavedModel, ONNX, or TFLite with metadata and a sidecar)."""
     from export.phone import add_metadata
@@ -439,6 +454,7 @@ def _write_formats(job, print_fn):
     args, labels, out_dir = job.args, job.labels, job.out_dir
     float_blocks = block_names(args.int8_float_blocks)
     run_name = os.path.basename(run_dir(job.model_path))
+    _discard_previous_report(out_dir)
     for fmt in job.formats:
         if fmt == "saved_model":
             job.written[fmt] = export_saved_model(job.model, out_dir)

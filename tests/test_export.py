@@ -630,3 +630,17 @@ def test_predict_ranks_tied_scores_as_the_phone_page_does():
     scores = np.array([120, 3, 0, 0, 0, 0, 0, 120, 13, 120]) / 256
     assert list(predict.top_classes(scores, 3)) == [0, 7, 9]
     assert predict.top_classes(scores, 1)[0] == np.argmax(scores)
+
+
+def test_a_report_never_describes_files_it_was_not_written_for(trained_tiny_run, tmp_path):
+    """Re-exporting replaces the files; a report from before (kept by Ctrl-C midway, or by --no-verify)
+    would give the old sizes and accuracies. A report.md the user wrote there is theirs."""
+    out = tmp_path / "out"
+    common = [trained_tiny_run[0], "--output-dir", str(out), "--format", "float32"]
+    assert exporter.main([*common, "--test-limit", "100"]) == 0
+    assert json.loads((out / "report.json").read_text())["formats"][0]["format"] == "float32"
+    assert exporter.main([*common, "--no-verify"]) == 0
+    assert not (out / "report.json").exists() and not (out / "report.md").exists()
+    (out / "report.md").write_text("# My notes\n")
+    assert exporter.main([*common, "--no-verify"]) == 0
+    assert (out / "report.md").read_text() == "# My notes\n"
