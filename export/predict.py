@@ -66,6 +66,18 @@ def check_against_model(path, meta, input_shape, num_outputs):
                            f"Received: {str(value)[:200]}")
 
 
+def _check_model_path(model_path):
+    """A one-line NinError unless ``model_path`` is a ``.tflite`` file, saying what was given instead."""
+    if os.path.isdir(model_path):
+        found = sorted(n for n in os.listdir(model_path) if n.endswith(".tflite"))
+        raise NinError(f"{model_path}: a folder; pass the exported model file"
+                       + (f", e.g. {os.path.join(model_path, found[0])}" if found else " (nin_int8.tflite)"))
+    if not os.path.exists(model_path):
+        raise NinError(f"{model_path}: no such file (the first argument is the exported .tflite model)")
+    if not model_path.endswith(".tflite"):
+        raise NinError(f"{model_path}: predict runs the exported TFLite models (.tflite); this is not one")
+
+
 def load_image(path, size, color, resize="stretch", max_pixels=None):
     """Read an image file as uint8 (H, W, C) in the model's colour mode and size.
 
@@ -84,6 +96,7 @@ def classify(model_path, image_paths, top_k=3, *, print_fn=print, err_fn=None, m
     from nin_keras.data.folders import RESIZE_MODES, BadImage, ImageTooLarge
 
     err_fn = err_fn or (lambda msg: print(msg, file=sys.stderr))
+    _check_model_path(model_path)
     meta = load_sidecar(model_path)
     try:
         clf = TFLiteClassifier(model_path)
@@ -137,8 +150,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def body():
-        if not os.path.isfile(args.model):
-            raise NinError(f"{args.model}: no such file")
+        _check_model_path(args.model)
         if args.top_k < 1:
             raise NinError(f"--top-k must be >= 1. Received: {args.top_k}")
         validate_numeric_args(args)  # --max-image-pixels by the schema's rule

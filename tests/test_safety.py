@@ -104,7 +104,8 @@ def _image_run(tmp_path, classes_in_model):
     run = tmp_path / "run"
     trained = data.load_data(image_dir=str(folder), image_size=(16, 16), channels=3, seed=4)
     folders.write_split(str(run / "split.json"), trained.split_record)
-    (run / "config.json").write_text(json.dumps({"seed": 4, "val_fraction": 0.1, "limit": None, "data_dir": None,
+    (run / "config.json").write_text(json.dumps({"format": "nin_keras.run", "format_version": 1, "seed": 4,
+                                                 "val_fraction": 0.1, "limit": None, "data_dir": None,
                                                  "image_dir": str(folder), "tfds": None}))
     build_preset("tiny", input_shape=[16, 16, 3], num_classes=classes_in_model).save(run / "model.keras")
     return run
@@ -514,3 +515,22 @@ def test_https_serves_others_while_a_client_sits_silent(tmp_path):
         silent.close()
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("given, message", [
+    ("folder", "a folder; pass the exported model file, e.g. "),
+    ("onnx", "predict runs the exported TFLite models (.tflite); this is not one"),
+    ("missing", "no such file (the first argument is the exported .tflite model)"),
+])
+def test_predict_says_what_its_first_argument_should_be(tiny_tflite, tmp_path, capsys, given, message):
+    """`predict runs/x/export shirt.jpg` or `predict nin.onnx shirt.jpg`: said as such, not "sidecar not found"."""
+    from export import predict
+
+    model_path, _ = tiny_tflite
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "nin_int8.tflite").write_bytes(model_path.read_bytes())
+    (tmp_path / "nin.onnx").write_bytes(b"onnx")
+    path = {"folder": tmp_path / "export", "onnx": tmp_path / "nin.onnx", "missing": tmp_path / "gone.tflite"}[given]
+    assert predict.main([str(path), str(tmp_path / "shirt.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {message}" in err, err

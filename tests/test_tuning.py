@@ -363,6 +363,19 @@ def test_a_search_folder_is_not_resumed_with_other_settings(tmp_path, capsys):
     assert json.load(open(out / "search.json"))["preset"] == "tiny"
 
 
+def test_a_folder_that_is_not_a_search_is_refused_and_left_as_it_was(tmp_path, capsys):
+    """A training run or the user's own folder as --output-dir: search/, tensorboard/ and results would be
+    scattered into it (fit refuses the same)."""
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.txt").write_text("mine")
+    (out / ".DS_Store").write_bytes(b"")  # the OS's, not the user's: no reason to refuse on its own
+    assert search.main(tuning_args(out)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files that are not a search (thesis.txt)" in err
+    assert sorted(p.name for p in out.iterdir()) == [".DS_Store", "thesis.txt"]
+
+
 def test_a_trial_orphaned_by_a_kill_is_retried(tmp_path):
     """A trial saved as RUNNING but missing from the oracle's ongoing state is queued again, not lost."""
     from nin_keras.distribute import make_strategy

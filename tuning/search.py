@@ -18,7 +18,7 @@ from nin_keras import config as config_lib
 from nin_keras import rundir, settings
 from nin_keras.errors import ConfigError, NinError, Stopped
 from nin_keras.cli import OneLineParser, add_data_flags, run_cli, SignalStop
-from nin_keras.io import atomic_write_text, read_json_object
+from nin_keras.io import atomic_write_text, foreign_entries, read_json_object
 from nin_keras.precision import precision_scope, resolve_precision
 from tuning import budget, compat
 
@@ -71,6 +71,9 @@ def validate_args(args):
 SEARCH_SETTINGS = ("preset", "tuner", "max_trials", "epochs", "patience", "seed", "limit", "data_dir", "image_dir",
                    "tfds", "val_fraction", "precision", "image_size", "resize", "skip_bad_images")
 SEARCH_FILE = "search.json"
+#: What a search folder holds (keras-tuner's project folder, TensorBoard logs, the results, a photo search's split).
+SEARCH_ENTRIES = (SEARCH_FILE, PROJECT, "tensorboard", "trials.json", "best_hparams.json", "best_config.json",
+                  "split.json")
 
 
 # How long a distributed-tuning worker waits for the chief's search.json to
@@ -104,6 +107,11 @@ def check_search_dir(args):
     elif os.path.isdir(project):
         raise ConfigError(f"--output-dir {args.output_dir} holds a search without {SEARCH_FILE} (made by an older "
                           f"version, or not by nin_keras); remove {project} yourself, or pass another --output-dir")
+    else:
+        others = [name for name in foreign_entries(args.output_dir, SEARCH_ENTRIES) if not name.startswith(".")]
+        if others:  # a training run, or the user's own folder: the search's files would be scattered into it
+            raise ConfigError(f"--output-dir {args.output_dir} holds files that are not a search "
+                              f"({', '.join(others[:3])}); choose an empty or new folder")
     atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
