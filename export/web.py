@@ -187,6 +187,9 @@ def write_web(out_dir, int8_path, report, *, resize=None, run_name="run", runtim
         if os.path.isdir(target):
             shutil.rmtree(target)
         os.replace(staged, target)
+    except OSError as e:  # a full disk, a quota: one line; a failure while staging leaves the previous page
+        shutil.rmtree(staged, ignore_errors=True)
+        raise WebExportError(f"{target}: cannot write the page ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

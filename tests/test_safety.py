@@ -534,3 +534,25 @@ def test_predict_says_what_its_first_argument_should_be(tiny_tflite, tmp_path, c
     assert predict.main([str(path), str(tmp_path / "shirt.png")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}: {message}" in err, err
+
+
+def test_a_full_disk_while_writing_the_page_is_one_line_and_keeps_the_previous_page(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from export import web
+
+    int8 = tmp_path / "nin_int8.tflite"
+    int8.write_bytes(b"model")
+    (tmp_path / "nin_int8.json").write_text(json.dumps({"labels": ["a", "b"], "preprocessing": {"resize_to": [28, 28]}}))
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("the previous page")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(web.WebExportError, match="web: cannot write the page \\(No space left on device\\)"):
+        web.write_web(str(tmp_path), str(int8), {}, runtime="cdn", print_fn=lambda *a: None)
+    assert (tmp_path / "web" / "index.html").read_text() == "the previous page"
+    assert sorted(os.listdir(tmp_path)) == ["nin_int8.json", "nin_int8.tflite", "web"]  # no staging folder left
