@@ -578,6 +578,8 @@ def export(model, print_fn=print, **settings):
     """
     from nin_keras.cli import namespace_from_kwargs
 
+    if isinstance(settings.get("formats"), str):  # formats="int8" means one format, not the letters i, n, t, 8
+        settings["formats"] = [settings["formats"]]
     return run_export(namespace_from_kwargs(build_parser(), [str(model)], **settings), print_fn=print_fn)[0]
 
 

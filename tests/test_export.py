@@ -402,7 +402,7 @@ def test_int8_with_a_block_kept_in_float(trained_tiny_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     run_dir, _ = trained_tiny_run
-    report = export.export(run_dir, formats=["int8"], int8_float_blocks=("block1",), output_dir=str(tmp_path),
+    report = export.export(run_dir, formats="int8", int8_float_blocks=("block1",), output_dir=str(tmp_path),
                            test_limit=300, litert_benchmark=False, print_fn=lambda *a: None)
     (row,) = [r for r in report["formats"] if r["format"] == "int8"]
     # As close to Keras as the plain int8 export of this tiny model (0.97 agreement on 300 images).

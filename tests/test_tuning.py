@@ -363,6 +363,15 @@ def test_a_search_folder_is_not_resumed_with_other_settings(tmp_path, capsys):
     assert json.load(open(out / "search.json"))["preset"] == "tiny"
 
 
+def test_more_trials_extend_a_search_instead_of_being_another_search(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert search.main(tuning_args(out, "--max-trials", "1")) == 0
+    assert search.main(tuning_args(out, "--max-trials", "2")) == 0
+    trials = json.load(open(out / "trials.json"))
+    assert len(trials) == 2  # the first trial kept, one more run
+    assert json.load(open(out / "search.json"))["max_trials"] == 2
+
+
 def test_a_folder_that_is_not_a_search_is_refused_and_left_as_it_was(tmp_path, capsys):
     """A training run or the user's own folder as --output-dir: search/, tensorboard/ and results would be
     scattered into it (fit refuses the same)."""

@@ -100,7 +100,9 @@ def check_search_dir(args):
     if args.overwrite:
         discard_search(args.output_dir)
     elif os.path.exists(path):
-        diff = _differences(read_json_object(path, "search settings", "; pass --overwrite to start afresh"), settings)
+        saved = read_json_object(path, "search settings", "; pass --overwrite to start afresh")
+        # More trials extend the same search (keras-tuner resumes it); anything else would be another search.
+        diff = [k for k in _differences(saved, settings) if k != "max_trials"]
         if diff:
             raise ConfigError(f"--output-dir {args.output_dir} holds a different search (settings differ: "
                               f"{', '.join(diff)}); pass --overwrite to replace it, or another --output-dir")
