@@ -366,7 +366,9 @@ def _open_export(args):
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-        raise NinError(f"--output-dir {out_dir}: cannot create ({e.strerror})") from None
+        where = (f"--output-dir {out_dir}" if args.output_dir else
+                 f"{out_dir} (the export folder inside the run; pass --output-dir to write elsewhere)")
+        raise NinError(f"{where}: cannot create ({e.strerror})") from None
     # Before minutes of conversion: folders these formats replace must be an export's own.
     if "web" in (args.formats or ()):
         from export.web import check_web_folder

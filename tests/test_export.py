@@ -644,3 +644,16 @@ def test_a_report_never_describes_files_it_was_not_written_for(trained_tiny_run,
     (out / "report.md").write_text("# My notes\n")
     assert exporter.main([*common, "--no-verify"]) == 0
     assert (out / "report.md").read_text() == "# My notes\n"
+
+
+def test_an_export_folder_that_cannot_be_made_is_named_as_the_user_knows_it(trained_tiny_run, tmp_path, capsys):
+    """No --output-dir given: the message names the run's export folder, not a flag the user never passed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_tiny_run[0], run, ignore=shutil.ignore_patterns("export", "backup", "logs"))
+    (run / "export").write_text("a file where the folder goes")
+    assert exporter.main([str(run), "--format", "float32", "--no-verify"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--output-dir" in err and not err.startswith("error: --output-dir")
+    assert f"{run / 'export'} (the export folder inside the run; pass --output-dir to write elsewhere)" in err
