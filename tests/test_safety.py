@@ -556,3 +556,16 @@ def test_a_full_disk_while_writing_the_page_is_one_line_and_keeps_the_previous_p
         web.write_web(str(tmp_path), str(int8), {}, runtime="cdn", print_fn=lambda *a: None)
     assert (tmp_path / "web" / "index.html").read_text() == "the previous page"
     assert sorted(os.listdir(tmp_path)) == ["nin_int8.json", "nin_int8.tflite", "web"]  # no staging folder left
+
+
+def test_a_photo_over_pillows_warning_size_is_refused_without_its_warning(tmp_path):
+    """144 megapixels: over Pillow's 89 M warning threshold, under its 179 M error, over our 40 M cap."""
+    import warnings
+
+    from nin_keras.data.folders import ImageTooLarge, open_image
+
+    big = _png_claiming(tmp_path / "panorama.png", 12000, 12000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageTooLarge, match="144,000,000 pixels"):
+            open_image(str(big))

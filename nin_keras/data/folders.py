@@ -31,6 +31,7 @@ import mmap
 import os
 import re
 import struct
+import warnings
 
 import numpy as np
 
@@ -556,7 +557,10 @@ def open_image(path, max_pixels=None):
         # Pillow's own guard is a process-wide setting: follow a cap the user raised.
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        img = Image.open(path, formats=_formats())
+        with warnings.catch_warnings():
+            # Pillow warns between its limit and twice it; our own cap below decides, in one line.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=_formats())
     except Image.DecompressionBombError as e:
         claimed = re.search(r"\((\d+) pixels\)", str(e))
         raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
