@@ -13,6 +13,7 @@ import datetime
 import http.server
 import ipaddress
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -193,14 +194,30 @@ def _serve_forever(server, args, shown, print_fn):
                  "choose Advanced, then Proceed", flush=True)
     elif shown not in ("127.0.0.1", "localhost"):
         print_fn("plain http: phones allow the photo button but not the live camera; add --https for it", flush=True)
+    # SIGTERM (a service manager, `kill`) stops like Ctrl-C: the line, the socket closed, exit code 143.
+    previous = signal.signal(signal.SIGTERM, _raise_signal) if _main_thread() else None
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print_fn("stopped", flush=True)
-        return 130
+        return getattr(e, "exit_code", 130)
     finally:
         server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_signal(signum, frame):
+    from nin_keras.errors import SignalInterrupt
+
+    raise SignalInterrupt(signum)
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def main(argv=None):

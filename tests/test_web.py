@@ -362,6 +362,19 @@ def test_serve_cli_https_qr_code_and_ctrl_c(web_export):
     assert "Traceback" not in rest and rest.rstrip().endswith("stopped")
 
 
+def test_serve_stops_on_sigterm_as_on_ctrl_c(tmp_path):
+    """A service manager or `kill` sends SIGTERM: the same "stopped" line, exit code 143 (128 + 15)."""
+    (tmp_path / "index.html").write_text("<html></html>")
+    process = launch("export.serve", str(tmp_path), "--port", "0")
+    try:
+        assert process.stdout.readline().startswith("serving ")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+    assert process.returncode == 143
+    assert "Traceback" not in rest and rest.rstrip().endswith("stopped")
+
+
 def test_serve_refuses_a_folder_without_a_page(tmp_path, capsys):
     from export import serve
 
