@@ -372,6 +372,21 @@ def test_more_trials_extend_a_search_instead_of_being_another_search(tmp_path, c
     assert json.load(open(out / "search.json"))["max_trials"] == 2
 
 
+def test_a_second_search_in_the_same_folder_is_refused_while_the_first_runs(tmp_path, capsys):
+    """Two chiefs writing one keras-tuner project would corrupt its state; the second gets one line."""
+    from nin_keras.rundir import RunLock
+
+    out = tmp_path / "s"
+    first = RunLock(str(out)).acquire()  # the first search, still running
+    try:
+        assert search.main(tuning_args(out)) == 1
+    finally:
+        first.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output-dir {out} is in use by another nin_keras process" in err
+    assert not (out / "search.json").exists()
+
+
 def test_a_folder_that_is_not_a_search_is_refused_and_left_as_it_was(tmp_path, capsys):
     """A training run or the user's own folder as --output-dir: search/, tensorboard/ and results would be
     scattered into it (fit refuses the same)."""

@@ -329,7 +329,6 @@ def run_search(args, print_fn=print):
     :func:`write_results` on the chief.
     """
     from nin_keras import distribute
-    from tuning.hypermodel import NinHyperModel
 
     validate_args(args)
     base = config_lib.resolve_config({
@@ -341,8 +340,34 @@ def run_search(args, print_fn=print):
     strategy = distribute.make_strategy(args.strategy, args.cpu_replicas)
     if is_distributed_tuning():
         distribute.print_cluster_notice("keras-tuner's oracle port ($KERASTUNER_ORACLE_IP:$KERASTUNER_ORACLE_PORT)")
-    # Before the split file is read: a folder holding another search is refused first (workers too).
-    check_search_dir(args)
+    with _chief_lock(args):
+        # Before the split file is read: a folder holding another search is refused first (workers too).
+        check_search_dir(args)
+        return _search_and_write(args, base, strategy, print_fn)
+
+
+@contextlib.contextmanager
+def _chief_lock(args):
+    """The search folder's lock (fit's :class:`~nin_keras.rundir.RunLock`), held by the chief: a second search
+    started in the same folder is refused in one line. Distributed-tuning workers share the folder with
+    their chief and take no lock."""
+    if not distribute_is_tuning_chief():
+        yield
+        return
+    lock = rundir.RunLock(args.output_dir).acquire()
+    try:
+        yield
+    except ConfigError:
+        lock.release(remove=True)  # a refused folder (another search, the user's files) keeps nothing of ours
+        raise
+    finally:
+        lock.release()
+
+
+def _search_and_write(args, base, strategy, print_fn):
+    """:func:`run_search`'s stages once the search folder is checked (and, on the chief, locked)."""
+    from tuning.hypermodel import NinHyperModel
+
     splits = _search_data(args, base, print_fn)
     hypermodel = NinHyperModel(base, len(splits.x_train), len(splits.class_names), splits.input_shape,
                                trial_epochs=args.epochs)
