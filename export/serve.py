@@ -183,7 +183,25 @@ def serve(args, print_fn=print):
 
 
 def _serve_forever(server, args, shown, print_fn):
-    """Print the address (and QR code, and the certificate warning), then serve until Ctrl-C."""
+    """Print the address (and QR code, and the certificate warning), then serve until Ctrl-C or SIGTERM."""
+    # SIGTERM (a service manager, `kill`) stops like Ctrl-C: the line, the socket closed, exit code 143.
+    # Installed before the address is printed: whoever reads it may stop the server at once.
+    previous = signal.signal(signal.SIGTERM, _raise_signal) if _main_thread() else None
+    try:
+        _announce(server, args, shown, print_fn)
+        server.serve_forever()
+    except KeyboardInterrupt as e:
+        print_fn("stopped", flush=True)
+        return getattr(e, "exit_code", 130)
+    finally:
+        server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _announce(server, args, shown, print_fn):
+    """The address to open, a QR code of it for a phone, and what the browser will say about it."""
     port = server.server_address[1]
     url = f"{'https' if args.https else 'http'}://{shown}:{port}/"
     print_fn(f"serving {os.path.abspath(args.folder)} at {url} (Ctrl-C stops)", flush=True)
@@ -194,18 +212,6 @@ def _serve_forever(server, args, shown, print_fn):
                  "choose Advanced, then Proceed", flush=True)
     elif shown not in ("127.0.0.1", "localhost"):
         print_fn("plain http: phones allow the photo button but not the live camera; add --https for it", flush=True)
-    # SIGTERM (a service manager, `kill`) stops like Ctrl-C: the line, the socket closed, exit code 143.
-    previous = signal.signal(signal.SIGTERM, _raise_signal) if _main_thread() else None
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt as e:
-        print_fn("stopped", flush=True)
-        return getattr(e, "exit_code", 130)
-    finally:
-        server.server_close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
 
 
 def _raise_signal(signum, frame):
