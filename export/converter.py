@@ -91,21 +91,24 @@ def load_labels(model_path, num_classes):
     if not os.path.isfile(labels_path):
         return [str(i) for i in range(num_classes)]
     try:
-        with open(labels_path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(labels_path, encoding="utf-8", newline="") as f:
+            # fit writes "\n".join(class names): split on that alone (splitlines would also split a folder
+            # name at \x0c or \u2028), and take a Windows editor's \r off.
+            lines = [line.removesuffix("\r") for line in f.read().split("\n")]
     except UnicodeDecodeError as e:
         raise ExportError(f"{labels_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise ExportError(f"{labels_path}: cannot read ({e.strerror})") from None
-    labels = [line.strip() for line in lines]
-    while labels and not labels[-1]:  # trailing blank lines
+    labels = lines  # as written: a class folder's name may start or end with a space
+    while labels and not labels[-1].strip():  # trailing blank lines
         labels.pop()
     where = f"{labels_path}: "
     if len(labels) != num_classes:
         raise ExportError(f"{where}{len(labels)} labels for the model's {num_classes} classes; one per line, in "
                           "class order (or delete the file: the classes are then numbered)")
-    if not all(labels):
-        raise ExportError(f"{where}line {labels.index('') + 1} is empty; every class needs a name")
+    empty = next((i for i, name in enumerate(labels) if not name.strip()), None)
+    if empty is not None:
+        raise ExportError(f"{where}line {empty + 1} is empty; every class needs a name")
     duplicate = next((name for i, name in enumerate(labels) if name in labels[:i]), None)
     if duplicate is not None:
         raise ExportError(f"{where}{duplicate!r} names two classes; every class needs its own name")

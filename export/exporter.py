@@ -236,18 +236,21 @@ def run_export(args, print_fn=print):
 def _locked_run(model):
     """Hold the run folder's lock (fit's) while exporting it: a training into it, a ``fit --overwrite`` of it
     or a second export of it would change the files this export reads and writes. A bare ``.keras``
-    file, or a folder this process cannot write, is not locked."""
-    from nin_keras.rundir import RunLock, read_run_config
+    file, or a folder whose lock file this process cannot write or lock, is not locked."""
+    from nin_keras.rundir import LockUnavailable, RunLock, read_run_config
 
     folder = model if os.path.isdir(model) else os.path.dirname(os.path.abspath(model))
-    if read_run_config(folder)[0] is None or not os.access(folder, os.W_OK):
-        yield
-        return
-    lock = RunLock(folder, label=folder, advice="(a training or an export of it)").acquire()
+    lock = None
+    if read_run_config(folder)[0] is not None:
+        try:
+            lock = RunLock(folder, label=folder, advice="(a training or an export of it)").acquire()
+        except LockUnavailable:  # a shared or read-only run folder: exported unlocked, as before the lock
+            pass
     try:
         yield
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def web_step(args, report, print_fn=print):
@@ -433,19 +436,31 @@ def _calibration_images(job):
     return calibration
 
 
-def _discard_previous_report(out_dir):
-    """Remove an earlier export's report.json and report.md before its files are replaced: an export stopped
-    midway (Ctrl-C) or run with --no-verify would otherwise leave a report of sizes and accuracies that
-    no longer describe the files beside it. Only reports an export wrote are removed."""
-    for name, ours in (("report.json", lambda text: '"parameter_bytes"' in text),
-                       ("report.md", lambda text: text.startswith("# Export report"))):
-        path = os.path.join(out_dir, name)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                if ours(f.read(65536)):
-                    os.remove(path)
-        except (FileNotFoundError, IsADirectoryError):
-            pass
+def _discard_previous_report(out_dir, formats):
+    """Remove an earlier export's report.json and report.md when this export replaces a file they describe:
+    stopped midway (Ctrl-C) or run with --no-verify, it would otherwise leave sizes and accuracies of
+    files that are no longer there. A report of other formats (a SavedModel-only export replaces no
+    .tflite), or one an export did not write, is kept."""
+    path = os.path.join(out_dir, "report.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f).get("formats") or []
+        reported = {str(row.get("format", "")).split(" ")[0] for row in rows if isinstance(row, dict)}
+    except (OSError, ValueError, AttributeError):  # none, or not an export's report
+        return
+    if not reported & set(formats):
+        return
+    md_path = os.path.join(out_dir, "report.md")
+    try:
+        os.remove(path)
+        with open(md_path, encoding="utf-8", errors="replace") as f:
+            ours = f.read(64).startswith("# Export report")
+        if ours:
+            os.remove(md_path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise NinError(f"{out_dir}: cannot remove the previous export's report ({e.strerror or e})") from None
 
 
 def _write_formats(job, print_fn):
@@ -456,7 +471,7 @@ def _write_formats(job, print_fn):
     args, labels, out_dir = job.args, job.labels, job.out_dir
     float_blocks = block_names(args.int8_float_blocks)
     run_name = os.path.basename(run_dir(job.model_path))
-    _discard_previous_report(out_dir)
+    _discard_previous_report(out_dir, job.formats)
     for fmt in job.formats:
         if fmt == "saved_model":
             job.written[fmt] = export_saved_model(job.model, out_dir)

@@ -37,7 +37,7 @@ def add_data_flags(parser, exclude=(), defaults=None):
 def _check_backend():
     """A one-line ConfigError unless Keras will run on TensorFlow (see nin_keras/__init__.py)."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend.lower() != "tensorflow":
+    if backend != "tensorflow":  # Keras compares exactly: "TensorFlow" fails to import
         raise ConfigError(f"nin_keras runs Keras on TensorFlow (tf.data, tf.distribute, TFLite); unset "
                           f"KERAS_BACKEND or set it to tensorflow. Received: KERAS_BACKEND={backend}")
 

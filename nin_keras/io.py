@@ -94,11 +94,18 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Files an operating system's file manager writes into any folder it shows (macOS Finder's are hidden
+#: dot-files): not a user's work, and they go with the folder.
+SYSTEM_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")
+
+
 def foreign_entries(folder, known):
-    """What ``folder`` holds that is not in ``known`` (names): what replacing the folder would delete
-    without having written it. Empty when the folder does not exist; the path itself when it is a file."""
+    """What ``folder`` holds that is not in ``known`` (names), hidden and file-manager files aside: what
+    replacing the folder would delete without having written it. Empty when the folder does not exist;
+    the path's own name when it is not a folder. A symbolic link to a folder is listed through."""
     if not os.path.lexists(folder):
         return []
-    if os.path.islink(folder) or not os.path.isdir(folder):
+    if not os.path.isdir(folder):
         return [os.path.basename(folder)]
-    return sorted(set(os.listdir(folder)) - set(known))
+    return sorted(name for name in set(os.listdir(folder)) - set(known)
+                  if not name.startswith(".") and name.lower() not in SYSTEM_FILES)

@@ -107,6 +107,11 @@ def not_a_run(run_dir, action):
                        "choose an empty or new --output-dir")
 
 
+class LockUnavailable(ConfigError):
+    """The lock file cannot be written or locked (permissions, a read-only or flock-less filesystem), as
+    opposed to being held by another process."""
+
+
 class RunLock:
     """An exclusive lock on a run folder, held by one process (``fcntl.flock`` on ``.nin_keras.lock``).
 
@@ -129,7 +134,7 @@ class RunLock:
         import fcntl
 
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
-            raise ConfigError(f"--output-dir {self.run_dir}: exists and is not a directory")
+            raise ConfigError(f"{self.label}: exists and is not a directory")
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             try:
@@ -140,16 +145,16 @@ class RunLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise ConfigError(f"--output-dir {self.run_dir}: its {LOCK_NAME} is a symbolic link, not a lock "
+                raise ConfigError(f"{self.label}: its {LOCK_NAME} is a symbolic link, not a lock "
                                   "file nin_keras made; remove it") from None
-            raise ConfigError(f"--output-dir {self.run_dir}: cannot write ({e.strerror or e})") from None
+            raise LockUnavailable(f"{self.label}: cannot write ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise ConfigError(f"--output-dir {self.run_dir}: cannot lock ({e.strerror or e})") from None
+                raise LockUnavailable(f"{self.label}: cannot lock ({e.strerror or e})") from None
             raise ConfigError(f"{self.label} is in use by another nin_keras process (pid {holder}); wait for it to "
                               f"finish {self.advice}") from None
         os.ftruncate(fd, 0)

@@ -77,6 +77,9 @@ def whiten_stem(model, images, eps=DEFAULT_EPS):
     require(filters % 2 == 0 and filters <= 2 * kernel_size * kernel_size * channels,
             f"--whiten-stem needs an even number of stem filters, at most 2 x {kernel_size}x{kernel_size}x{channels} "
             f"= {2 * kernel_size * kernel_size * channels} (each eigenvector and its negative).", filters)
+    require(tuple(layer.input.shape[1:3]) == tuple(images.shape[1:3]),
+            "--whiten-stem needs the stem to see the images at their own size (no image_size resize in the "
+            "model).", f"images {tuple(images.shape[1:3])}, stem input {tuple(layer.input.shape[1:3])}")
     kernel, bias = whitening_filters(images, kernel_size, filters, eps)
     layer.set_weights([kernel, bias])
     layer.trainable = False

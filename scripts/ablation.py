@@ -12,6 +12,7 @@ Runs are resumable: rerunning skips variants already finished.
 """
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -98,6 +99,13 @@ def run(out, name, flags, seed, preset="fashion"):
                     "--verbose", "2", *flags, *extra], check=True)
     with open(os.path.join(folder, "metrics.json")) as f:
         metrics = json.load(f)
+    # Every round compares the last epoch's validation accuracy (BatchNorm statistics from 512 training
+    # images), which metrics.json held until it became the saved model's (2,048 images): the same measure
+    # for runs made before and after.
+    history = os.path.join(folder, "history.csv")
+    if os.path.exists(history):
+        with open(history) as f:
+            metrics["val_accuracy"] = float(list(csv.DictReader(f))[-1]["val_accuracy"])
     timing = os.path.join(folder, "ablation_seconds.json")
     if not os.path.exists(timing):  # first time: this process trained it
         with open(timing, "w") as f:

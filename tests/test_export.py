@@ -568,11 +568,15 @@ def test_a_labels_file_that_does_not_name_each_class_once_is_one_line(tmp_path, 
         load_labels(str(tmp_path / "model.keras"), 3)
 
 
-def test_labels_from_windows_line_endings_and_padding_are_the_names(tmp_path):
+def test_labels_are_the_class_folder_names_fit_wrote(tmp_path):
+    """fit writes "\\n".join(folder names): a name may start with a space or hold \\u2028, and " cat" is not "cat"."""
     from export.converter import load_labels
 
-    (tmp_path / "labels.txt").write_bytes("T-shirt \r\n\tcafé\r\n🐱 cats\r\n\r\n".encode())
-    assert load_labels(str(tmp_path / "model.keras"), 3) == ["T-shirt", "café", "🐱 cats"]
+    names = [" cat", "cat", "a\u2028b", "🐱 cats"]
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    assert load_labels(str(tmp_path / "model.keras"), 4) == names
+    (tmp_path / "labels.txt").write_bytes("T-shirt\r\ncafé\r\n\r\n".encode())  # a Windows editor's
+    assert load_labels(str(tmp_path / "model.keras"), 2) == ["T-shirt", "café"]
     assert load_labels(str(tmp_path / "elsewhere" / "model.keras"), 2) == ["0", "1"]  # no file: numbered
 
 
@@ -657,3 +661,45 @@ def test_an_export_folder_that_cannot_be_made_is_named_as_the_user_knows_it(trai
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--output-dir" in err and not err.startswith("error: --output-dir")
     assert f"{run / 'export'} (the export folder inside the run; pass --output-dir to write elsewhere)" in err
+
+
+def test_a_previous_report_goes_only_when_this_export_replaces_what_it_describes(tmp_path):
+    """A SavedModel-only export replaces no .tflite: the report of those files stays true and is kept."""
+    report = {"parameter_bytes": {}, "formats": [{"format": "float32"}, {"format": "onnx (onnxruntime)"}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    (tmp_path / "report.md").write_text("# Export report\n")
+    exporter._discard_previous_report(str(tmp_path), ["saved_model"])
+    assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
+    exporter._discard_previous_report(str(tmp_path), ["onnx"])
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_a_run_folder_whose_lock_cannot_be_taken_still_exports(trained_tiny_run, tmp_path, monkeypatch):
+    """A shared run folder with another user's lock file, or a filesystem without flock: exported unlocked,
+    as before the lock existed (a lock held by a running process is still refused: see above)."""
+    import shutil
+
+    from nin_keras import rundir
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_tiny_run[0], run, ignore=shutil.ignore_patterns("export", "backup", "logs"))
+
+    def unavailable(self):
+        raise rundir.LockUnavailable(f"{self.label}: cannot lock (No locks available)")
+
+    monkeypatch.setattr(rundir.RunLock, "acquire", unavailable)
+    assert exporter.main([run, "--format", "float32", "--no-verify", "--output-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "nin_float32.tflite").exists()
+
+
+def test_file_manager_files_do_not_make_an_exports_folder_foreign(tmp_path):
+    """Opening web/ in Finder or Explorer leaves .DS_Store or Thumbs.db: the next --format web must still run."""
+    from export.web import WebExportError, check_web_folder
+
+    (tmp_path / "web").mkdir()
+    for name in ("index.html", "model.tflite", ".DS_Store", "Thumbs.db", "desktop.ini"):
+        (tmp_path / "web" / name).write_text("x")
+    check_web_folder(str(tmp_path))
+    (tmp_path / "web" / "notes.txt").write_text("mine")
+    with pytest.raises(WebExportError, match=re.escape("holds files an export did not write (notes.txt)")):
+        check_web_folder(str(tmp_path))

@@ -387,6 +387,22 @@ def test_a_second_search_in_the_same_folder_is_refused_while_the_first_runs(tmp_
     assert not (out / "search.json").exists()
 
 
+def test_a_new_search_in_a_symlinked_folder_runs_and_overwrite_is_no_way_into_a_users_folder(tmp_path, capsys):
+    """tuning_runs/x linked to a bigger disk is an ordinary setup; --overwrite of a user's folder is not."""
+    disk = tmp_path / "big-disk"
+    disk.mkdir()
+    (tmp_path / "link").symlink_to(disk)
+    assert search.main(tuning_args(tmp_path / "link", "--max-trials", "1")) == 0
+    assert (disk / "search.json").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("mine")
+    assert search.main(tuning_args(mine, "--overwrite")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files that are not a search (thesis.txt)" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
+
+
 def test_a_folder_that_is_not_a_search_is_refused_and_left_as_it_was(tmp_path, capsys):
     """A training run or the user's own folder as --output-dir: search/, tensorboard/ and results would be
     scattered into it (fit refuses the same)."""

@@ -1,5 +1,7 @@
 """--whiten-stem: the stem's filters whiten real Fashion-MNIST patches, and training leaves them alone."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,16 @@ def test_a_stem_that_cannot_be_whitened_is_a_one_line_error(train_images, stem, 
 
     model = build_nin([stem, {"filters": 16}])
     with pytest.raises(ConfigError, match=message):
+        whiten_stem(model, train_images[:50])
+
+
+def test_a_stem_behind_a_resize_is_refused(train_images):
+    """The stem of a model that resizes in the graph (d2l: 28 -> 224) sees other patches than the images'."""
+    from nin_keras.model import build_nin
+    from nin_keras.whitening import whiten_stem
+
+    model = build_nin([{"filters": 32, "kernel_size": 5}, {"filters": 16}], image_size=(56, 56))
+    with pytest.raises(ConfigError, match=re.escape("images (28, 28), stem input (56, 56)")):
         whiten_stem(model, train_images[:50])
 
 

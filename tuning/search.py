@@ -61,7 +61,7 @@ def validate_args(args):
         # leave it waiting.
         raise ConfigError("--time-budget is for a search on one machine, not distributed tuning. "
                           f"Received: --time-budget {args.time_budget:g} with $KERASTUNER_ORACLE_IP set")
-    given = args.output_dir is not None
+    given = args.output_dir_given = args.output_dir is not None
     if not given:
         args.output_dir = os.path.join("tuning_runs", args.preset)
     rundir.check_outside_image_dir(args.image_dir, args.output_dir, given=given)
@@ -97,6 +97,10 @@ def check_search_dir(args):
                           f"pass another --output-dir. Received: {project} -> {os.readlink(project)}")
     if not distribute_is_tuning_chief():
         return check_worker_settings(args, path, settings)
+    others = foreign_entries(args.output_dir, SEARCH_ENTRIES)
+    if others and not os.path.exists(path):  # a training run, or the user's own folder: even with --overwrite
+        raise ConfigError(f"{_folder(args)} holds files that are not a search ({', '.join(others[:3])}); choose an "
+                          "empty or new folder")
     if args.overwrite:
         discard_search(args.output_dir)
     elif os.path.exists(path):
@@ -109,12 +113,13 @@ def check_search_dir(args):
     elif os.path.isdir(project):
         raise ConfigError(f"--output-dir {args.output_dir} holds a search without {SEARCH_FILE} (made by an older "
                           f"version, or not by nin_keras); remove {project} yourself, or pass another --output-dir")
-    else:
-        others = [name for name in foreign_entries(args.output_dir, SEARCH_ENTRIES) if not name.startswith(".")]
-        if others:  # a training run, or the user's own folder: the search's files would be scattered into it
-            raise ConfigError(f"--output-dir {args.output_dir} holds files that are not a search "
-                              f"({', '.join(others[:3])}); choose an empty or new folder")
     atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _folder(args):
+    """How a message names the search folder: by the flag when the user gave it."""
+    return (f"--output-dir {args.output_dir}" if getattr(args, "output_dir_given", True) else
+            f"{args.output_dir} (the default search folder; --output-dir chooses another)")
 
 
 def _differences(saved, settings):
@@ -354,7 +359,7 @@ def _chief_lock(args):
     if not distribute_is_tuning_chief():
         yield
         return
-    lock = rundir.RunLock(args.output_dir).acquire()
+    lock = rundir.RunLock(args.output_dir, label=_folder(args)).acquire()
     try:
         yield
     except ConfigError:

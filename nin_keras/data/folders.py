@@ -36,6 +36,7 @@ import warnings
 import numpy as np
 
 from nin_keras.errors import DataError
+from nin_keras.io import SYSTEM_FILES
 
 #: Formats read (Pillow's names), recognised by content whatever a file is called. MPO: multi-picture
 #: JPEGs (many phones' photos); HEIF (HEIC, the iPhone's default) needs pillow-heif (optional); AVIF
@@ -118,7 +119,7 @@ def _class_folders(directory):
 
 
 #: Files that Windows Explorer writes into picture folders (thumbnail cache, folder settings): not photos.
-_FOLDER_FILES = ("thumbs.db", "ehthumbs.db", "desktop.ini")
+_FOLDER_FILES = SYSTEM_FILES
 
 
 def _files(folder):
@@ -544,6 +545,17 @@ def _too_large(pixels, max_pixels):
             "raise it with --max-image-pixels)")
 
 
+def _quiet_bomb_warning():
+    """Pillow warns between its pixel limit and twice it; :func:`open_image`'s own cap decides, in one line.
+
+    A process-wide filter, added when missing (``warnings.catch_warnings`` is not safe in tf.data's
+    parallel decoding threads, and a caller's own ``catch_warnings`` may have dropped the filter since)."""
+    from PIL import Image
+
+    if not any(f[0] == "ignore" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def open_image(path, max_pixels=None):
     """``path`` opened by Pillow (header only) as one of :data:`FORMATS`; :class:`BadImage` otherwise.
 
@@ -556,11 +568,9 @@ def open_image(path, max_pixels=None):
     if Image.MAX_IMAGE_PIXELS and max_pixels > Image.MAX_IMAGE_PIXELS:
         # Pillow's own guard is a process-wide setting: follow a cap the user raised.
         Image.MAX_IMAGE_PIXELS = max_pixels
+    _quiet_bomb_warning()
     try:
-        with warnings.catch_warnings():
-            # Pillow warns between its limit and twice it; our own cap below decides, in one line.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=_formats())
+        img = Image.open(path, formats=_formats())
     except Image.DecompressionBombError as e:
         claimed = re.search(r"\((\d+) pixels\)", str(e))
         raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
