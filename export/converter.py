@@ -376,13 +376,18 @@ def check_sidecar(model_path, meta):
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "fingerprint.pb", "variables", "assets")
 
 
+def refuse_foreign_folder(folder, known, replacement, error=None):
+    """Raise ``error`` (ExportError) in one line when ``folder`` holds anything but ``known`` entries: files an
+    export did not write, which ``replacement`` (e.g. "the SavedModel") would delete."""
+    foreign = foreign_entries(folder, known)
+    if foreign:
+        raise (error or ExportError)(f"{folder}: holds files an export did not write ({', '.join(foreign[:3])}), "
+                                     f"which {replacement} would replace; move them or choose another --output-dir")
+
+
 def check_saved_model_folder(out_dir):
     """Refuse (one line) to replace ``<out_dir>/saved_model`` when it holds files an export did not write."""
-    target = os.path.join(out_dir, "saved_model")
-    foreign = foreign_entries(target, SAVED_MODEL_ENTRIES)
-    if foreign:
-        raise ExportError(f"{target}: holds files an export did not write ({', '.join(foreign[:3])}), which the "
-                          "SavedModel would replace; move them or choose another --output-dir")
+    refuse_foreign_folder(os.path.join(out_dir, "saved_model"), SAVED_MODEL_ENTRIES, "the SavedModel")
 
 
 def export_saved_model(model, out_dir):

@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 
 from nin_keras.errors import NinError
-from nin_keras.io import atomic_write_bytes, atomic_write_text, foreign_entries
+from nin_keras.io import atomic_write_bytes, atomic_write_text
 
 RUNTIME_PACKAGE = "@mediapipe/tasks-vision"
 RUNTIME_VERSION = "1.1.0"
@@ -146,11 +146,9 @@ WEB_ENTRIES = ("model.tflite", "page.json", "labels.txt", "index.html", "app.js"
 
 def check_web_folder(out_dir):
     """Refuse (one line) to replace ``<out_dir>/web`` when it holds files an export did not write."""
-    target = os.path.join(out_dir, "web")
-    foreign = foreign_entries(target, WEB_ENTRIES)
-    if foreign:
-        raise WebExportError(f"{target}: holds files an export did not write ({', '.join(foreign[:3])}), which "
-                             "writing the page would replace; move them or choose another --output-dir")
+    from export.converter import refuse_foreign_folder
+
+    refuse_foreign_folder(os.path.join(out_dir, "web"), WEB_ENTRIES, "the page", WebExportError)
 
 
 def write_web(out_dir, int8_path, report, *, resize=None, run_name="run", runtime="auto", print_fn=print):
