@@ -638,16 +638,13 @@ def test_predict_ranks_tied_scores_as_the_phone_page_does():
 
 def test_a_report_never_describes_files_it_was_not_written_for(trained_tiny_run, tmp_path):
     """Re-exporting replaces the files; a report from before (kept by Ctrl-C midway, or by --no-verify)
-    would give the old sizes and accuracies. A report.md the user wrote there is theirs."""
+    would give the old sizes and accuracies."""
     out = tmp_path / "out"
     common = [trained_tiny_run[0], "--output-dir", str(out), "--format", "float32"]
     assert exporter.main([*common, "--test-limit", "100"]) == 0
     assert json.loads((out / "report.json").read_text())["formats"][0]["format"] == "float32"
     assert exporter.main([*common, "--no-verify"]) == 0
     assert not (out / "report.json").exists() and not (out / "report.md").exists()
-    (out / "report.md").write_text("# My notes\n")
-    assert exporter.main([*common, "--no-verify"]) == 0
-    assert (out / "report.md").read_text() == "# My notes\n"
 
 
 def test_an_export_folder_that_cannot_be_made_is_named_as_the_user_knows_it(trained_tiny_run, tmp_path, capsys):
@@ -672,6 +669,10 @@ def test_a_previous_report_goes_only_when_this_export_replaces_what_it_describes
     assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
     exporter._discard_previous_report(str(tmp_path), ["onnx"])
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "report.md").exists()
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    (tmp_path / "report.md").write_text("# My notes\n")  # the user's, beside an export's report.json
+    exporter._discard_previous_report(str(tmp_path), ["float32"])
+    assert not (tmp_path / "report.json").exists() and (tmp_path / "report.md").read_text() == "# My notes\n"
 
 
 def test_a_run_folder_whose_lock_cannot_be_taken_still_exports(trained_tiny_run, tmp_path, monkeypatch):
