@@ -94,12 +94,12 @@ def load_labels(model_path, num_classes):
         with open(labels_path, encoding="utf-8", newline="") as f:
             # fit writes "\n".join(class names): split on that alone (splitlines would also split a folder
             # name at \x0c or \u2028), and take a Windows editor's \r off.
-            lines = [line.removesuffix("\r") for line in f.read().split("\n")]
+            labels = [line.removesuffix("\r") for line in f.read().split("\n")]
     except UnicodeDecodeError as e:
         raise ExportError(f"{labels_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise ExportError(f"{labels_path}: cannot read ({e.strerror})") from None
-    labels = lines  # as written: a class folder's name may start or end with a space
+    # Names as written, not stripped: a class folder's name may start or end with a space.
     while labels and not labels[-1].strip():  # trailing blank lines
         labels.pop()
     where = f"{labels_path}: "

@@ -150,7 +150,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def body():
-        _check_model_path(args.model)
         if args.top_k < 1:
             raise NinError(f"--top-k must be >= 1. Received: {args.top_k}")
         validate_numeric_args(args)  # --max-image-pixels by the schema's rule

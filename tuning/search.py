@@ -108,10 +108,10 @@ def check_search_dir(args):
         # More trials extend the same search (keras-tuner resumes it); anything else would be another search.
         diff = [k for k in _differences(saved, settings) if k != "max_trials"]
         if diff:
-            raise ConfigError(f"--output-dir {args.output_dir} holds a different search (settings differ: "
+            raise ConfigError(f"{_folder(args)} holds a different search (settings differ: "
                               f"{', '.join(diff)}); pass --overwrite to replace it, or another --output-dir")
     elif os.path.isdir(project):
-        raise ConfigError(f"--output-dir {args.output_dir} holds a search without {SEARCH_FILE} (made by an older "
+        raise ConfigError(f"{_folder(args)} holds a search without {SEARCH_FILE} (made by an older "
                           f"version, or not by nin_keras); remove {project} yourself, or pass another --output-dir")
     atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 

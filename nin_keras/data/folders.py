@@ -118,10 +118,6 @@ def _class_folders(directory):
                   if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".") and d != "__MACOSX")
 
 
-#: Files that Windows Explorer writes into picture folders (thumbnail cache, folder settings): not photos.
-_FOLDER_FILES = SYSTEM_FILES
-
-
 def _files(folder):
     """Every file under a class folder, sub-folders included, as paths relative to it, sorted.
 
@@ -140,7 +136,7 @@ def _files(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")  # macOS zips' forks
         rel = os.path.relpath(root, folder)
         found += [n if rel == "." else os.path.join(rel, n) for n in names
-                  if not n.startswith(".") and n.lower() not in _FOLDER_FILES and os.path.isfile(os.path.join(root, n))]
+                  if not n.startswith(".") and n.lower() not in SYSTEM_FILES and os.path.isfile(os.path.join(root, n))]
     return sorted(found)
 
 
