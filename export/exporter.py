@@ -30,7 +30,7 @@ from export.converter import (
 )
 from nin_keras.settings import BY_NAME, FALLBACKS, validate_numeric_args
 from nin_keras.errors import NinError
-from nin_keras.cli import OneLineParser, add_data_flags, run_cli
+from nin_keras.cli import OneLineParser, add_data_flags, check_backend, run_cli
 from nin_keras.io import atomic_write_text
 
 EXIT_ACCURACY_GATE = 3
@@ -223,6 +223,7 @@ def _mediapipe_cells(row):
 
 def run_export(args, print_fn=print):
     """Export and verify, then write the web page if asked; returns (report dict, exit code)."""
+    check_backend()
     if args.browser_benchmark and "web" not in (args.formats or ()):
         raise NinError("--browser-benchmark times the models in the web page: add --format web")
     with _locked_run(args.model):

@@ -34,12 +34,20 @@ def add_data_flags(parser, exclude=(), defaults=None):
     return add_flags(parser, names, defaults=defaults, group=parser.add_argument_group("data"))
 
 
-def _check_backend():
-    """A one-line ConfigError unless Keras will run on TensorFlow (see nin_keras/__init__.py)."""
+def check_backend():
+    """A one-line ConfigError unless Keras runs, or will run, on TensorFlow (see nin_keras/__init__.py).
+
+    The commands check before anything is loaded; the library's entry points (``train``, ``tune``,
+    ``export``) check again, since a notebook may have imported Keras on another backend first.
+    """
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "backend"):  # already imported: what it runs on decides
+        backend = keras.backend.backend()
     if backend != "tensorflow":  # Keras compares exactly: "TensorFlow" fails to import
         raise ConfigError(f"nin_keras runs Keras on TensorFlow (tf.data, tf.distribute, TFLite); unset "
-                          f"KERAS_BACKEND or set it to tensorflow. Received: KERAS_BACKEND={backend}")
+                          f"KERAS_BACKEND or set it to tensorflow before Keras is imported. Received: "
+                          f"KERAS_BACKEND={backend}")
 
 
 def run_cli(body):
@@ -51,7 +59,7 @@ def run_cli(body):
     line and exit code 130, like a shell's (143 for a second SIGTERM).
     """
     try:
-        _check_backend()
+        check_backend()
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)

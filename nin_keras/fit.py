@@ -17,7 +17,7 @@ import time
 
 from nin_keras import config as config_lib
 from nin_keras import precise_bn, rundir, settings
-from nin_keras.cli import OneLineParser, add_data_flags, run_cli
+from nin_keras.cli import OneLineParser, add_data_flags, check_backend, run_cli
 from nin_keras.errors import ClusterError, ConfigError, Stopped, TrainingDiverged
 from nin_keras.io import atomic_path, atomic_write_text
 from nin_keras.precision import precision_scope, resolve_precision
@@ -247,6 +247,7 @@ def train(cfg, resume=False, overwrite=False, print_fn=print):
     started = time.monotonic()
     from nin_keras import distribute
 
+    check_backend()
     # The CPU split and strategy must exist before any other TensorFlow work.
     strategy = distribute.make_strategy(cfg.strategy, cfg.cpu_replicas)
     # Resolved before the run-dir check so config.json records what ran and a

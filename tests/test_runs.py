@@ -503,3 +503,19 @@ def test_a_two_replica_run(tmp_path):
     assert metrics["replicas"] == 2 and any("2 replica(s)" in line for line in lines)
     history = read_history(str(tmp_path / "r" / "history.csv"))
     assert [row["epoch"] for row in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
+
+
+def test_a_notebook_that_imported_keras_on_another_backend_gets_one_line_from_train(tmp_path, monkeypatch):
+    """Keras imported on JAX before nin_keras: train() says so instead of a traceback deep in tf.data (the
+    commands refuse the same before anything loads, above). Only TensorFlow is installed here, so the
+    imported Keras reports JAX by a stand-in."""
+    import keras
+
+    from nin_keras.config import resolve_config
+    from nin_keras.errors import ConfigError
+    from nin_keras.fit import train
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ConfigError, match="nin_keras runs Keras on TensorFlow .* Received: KERAS_BACKEND=jax"):
+        train(resolve_config({"preset": "tiny", "output_dir": str(tmp_path / "r")}))
+    assert not (tmp_path / "r").exists()

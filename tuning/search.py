@@ -17,7 +17,7 @@ import time
 from nin_keras import config as config_lib
 from nin_keras import rundir, settings
 from nin_keras.errors import ConfigError, NinError, Stopped
-from nin_keras.cli import OneLineParser, add_data_flags, run_cli, SignalStop
+from nin_keras.cli import OneLineParser, add_data_flags, check_backend, run_cli, SignalStop
 from nin_keras.io import atomic_write_text, foreign_entries, read_json_object
 from nin_keras.precision import precision_scope, resolve_precision
 from tuning import budget, compat
@@ -335,6 +335,7 @@ def run_search(args, print_fn=print):
     """
     from nin_keras import distribute
 
+    check_backend()
     validate_args(args)
     base = config_lib.resolve_config({
         "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
