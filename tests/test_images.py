@@ -160,6 +160,17 @@ def test_a_zip_unpacked_into_a_folder_of_its_own_is_pointed_at_its_real_root(tmp
     assert f"did you mean --image-dir {outer / 'fashion-photos'}?" in err
 
 
+def test_a_class_folder_name_with_a_line_break_is_refused_before_training(tmp_path, photo_dir, capsys):
+    """labels.txt holds one name per line: such a run trained for an hour and then could not be exported."""
+    from nin_keras.fit import main
+
+    root = copy_folder(photo_dir, tmp_path / "photos")
+    os.rename(root / "dress", root / "summer\ndress")
+    assert main(["--preset", "tiny", "--image-dir", str(root), "--output-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the class folder name 'summer\\ndress' holds a line break" in err, err
+
+
 def test_skip_bad_images_counts_and_skips(tmp_path, photo_dir, capsys):
     root = copy_folder(photo_dir, tmp_path / "photos")
     _break(root, "corrupt")

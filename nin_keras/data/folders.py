@@ -225,6 +225,10 @@ def _list_classes(directory, prefix, class_names):
 def _check_classes(directory, class_names):
     if not class_names:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
+    # labels.txt, the sidecars and the phone page hold one class name per line: found now, not at export.
+    broken = next((name for name in class_names if "\n" in name or "\r" in name), None)
+    if broken is not None:
+        raise DataError(f"{directory}: the class folder name {broken!r} holds a line break; rename the folder")
     if len(class_names) < 2:
         inner = os.path.join(directory, class_names[0])
         nested = _class_folders(inner) if os.path.isdir(inner) else []
