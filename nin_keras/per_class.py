@@ -8,7 +8,6 @@ the run directory, and the exporter adds per-class accuracy per format.
 import numpy as np
 
 
-
 def confusion_matrix(y_true, y_pred, num_classes):
     """Counts ``m[t, p]`` of examples of class ``t`` predicted as ``p``."""
     y_true = np.asarray(y_true, np.int64)
