@@ -1,6 +1,8 @@
 """Callbacks the stock Keras ones do not cover: atomic writes and safe interrupts."""
 
+import contextlib
 import csv
+import errno
 import io
 import math
 import os
@@ -42,13 +44,42 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` that never backs up non-finite weights.
+    """``BackupAndRestore`` that never backs up non-finite weights, and never leaves a broken backup.
 
     After ``TerminateOnNaN`` stops an epoch, Keras still calls
     ``on_epoch_end``, and the stock callback would replace the last good
     backup with NaN weights, so a ``--resume`` with a lower learning rate
     would restore them and fail the same way. Here the previous backup stays.
+
+    The stock callback also writes ``latest.weights.h5`` in place: on a full
+    disk h5py leaves it truncated (part of the error only reaches h5py's
+    object destructor, so no exception says so), its ``.bkp`` copy is made
+    from it an epoch later, and the resume fails on it with a traceback. Here
+    the weights go to a temporary file, checked for length and renamed over
+    the backup; a disk without room for it is refused before h5py writes a byte.
     """
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError) as e:  # ValueError: a file that opens but lacks variables
+            self._restore_previous(e)
+
+    def _restore_previous(self, error):
+        """Load the ``.bkp`` pair (the epoch before the broken one), or raise a one-line DataError."""
+        from nin_keras.errors import DataError
+
+        broken = f"{self._weights_path}: damaged backup ({type(error).__name__})"
+        if not os.path.exists(self._prev_weights_path):
+            raise DataError(f"{broken} and no earlier copy; start the run again with --overwrite") from None
+        os.replace(self._prev_weights_path, self._weights_path)
+        if os.path.exists(self._prev_training_metadata_path):
+            os.replace(self._prev_training_metadata_path, self._training_metadata_path)
+        try:
+            self._load_model()
+        except (OSError, ValueError) as e:
+            raise DataError(f"{broken}, and its earlier copy too ({type(e).__name__}); start the run "
+                            "again with --overwrite") from None
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
@@ -57,6 +88,70 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
         if not all_weights_finite(self.model):
             return
         super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        import json
+
+        needed = state_bytes(self.model)
+        os.makedirs(self.backup_dir, exist_ok=True)
+        # The new file is written beside the two it replaces (h5py's layout adds about 5%).
+        check_room(self.backup_dir, needed * 5 // 4, f"the backup of epoch {self._current_epoch}",
+                   rerun_hint(self._current_epoch))
+        tmp = os.path.join(self.backup_dir, ".latest.tmp.weights.h5")
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            if os.path.getsize(tmp) < needed:  # h5py met a full disk and said so only in a destructor
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.backup_dir)
+        except (OSError, RuntimeError) as e:
+            _remove(tmp)
+            raise _backup_failed(self.backup_dir, self._current_epoch, e) from None
+        if self.double_checkpoint and os.path.exists(self._weights_path):
+            # The previous pair becomes the fallback by renames: no copy that a full disk could truncate.
+            os.replace(self._weights_path, self._prev_weights_path)
+            if os.path.exists(self._training_metadata_path):
+                os.replace(self._training_metadata_path, self._prev_training_metadata_path)
+        # Weights before the epoch count: a kill between the two retrains one epoch, never skips one.
+        os.replace(tmp, self._weights_path)
+        atomic_write_text(self._training_metadata_path,
+                          json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+
+def state_bytes(model):
+    """Bytes of ``model``'s weights and its optimizer's variables: the least a weights file of both holds."""
+    optimizer = getattr(model, "optimizer", None)  # absent until compiled
+    variables = list(model.weights) + list(getattr(optimizer, "variables", None) or [])
+    return sum(int(v.numpy().nbytes) for v in variables)
+
+
+def check_room(folder, needed, what, then):
+    """Raise a one-line DataError if ``folder``'s filesystem has less than ``needed`` bytes (+ 1 MiB) free."""
+    import shutil
+
+    from nin_keras.errors import DataError
+
+    free = shutil.disk_usage(folder).free
+    if free < needed + 2**20:
+        raise DataError(f"no space left on the device of {folder} for {what} ({free / 2**20:.1f} MiB free, "
+                        f"{(needed + 2**20) / 2**20:.1f} MiB needed): free space, then {then}")
+
+
+def rerun_hint(epoch):
+    """What rerunning does after the backup of ``epoch`` (1-based) could not be written."""
+    return ("rerun the same command (it resumes from the backup of epoch "
+            f"{epoch - 1})" if epoch > 1 else "rerun the same command")
+
+
+def _backup_failed(folder, epoch, error):
+    from nin_keras.errors import DataError
+
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).split("(")[0].strip()
+    return DataError(f"{folder}: cannot write the backup of epoch {epoch} ({reason}): free space, then "
+                     f"{rerun_hint(epoch)}")
+
+
+def _remove(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def all_weights_finite(model):

@@ -68,6 +68,13 @@ VARIANTS = {
     "whitened stem with flip + 2-pixel shift": ["--whiten-stem", "--augment", "--augment-shift", "2"],
     "whitened stem with label smoothing 0.1": ["--whiten-stem", "--label-smoothing", "0.1"],
     "whitened stem with random erasing 0.25": ["--whiten-stem", "--random-erasing", "0.25"],
+    # Seventh round: the changes that each paid a little, together. BatchNorm in the stem (more accurate per
+    # epoch, about 12% slower steps) with label smoothing 0.1, at the epochs 10 AVX2 minutes hold.
+    "BatchNorm in the stem with label smoothing 0.1": {
+        "model": {"blocks": [dict(DEFAULT_STEM, batch_norm=True), DEFAULT_BLOCK2]}, "flags": ["--label-smoothing", "0.1"]},
+    "BatchNorm in the stem with label smoothing 0.1 9 epochs": {
+        "model": {"blocks": [dict(DEFAULT_STEM, batch_norm=True), DEFAULT_BLOCK2]},
+        "flags": ["--label-smoothing", "0.1", "--epochs", "9"]},
 }
 
 

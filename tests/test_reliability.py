@@ -103,6 +103,47 @@ def test_disk_full_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
 
 
+def test_a_full_disk_inside_tensorflow_or_keras_is_one_line(capsys):
+    """Writers nin_keras does not wrap (TensorFlow's checkpoints and SavedModels, h5py): /dev/full gives the real
+    errors. A different failure still raises."""
+    import tensorflow as tf
+
+    from nin_keras.cli import run_cli
+
+    def tensorflow_writes():
+        tf.io.write_file("/dev/full", tf.constant("x" * 100_000))
+
+    def python_writes():
+        with open("/dev/full", "w") as f:
+            f.write("x" * 100_000)
+
+    for body in (tensorflow_writes, python_writes):
+        assert run_cli(body) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: No space left on device"), err
+        assert "free space and rerun" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="boom"):
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+
+
+def test_a_full_temporary_folder_names_tmpdir():
+    import tempfile
+
+    import tensorflow as tf
+
+    from nin_keras.errors import disk_full
+
+    # The message of a SavedModel staged in the temporary folder (TensorFlow 2.21, a full TMPDIR).
+    staged = os.path.join(tempfile.gettempdir(), "nin_keras-export-ce6rjy90", "saved_model", "variables",
+                          "variables_temp", "part-00000-of-00001.data-00000-of-00001.tempstate16617797891418079229")
+    error = tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2_dtypes_61_device_/job:"
+                                             f"localhost/replica:0/task:0/device:CPU:0}}}} {staged}; No space left on "
+                                             "device [Op:SaveV2]")
+    assert disk_full(error).startswith(f"No space left on device in the temporary folder {tempfile.gettempdir()}: "
+                                       "free space there, or set TMPDIR")
+    assert disk_full(ValueError("a shape mismatch")) is None
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     from nin_keras.fit import main
 

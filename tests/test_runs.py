@@ -155,6 +155,102 @@ def test_the_backup_never_holds_non_finite_weights(tmp_path):
     assert os.path.exists(tmp_path / "backup")  # the stock callback still writes finite epochs
 
 
+def _compiled_tiny():
+    from helpers import build_preset
+
+    model = build_preset("tiny")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _backup(folder, model):
+    from nin_keras.callbacks import FiniteBackupAndRestore
+
+    backup = FiniteBackupAndRestore(str(folder), delete_checkpoint=False, double_checkpoint=True)
+    backup.set_model(model)
+    return backup
+
+
+def _epoch_saved(folder):
+    return json.loads((folder / "training_metadata.json").read_text())["epoch"]
+
+
+def test_a_full_disk_refuses_the_backup_before_writing_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """No room for epoch 2's backup: one line, epoch 1's backup untouched, and the rerun continues from it."""
+    import shutil
+
+    from nin_keras.errors import DataError
+
+    real, calls = shutil.disk_usage, []
+
+    def full_after_the_first_backup(path):
+        calls.append(path)
+        usage = real(path)
+        return usage._replace(free=0) if len(calls) > 1 else usage
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(shutil, "disk_usage", full_after_the_first_backup)
+    with pytest.raises(DataError, match="for the backup of epoch 2 .*resumes from the backup of epoch 1"):
+        _train(out)
+    assert _epoch_saved(out / "backup") == 1 and not list((out / "backup").glob(".*tmp*"))
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    metrics, lines = _train(out)
+    assert any("resuming" in line for line in lines) and metrics["epochs"] == 2
+
+
+def test_a_backup_truncated_without_an_error_is_never_kept(tmp_path, monkeypatch):
+    """h5py reports a full disk only in a destructor: the short file is caught by its length."""
+    import keras
+
+    from nin_keras.errors import DataError
+
+    model = _compiled_tiny()
+    backup = _backup(tmp_path / "backup", model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    good = (tmp_path / "backup" / "latest.weights.h5").read_bytes()
+    save = keras.Model.save_weights
+
+    def save_then_truncate(self, path, **kwargs):
+        save(self, path, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 3)
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_then_truncate)
+    with pytest.raises(DataError, match="cannot write the backup of epoch 2 .*No space left"):
+        backup.on_epoch_end(1, {"loss": 1.0})
+    assert (tmp_path / "backup" / "latest.weights.h5").read_bytes() == good
+    assert _epoch_saved(tmp_path / "backup") == 1 and sorted(os.listdir(tmp_path / "backup")) == [
+        "latest.weights.h5", "training_metadata.json"]
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_a_damaged_backup_falls_back_to_the_epoch_before(tmp_path):
+    """A backup cut short (a disk that filled under the stock callback, a copy interrupted) is not a traceback."""
+    from nin_keras.errors import DataError
+
+    model = _compiled_tiny()
+    backup = _backup(tmp_path / "backup", model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    first = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in first])
+    backup.on_epoch_end(1, {"loss": 1.0})
+    _truncate(tmp_path / "backup" / "latest.weights.h5")
+    fresh = _compiled_tiny()
+    _backup(tmp_path / "backup", fresh).on_train_begin()
+    assert fresh._initial_epoch == 1
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
+    for earlier in (tmp_path / "backup").glob("*.bkp"):
+        earlier.unlink()
+    _truncate(tmp_path / "backup" / "latest.weights.h5")  # now the only copy is damaged
+    with pytest.raises(DataError, match="damaged backup .* no earlier copy; start the run again with --overwrite"):
+        _backup(tmp_path / "backup", _compiled_tiny()).on_train_begin()
+
+
 def test_divergence_says_how_to_continue(tmp_path, capsys):
     code = _fit(*SMALL_FLAGS, "--output-dir", str(tmp_path / "r"), "--learning-rate", "1e9", "--optimizer", "sgd")
     err = capsys.readouterr().err
