@@ -452,6 +452,32 @@ def test_constraints_pin_a_set_that_meets_every_floor_and_setup_uses_it():
     assert '-c constraints.txt -e ".[dev]"' in setup and "--upgrade pip" not in setup
 
 
+def test_a_built_wheel_holds_every_module_and_the_phone_page(tmp_path):
+    """``pip install .`` (not editable) gets the whole project: a list of three package names once built a
+    wheel without ``nin_keras.data``, which the editable install of setup.sh hid."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from helpers import REPO
+
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ and *.egg-info in it
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    wanted = []
+    for package in ("nin_keras", "tuning", "export"):
+        shutil.copytree(os.path.join(REPO, package), src / package, ignore=shutil.ignore_patterns("__pycache__"))
+        wanted += [os.path.relpath(os.path.join(d, f), src).replace(os.sep, "/")
+                   for d, _, files in os.walk(src / package) for f in files]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheel"), str(src)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    missing = sorted(set(wanted) - set(zipfile.ZipFile(wheel).namelist()))
+    assert not missing and any(name.startswith("export/web_page/") for name in wanted), missing
+
+
 def test_a_class_folder_linked_out_of_the_image_folder_is_refused_before_training(tmp_path):
     """split.json refuses paths that leave the folder through a link; a fresh run must not train on them
     either, or it could never be resumed or exported."""
