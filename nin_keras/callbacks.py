@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import errno
 import io
 import math
 import os
@@ -100,9 +99,11 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp = os.path.join(self.backup_dir, ".latest.tmp.weights.h5")
         try:
             self.model.save_weights(tmp, overwrite=True)
-            if os.path.getsize(tmp) < needed:  # h5py met a full disk and said so only in a destructor
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.backup_dir)
-        except (OSError, RuntimeError) as e:
+            # Read back as a resume would: h5py reports a failed flush of the file's structure only from
+            # an object's destructor, so the file can be short without an exception. Values that load
+            # are the ones just saved, so the model is unchanged; a short file fails before any is wrong.
+            self.model.load_weights(tmp)
+        except (OSError, RuntimeError, ValueError) as e:
             _remove(tmp)
             raise _backup_failed(self.backup_dir, self._current_epoch, e) from None
         if self.double_checkpoint and os.path.exists(self._weights_path):
@@ -144,7 +145,9 @@ def rerun_hint(epoch):
 def _backup_failed(folder, epoch, error):
     from nin_keras.errors import DataError
 
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).split("(")[0].strip()
+    # h5py's strerror is its C error stack; a file that does not read back is usually a disk that filled.
+    reason = (os.strerror(error.errno) if isinstance(error, OSError) and error.errno else
+              "it did not read back whole: the disk may be full")
     return DataError(f"{folder}: cannot write the backup of epoch {epoch} ({reason}): free space, then "
                      f"{rerun_hint(epoch)}")
 

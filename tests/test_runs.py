@@ -217,7 +217,7 @@ def test_a_backup_truncated_without_an_error_is_never_kept(tmp_path, monkeypatch
             f.truncate(os.path.getsize(path) // 3)
 
     monkeypatch.setattr(keras.Model, "save_weights", save_then_truncate)
-    with pytest.raises(DataError, match="cannot write the backup of epoch 2 .*No space left"):
+    with pytest.raises(DataError, match="cannot write the backup of epoch 2 "):
         backup.on_epoch_end(1, {"loss": 1.0})
     assert (tmp_path / "backup" / "latest.weights.h5").read_bytes() == good
     assert _epoch_saved(tmp_path / "backup") == 1 and sorted(os.listdir(tmp_path / "backup")) == [
