@@ -24,7 +24,33 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     The path is used as given: Keras' ``str.format`` placeholders
     (``{epoch}``) are not expanded, so a run folder whose name holds ``{`` or
     ``}`` saves where it says (nin_keras never uses placeholders).
+
+    With ``history_path``, a resumed run starts from the best value its
+    history recorded up to the restored epoch: the stock callback starts from
+    nothing, so the first epoch after a resume replaced a better model.
     """
+
+    def __init__(self, filepath, *args, history_path=None, **kwargs):
+        super().__init__(filepath, *args, **kwargs)
+        self.history_path = history_path
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._resumed_best_pending = self.history_path is not None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if not self._resumed_best_pending:
+            return
+        # The first epoch's index is the number of epochs the backup restored (known only after its
+        # on_train_begin, which runs after this callback's: this one saves first at an epoch's end).
+        self._resumed_best_pending = False
+        if not epoch or not os.path.exists(self.filepath):
+            return
+        values = [row[self.monitor] for row in read_history(self.history_path)
+                  if row["epoch"] <= epoch and math.isfinite(row.get(self.monitor, math.nan))]
+        if values:
+            self.best = max(values) if self.mode == "max" else min(values)
 
     def _get_file_path(self, epoch, batch, logs):
         return self.filepath

@@ -520,11 +520,14 @@ def make_callbacks(run, steps_per_epoch, schedule=None):
         HistoryCSV(path["history"]),
         precise_bn.before_validation(run.splits.x_train, run.splits.y_train, run.cfg.batch_size,
                                      replicas=run.strategy.num_replicas_in_sync, seed=run.cfg.seed),
+        # The best model before the backup: an epoch whose best.keras could not be written (a full disk)
+        # has no backup either, so the rerun trains it again and saves it, instead of finding it done.
+        AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True,
+                              history_path=path["history"]),
         # The backup outlives fit(): it is deleted only once metrics.json is
         # written, so a kill during the test evaluation or the saving reruns
         # into a finished training instead of epoch 1. It never keeps NaN weights.
         FiniteBackupAndRestore(path["backup"], double_checkpoint=True, delete_checkpoint=False),
-        AtomicModelCheckpoint(path["best"], monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.TensorBoard(path["logs"]),
         keras.callbacks.TerminateOnNaN(),
         TrainThroughput(),

@@ -224,6 +224,53 @@ def test_a_backup_truncated_without_an_error_is_never_kept(tmp_path, monkeypatch
         "latest.weights.h5", "training_metadata.json"]
 
 
+def test_a_resumed_run_keeps_a_better_best_model_than_its_next_epoch(tmp_path):
+    """The stock ModelCheckpoint starts every fit() from nothing: after a resume, the next epoch replaced
+    best.keras even when it validated worse than the epoch best.keras held."""
+    from nin_keras.callbacks import AtomicModelCheckpoint, write_history
+
+    model = _compiled_tiny()
+    best = tmp_path / "best.keras"
+    model.save(best)
+    before = best.read_bytes()
+    write_history(tmp_path / "history.csv", [{"epoch": 1, "val_accuracy": 0.80}, {"epoch": 2, "val_accuracy": 0.90},
+                                             {"epoch": 3, "val_accuracy": 0.99}])  # epoch 3: retrained below
+    checkpoint = AtomicModelCheckpoint(str(best), monitor="val_accuracy", mode="max", save_best_only=True,
+                                       history_path=str(tmp_path / "history.csv"))
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    checkpoint.on_epoch_begin(2)  # the backup restored 2 epochs
+    checkpoint.on_epoch_end(2, {"loss": 1.0, "val_accuracy": 0.85})
+    assert best.read_bytes() == before
+    model.set_weights([w + 1 for w in model.get_weights()])  # epoch 3 trained on
+    checkpoint.on_epoch_begin(3)
+    checkpoint.on_epoch_end(3, {"loss": 1.0, "val_accuracy": 0.95})
+    assert best.read_bytes() != before
+
+
+def test_an_epoch_whose_best_model_could_not_be_written_is_trained_again(tmp_path, monkeypatch):
+    """A full disk saving best.keras at the last epoch: its backup is not written either, so the rerun
+    trains that epoch again and saves it, instead of finding the run done with a stale best.keras."""
+    from nin_keras import callbacks
+    from nin_keras.errors import NinError
+
+    out = tmp_path / "run"
+    save, calls = callbacks.AtomicModelCheckpoint._save_model, []
+
+    def disk_full_at_epoch_2(self, epoch, batch, logs):
+        calls.append(epoch)
+        if calls == [0, 1]:
+            raise NinError(f"{self.filepath}: cannot write (No space left on device)")
+        return save(self, epoch, batch, logs)
+
+    monkeypatch.setattr(callbacks.AtomicModelCheckpoint, "_save_model", disk_full_at_epoch_2)
+    with pytest.raises(NinError, match="best.keras: cannot write"):
+        _train(out)
+    assert _epoch_saved(out / "backup") == 1
+    metrics, _ = _train(out)
+    assert calls == [0, 1, 1] and metrics["epochs"] == 2
+
+
 def _truncate(path):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
