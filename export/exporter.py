@@ -226,7 +226,9 @@ def run_export(args, print_fn=print):
     check_backend()
     if args.browser_benchmark and "web" not in (args.formats or ()):
         raise NinError("--browser-benchmark times the models in the web page: add --format web")
-    with _locked_run(args.model):
+    from nin_keras.precision import keras_config_scope
+
+    with keras_config_scope(), _locked_run(args.model), _locked_output(args):
         report, code = _export_files(args, print_fn)
         if "web" in (args.formats or ()):
             web_step(args, report, print_fn)
@@ -252,6 +254,36 @@ def _locked_run(model):
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextlib.contextmanager
+def _locked_output(args):
+    """Hold the output folder's lock too when it is not the locked run folder: two exports of different
+    runs into one ``--output-dir`` left a report describing one run's models beside the other's (and
+    failed one export's check against the other's files). A folder this export made and left empty
+    goes again."""
+    from nin_keras.rundir import LockUnavailable, RunLock, folder_entries
+
+    out_dir = export_dir(args, resolve_model_path(args.model))
+    run_folder = args.model if os.path.isdir(args.model) else os.path.dirname(os.path.abspath(args.model))
+    if os.path.realpath(out_dir) == os.path.realpath(run_folder):  # _locked_run holds it already
+        yield
+        return
+    made = not os.path.exists(out_dir)
+    label = f"--output-dir {out_dir}" if args.output_dir else out_dir
+    try:
+        lock = RunLock(out_dir, label=label, advice="(another export into it)").acquire()
+    except LockUnavailable:  # cannot write there: _open_export says so in its own words
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            untouched = folder_entries(out_dir) == []
+            lock.release(remove=untouched)
+            if made and untouched:
+                with contextlib.suppress(OSError):
+                    os.rmdir(out_dir)
 
 
 def web_step(args, report, print_fn=print):

@@ -40,6 +40,7 @@ def check_backend():
     The commands check before anything is loaded; the library's entry points (``train``, ``tune``,
     ``export``) check again, since a notebook may have imported Keras on another backend first.
     """
+    check_keras_json()
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     keras = sys.modules.get("keras")
     if keras is not None and hasattr(keras, "backend"):  # already imported: what it runs on decides
@@ -84,6 +85,46 @@ def run_cli(body):
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell's
     return 0 if code is None else code
+
+
+# What TensorFlow's and Keras' imports accept in keras.json; anything else stops them with an assertion
+# or ValueError traceback before a command starts. (The values themselves do not reach nin_keras: see
+# nin_keras.precision.keras_config_scope.)
+_KERAS_JSON_CHOICES = {"floatx": ("float16", "float32", "float64"),
+                       "image_data_format": ("channels_last", "channels_first")}
+
+
+def keras_json_paths():
+    """The keras.json files TensorFlow and Keras read at import (``$KERAS_HOME``, else ``~/.keras``, or
+    ``/tmp/.keras`` where Keras finds the home folder unwritable)."""
+    if "KERAS_HOME" in os.environ:
+        return [os.path.join(os.path.expanduser(os.environ["KERAS_HOME"]), "keras.json")]
+    home = os.path.expanduser("~")
+    paths = [os.path.join(home, ".keras", "keras.json")]
+    if not os.access(home, os.W_OK):
+        paths.append(os.path.join("/tmp", ".keras", "keras.json"))
+    return paths
+
+
+def check_keras_json():
+    """A one-line ConfigError for a keras.json value that would stop TensorFlow's or Keras' import."""
+    import json
+
+    for path in keras_json_paths():
+        try:
+            with open(path) as f:
+                config = json.load(f)
+        except (OSError, ValueError):  # absent, unreadable or not JSON: both imports ignore it
+            continue
+        if not isinstance(config, dict):
+            continue
+        for key, choices in _KERAS_JSON_CHOICES.items():
+            if key in config and config[key] not in choices:
+                raise ConfigError(f"{path}: Keras accepts {key} {' or '.join(choices)}, and TensorFlow stops at "
+                                  f"import on anything else; fix or delete the line. Received: {config[key]!r}")
+        if "epsilon" in config and not isinstance(config["epsilon"], float):
+            raise ConfigError(f"{path}: Keras accepts a decimal number for epsilon (1e-07 by default), and "
+                              f"TensorFlow stops at import on anything else. Received: {config['epsilon']!r}")
 
 
 class SecondSignal(SignalInterrupt):

@@ -107,15 +107,40 @@ def keras_policy(precision):
 
 @contextlib.contextmanager
 def precision_scope(precision):
-    """Build models in ``precision`` inside the block; restore the previous global policy after."""
+    """Build models in ``precision`` inside the block (in :func:`keras_config_scope`); restore the previous
+    global policy after."""
     import keras
 
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(keras_policy(precision))
+    with keras_config_scope():
+        keras.mixed_precision.set_global_policy(keras_policy(precision))
+        try:
+            yield
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def keras_config_scope():
+    """Keras' global settings as nin_keras' models are built for, whatever ~/.keras/keras.json says.
+
+    Why: a user's ``"floatx": "float16"`` gave the loss and metric trackers float16 totals, which
+    overflowed past about 36,000 training images (a false "training diverged"), and
+    ``"image_data_format": "channels_first"`` broke the RGB wrapper of the export. The previous
+    settings come back after the block (a notebook keeps its own).
+    """
+    import keras
+
+    previous = keras.config.floatx(), keras.config.image_data_format(), keras.config.epsilon()
+    keras.config.set_floatx("float32")
+    keras.config.set_image_data_format("channels_last")
+    keras.config.set_epsilon(1e-7)
     try:
         yield
     finally:
-        keras.mixed_precision.set_global_policy(previous)
+        keras.config.set_floatx(previous[0])
+        keras.config.set_image_data_format(previous[1])
+        keras.config.set_epsilon(previous[2])
 
 
 def float32_copy(model):

@@ -629,6 +629,31 @@ def test_an_export_holds_the_run_folder_as_fit_does(trained_tiny_run, tmp_path, 
     RunLock(run).acquire().release()  # and let go after
 
 
+def test_two_exports_into_one_output_folder_are_refused_like_two_of_one_run(trained_tiny_run, tmp_path, capsys):
+    """Two runs exported into one --output-dir at once left a report of one run's Keras accuracy beside the other
+    run's models. The second is refused in one line; an export refused before writing leaves no folder."""
+    import shutil
+
+    from nin_keras.rundir import RunLock
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_tiny_run[0], run, ignore=shutil.ignore_patterns("export", "backup", "logs"))
+    shared = tmp_path / "shared"
+    holder = RunLock(str(shared)).acquire()  # another export into it, of another run
+    try:
+        assert exporter.main([run, "--format", "float32", "--no-verify", "--output-dir", str(shared)]) == 1
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--output-dir {shared} is in use by another nin_keras process" in err
+    assert os.listdir(shared) == [".nin_keras.lock"]  # the holder's, nothing of this export's
+    fresh = tmp_path / "fresh"
+    assert exporter.main([run, "--format", "int8", "--int8-float-blocks", "block9", "--output-dir", str(fresh)]) == 1
+    assert "no block 'block9'" in capsys.readouterr().err and not fresh.exists()
+    assert exporter.main([run, "--format", "float32", "--no-verify", "--output-dir", str(shared)]) == 0
+    assert (shared / "nin_float32.tflite").exists()
+
+
 def test_predict_ranks_tied_scores_as_the_phone_page_does():
     """int8 scores tie often (multiples of 1/256); the lower class index first, as argmax and app.js."""
     scores = np.array([120, 3, 0, 0, 0, 0, 0, 120, 13, 120]) / 256

@@ -479,6 +479,39 @@ def test_a_keras_json_that_picks_another_backend_does_not_stop_the_commands(tmp_
     assert not (tmp_path / "other").exists()
 
 
+def test_a_keras_json_with_float16_and_channels_first_changes_neither_training_nor_export(tmp_path):
+    """A user's "floatx": "float16" gave the loss trackers float16 totals (a false "diverged" past ~36,000
+    images, and other numbers below that); "channels_first" broke the export's RGB wrapper."""
+    histories = []
+    for home, settings in (("plain", None), ("user", {"floatx": "float16", "image_data_format": "channels_first",
+                                                       "epsilon": 0.5})):
+        (tmp_path / home / ".keras").mkdir(parents=True)
+        if settings:
+            (tmp_path / home / ".keras" / "keras.json").write_text(json.dumps(settings))
+        out = tmp_path / home / "run"
+        proc = launch("nin_keras.fit", *SMALL_FLAGS, "--output-dir", str(out), env={"HOME": str(tmp_path / home)})
+        log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, log[-2000:]
+        histories.append((out / "history.csv").read_text().splitlines()[1].split(","))
+    assert [float(v) for v in histories[1]] == pytest.approx([float(v) for v in histories[0]], rel=1e-5)
+    proc = launch("export", str(out), "--format", "float32", "--no-verify", env={"HOME": str(tmp_path / "user")})
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and (out / "export" / "nin_float32.tflite").exists(), log[-2000:]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"floatx": "bfloat16"}, "Keras accepts floatx float16 or float32 or float64"),
+    ({"epsilon": "abc"}, "Keras accepts a decimal number for epsilon"),
+    ({"image_data_format": "NHWC"}, "Keras accepts image_data_format channels_last or channels_first")])
+def test_a_keras_json_that_stops_tensorflows_import_is_one_line(tmp_path, settings, message):
+    (tmp_path / "keras.json").write_text(json.dumps(settings))
+    proc = launch("nin_keras.fit", "--output-dir", str(tmp_path / "run"), env={"KERAS_HOME": str(tmp_path)},
+                  merge_stderr=False)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.count("\n") == 1 and f"{tmp_path / 'keras.json'}: {message}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- seeds, bad inputs, umask
 
 
