@@ -59,11 +59,19 @@ def run_cli(body):
     where no stage handles it (scanning images, building the model) is one
     line and exit code 130, like a shell's (143 for a second SIGTERM).
     """
+    if sys.stdout is None:  # started with standard output closed (`cmd >&-`): Keras' progress lines need one
+        sys.stdout = open(os.devnull, "w")
     try:
         check_backend()
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `| head` read what it wanted and left
+        # Python flushes standard output once more at exit: point it at nothing so that raises no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: standard output was closed (the reader of a pipe ended): stopped; a training run "
+              "resumes from its last finished epoch", file=sys.stderr)
         return 1
     except Stopped as e:  # the stage that stopped has said what it kept
         return e.exit_code

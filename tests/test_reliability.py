@@ -144,6 +144,38 @@ def test_a_full_temporary_folder_names_tmpdir():
     assert disk_full(ValueError("a shape mismatch")) is None
 
 
+TINY_FLAGS = ["--preset", "tiny", "--limit", "2000", "--test-limit", "300", "--precision", "float32", "--verbose", "2"]
+
+
+def test_a_pipe_whose_reader_left_stops_in_one_line_and_the_rerun_resumes(tmp_path):
+    """`python -m nin_keras.fit | head -2`: a BrokenPipeError traceback from Keras' progress line before."""
+    out = tmp_path / "run"
+    proc = launch("nin_keras.fit", *TINY_FLAGS, "--epochs", "3", "--output-dir", str(out), merge_stderr=False)
+    proc.stdout.readline()  # what `head -1` reads, then it exits
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1] == ("error: standard output was closed (the reader of a pipe ended): "
+                                            "stopped; a training run resumes from its last finished epoch")
+    proc = launch("nin_keras.fit", *TINY_FLAGS, "--epochs", "3", "--output-dir", str(out))
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "resuming" in log, log[-2000:]
+
+
+def test_a_command_started_with_standard_output_closed_still_trains(tmp_path):
+    """`cmd >&-`: sys.stdout is None, and fit stopped on its own isatty() check with a traceback."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "nin_keras.fit", *TINY_FLAGS, "--epochs", "1", "--output-dir",
+                           str(out)], cwd=REPO, stderr=subprocess.PIPE, text=True, timeout=300,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and (out / "metrics.json").exists(), proc.stderr[-2000:]
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     from nin_keras.fit import main
 
