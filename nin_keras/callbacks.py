@@ -169,13 +169,13 @@ def rerun_hint(epoch):
 
 
 def _backup_failed(folder, epoch, error):
-    from nin_keras.errors import DataError
+    from nin_keras.errors import DataError, write_advice
 
     # h5py's strerror is its C error stack; a file that does not read back is usually a disk that filled.
     reason = (os.strerror(error.errno) if isinstance(error, OSError) and error.errno else
               "it did not read back whole: the disk may be full")
-    return DataError(f"{folder}: cannot write the backup of epoch {epoch} ({reason}): free space, then "
-                     f"{rerun_hint(epoch)}")
+    return DataError(f"{folder}: cannot write the backup of epoch {epoch} ({reason}): {write_advice(error)}, "
+                     f"then {rerun_hint(epoch)}")
 
 
 def _remove(path):

@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from nin_keras.errors import ConfigError, NinError, SignalInterrupt, Stopped, disk_full
+from nin_keras.errors import ConfigError, NinError, SignalInterrupt, Stopped, write_failure
 
 # Before TensorFlow is imported (entry points import this module first): hide
 # its C++ start-up chatter (e.g. cuInit on CPU machines).
@@ -78,9 +78,9 @@ def run_cli(body):
     except Exception as e:
         from nin_keras.data.folders import decode_failure
 
-        full = disk_full(e)  # from a writer nin_keras does not wrap (TensorFlow's, Keras')
-        if full is not None:
-            print(f"error: {full}", file=sys.stderr)
+        failed = write_failure(e)  # from a writer nin_keras does not wrap (TensorFlow's, Keras', h5py's)
+        if failed is not None:
+            print(f"error: {failed}", file=sys.stderr)
             return 1
         reason = decode_failure(e)  # an image that changed after the scan, reported inside TensorFlow's error
         if reason is None:

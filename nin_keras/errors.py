@@ -1,4 +1,4 @@
-"""The project's own error type, and the one-line reading of a full disk.
+"""The project's own error type, and the one-line reading of a failed write (a full disk, permissions).
 
 Every mistake a user can make (bad flag value, missing file, corrupt data, a
 run directory that holds another run) is raised as :class:`NinError` with a
@@ -11,10 +11,12 @@ import os
 import re
 import tempfile
 
-# What a full disk or an exhausted quota looks like in an OSError's errno, and in the text of a TensorFlow
-# error (TensorFlow's C++ writers report the system's strerror inside the message, as ResourceExhaustedError).
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_DISK_FULL_TEXT = re.compile(r"(No space left on device|Disk quota exceeded)")
+# Failures to write that the user can act on, by errno, and as TensorFlow's C++ writers spell them inside
+# an error's message (ResourceExhaustedError, PermissionDeniedError).
+_WRITE_FAILURES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space",
+                   errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
+                   errno.EROFS: "write somewhere writable"}
+_WRITE_FAILURE_TEXT = re.compile("(" + "|".join(re.escape(os.strerror(n)) for n in _WRITE_FAILURES) + ")")
 
 
 class NinError(Exception):
@@ -73,27 +75,34 @@ def require(condition, message, value):
         raise ConfigError(f"{message} Received: {shown}")
 
 
-def disk_full(error):
-    """The one-line message for ``error`` if it is a full disk (or quota), else None.
+def write_failure(error):
+    """The one-line message for ``error`` if it is a full disk, a quota, or a folder that may not be written
+    (permissions, a read-only filesystem), else None.
 
     Where nin_keras writes a file itself, :func:`~nin_keras.io.atomic_path` already says so in one
-    line; this reads the rest: TensorFlow's checkpoint and SavedModel writers, TensorBoard, Keras'
-    own saving. The message names the folder and, for a temporary one, the variable that moves it.
+    line; this reads the rest: TensorFlow's checkpoint, SavedModel and TensorBoard writers, h5py,
+    keras-tuner. The message names the folder and, for a temporary one, the variable that moves it.
     """
-    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+    if isinstance(error, OSError) and error.errno in _WRITE_FAILURES:
         # h5py's strerror is its whole C error stack, over several lines: the system's words suffice.
         path, reason = error.filename, os.strerror(error.errno)
     else:
-        found = _DISK_FULL_TEXT.search(str(error))
+        found = _WRITE_FAILURE_TEXT.search(str(error))
         if found is None:
             return None
         # TensorFlow: "... <op>}} /path/to/file.tempstate123; No space left on device [Op:SaveV2]"
         words = str(error)[:found.start()].rstrip("; :'\"").split()
         path, reason = (words[-1] if words and os.path.isabs(words[-1]) else None), found.group(1)
+    advice = next(a for n, a in _WRITE_FAILURES.items() if os.strerror(n) == reason)
     where = os.path.dirname(os.fspath(path)) if path else None
     tmp = os.path.join(os.path.abspath(tempfile.gettempdir()), "")
     if where and os.path.join(os.path.abspath(where), "").startswith(tmp):
-        return (f"{reason} in the temporary folder {tmp.rstrip(os.sep)}: free space there, or set TMPDIR to a "
-                "folder with room, and rerun (finished files were not replaced)")
-    return (f"{reason}{f' writing in {where}' if where else ''}: free space and rerun (finished files were not "
+        return (f"{reason} in the temporary folder {tmp.rstrip(os.sep)}: {advice} there, or set TMPDIR to "
+                "another folder, and rerun (finished files were not replaced)")
+    return (f"{reason}{f' writing in {where}' if where else ''}: {advice} and rerun (finished files were not "
             "replaced; a training run resumes from its last finished epoch)")
+
+
+def write_advice(error):
+    """What to do about an OSError while writing: "free space", "check the folder's permissions", ..."""
+    return _WRITE_FAILURES.get(getattr(error, "errno", None), "free space")

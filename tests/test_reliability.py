@@ -103,7 +103,7 @@ def test_disk_full_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
 
 
-def test_a_full_disk_inside_tensorflow_or_keras_is_one_line(capsys):
+def test_a_full_disk_or_a_forbidden_folder_inside_tensorflow_or_keras_is_one_line(capsys):
     """Writers nin_keras does not wrap (TensorFlow's checkpoints and SavedModels, h5py): /dev/full gives the real
     errors. A different failure still raises."""
     import tensorflow as tf
@@ -122,6 +122,13 @@ def test_a_full_disk_inside_tensorflow_or_keras_is_one_line(capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: No space left on device"), err
         assert "free space and rerun" in err and "Traceback" not in err
+    # A folder that may not be written (a read-only subfolder of a run, say): /sys refuses even root.
+    for body in (lambda: tf.io.write_file("/sys/kernel/notes", tf.constant("x")),
+                 lambda: open("/sys/kernel/notes", "w")):
+        assert run_cli(body) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(("error: Permission denied writing in /sys/kernel: check the "
+                                                         "folder's permissions and rerun", "error: Read-only")), err
     with pytest.raises(RuntimeError, match="boom"):
         run_cli(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
 
@@ -131,7 +138,7 @@ def test_a_full_temporary_folder_names_tmpdir():
 
     import tensorflow as tf
 
-    from nin_keras.errors import disk_full
+    from nin_keras.errors import write_failure
 
     # The message of a SavedModel staged in the temporary folder (TensorFlow 2.21, a full TMPDIR).
     staged = os.path.join(tempfile.gettempdir(), "nin_keras-export-ce6rjy90", "saved_model", "variables",
@@ -139,9 +146,9 @@ def test_a_full_temporary_folder_names_tmpdir():
     error = tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2_dtypes_61_device_/job:"
                                              f"localhost/replica:0/task:0/device:CPU:0}}}} {staged}; No space left on "
                                              "device [Op:SaveV2]")
-    assert disk_full(error).startswith(f"No space left on device in the temporary folder {tempfile.gettempdir()}: "
+    assert write_failure(error).startswith(f"No space left on device in the temporary folder {tempfile.gettempdir()}: "
                                        "free space there, or set TMPDIR")
-    assert disk_full(ValueError("a shape mismatch")) is None
+    assert write_failure(ValueError("a shape mismatch")) is None
 
 
 TINY_FLAGS = ["--preset", "tiny", "--limit", "2000", "--test-limit", "300", "--precision", "float32", "--verbose", "2"]

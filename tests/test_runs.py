@@ -220,6 +220,13 @@ def test_a_backup_truncated_without_an_error_is_never_kept(tmp_path, monkeypatch
     with pytest.raises(DataError, match="cannot write the backup of epoch 2 "):
         backup.on_epoch_end(1, {"loss": 1.0})
     assert (tmp_path / "backup" / "latest.weights.h5").read_bytes() == good
+
+    def forbidden(self, path, **kwargs):  # a backup/ folder made read-only: not a matter of space
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(keras.Model, "save_weights", forbidden)
+    with pytest.raises(DataError, match=r"epoch 2 \(Permission denied\): check the folder's permissions, then"):
+        backup.on_epoch_end(1, {"loss": 1.0})
     assert _epoch_saved(tmp_path / "backup") == 1 and sorted(os.listdir(tmp_path / "backup")) == [
         "latest.weights.h5", "training_metadata.json"]
 
