@@ -61,6 +61,7 @@ def run_cli(body):
     """
     if sys.stdout is None:  # started with standard output closed (`cmd >&-`): Keras' progress lines need one
         sys.stdout = open(os.devnull, "w")
+    previous = _sigterm_as_interrupt()
     try:
         check_backend()
         code = body()
@@ -92,7 +93,26 @@ def run_cli(body):
         # A second Ctrl-C or SIGTERM (SignalStop's SecondSignal) lands here too, so the message names neither.
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell's
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if code is None else code
+
+
+def _sigterm_as_interrupt():
+    """Make SIGTERM raise like Ctrl-C where no stage handles it (start-up, the scan), so `kill` gets the
+    same line and exit code 143 instead of a silent death; returns the handler to put back (or None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:  # ignored on purpose, or set from C: leave it
+        return None
+
+    def interrupt(signum, frame):
+        raise SignalInterrupt(signum)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return previous
 
 
 # What TensorFlow's and Keras' imports accept in keras.json; anything else stops them with an assertion

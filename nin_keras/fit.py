@@ -571,15 +571,23 @@ def train_and_finish(run, model, datasets, schedule=None):
         raise ClusterError(f"{distribute.cluster_failure(e)} from the last finished epoch "
                            f"(saved in {os.path.join(run.final_dir, RUN_FILES['backup'])})") from None
     except Interrupted as e:
-        restored = _after_failure(run)
-        where = (f"the new run is abandoned{restored}" if restored else
-                 f"the last finished epoch is saved in {run.path['backup']}; resume with: "
-                 f"python -m nin_keras.fit --output-dir {run.final_dir} (same settings)")
+        where = _what_an_interrupt_kept(run)
         run.aside = None
         run.print_fn(f"\ninterrupted by {e}: {where}")
         raise Stopped(e.signum) from None
     finally:
         run.stopper.restore()
+
+
+def _what_an_interrupt_kept(run):
+    """What the "interrupted by ..." line says: a replaced run restored, the last finished epoch, or none."""
+    restored = _after_failure(run)
+    if restored:
+        return f"the new run is abandoned{restored}"
+    command = f"python -m nin_keras.fit --output-dir {run.final_dir} (same settings)"
+    if os.path.exists(os.path.join(run.path["backup"], "training_metadata.json")):
+        return f"the last finished epoch is saved in {run.path['backup']}; resume with: {command}"
+    return f"no epoch had finished, so none is saved; start it again with: {command}"
 
 
 def _divergence(run, history):

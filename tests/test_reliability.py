@@ -59,6 +59,33 @@ def test_sigterm_stops_saves_and_explains_how_to_resume(tmp_path):
     assert os.path.exists(out / "backup") and not os.path.exists(out / "metrics.json")
 
 
+def test_sigterm_before_any_epoch_finished_does_not_claim_one_was_saved(tmp_path):
+    out = tmp_path / "run"
+    proc = launch("nin_keras.fit", "--preset", "tiny", "--limit", "30000", "--epochs", "2", "--precision", "float32",
+                  "--verbose", "2", "--output-dir", str(out), env={"PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # Keras prints "Epoch 1/2" as the epoch starts
+        if line.startswith("Epoch 1/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "no epoch had finished, so none is saved; start it again with" in output
+    assert "the last finished epoch is saved" not in output
+
+
+def test_sigterm_where_no_stage_handles_it_is_the_interrupted_line_and_143():
+    """`kill` during start-up (imports, the scan) died silently; Ctrl-C there already said one line."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    starting_up = ("import os, signal, sys, time; from nin_keras.cli import run_cli; "
+                   "sys.exit(run_cli(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30))))")
+    proc = subprocess.run([sys.executable, "-c", starting_up], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and proc.stderr.strip() == "interrupted: stopped; nothing was half-written", proc
+
+
 def test_diverging_run_is_caught(tmp_path):
     proc = start_fit(*TINY, "--epochs", "2", "--optimizer", "sgd", "--lr-schedule", "constant",
                      "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
