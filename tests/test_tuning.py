@@ -416,6 +416,43 @@ def test_a_folder_that_is_not_a_search_is_refused_and_left_as_it_was(tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == [".DS_Store", "thesis.txt"]
 
 
+def test_a_full_disk_in_a_trial_stops_the_search_in_one_line_and_the_rerun_runs_that_trial(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """A full disk used to count as a failed trial (never run again), with keras-tuner's traceback and h5py's
+    destructor errors, and the process died with a segmentation fault at exit."""
+    import shutil
+
+    real = shutil.disk_usage
+
+    def trial_dirs_full(path):
+        usage = real(path)
+        return usage._replace(free=0) if "trial_1" in str(path) else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", trial_dirs_full)
+    out = tmp_path / "s"
+    assert search.main(tuning_args(out)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trial_1 for this trial's checkpoint" in err and "runs this trial again" in err
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert search.main(tuning_args(out)) == 0
+    trials = json.load(open(out / "trials.json"))
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+
+
+def test_what_stops_a_search_and_what_is_a_failed_trial():
+    """keras-tuner counts any error in a trial as a failed trial and starts the next; a user-facing one (a file
+    that cannot be written) must stop the search instead, as a FatalError keras-tuner lets through."""
+    import errno
+
+    from nin_keras.errors import NinError
+
+    for error in (NinError("trial_0/time.json: cannot write (No space left on device)"),
+                  OSError(errno.EACCES, "Permission denied", "/runs/s/search/trial_3")):
+        stopped = search._stops_the_search(error)
+        assert isinstance(stopped, NinError) and isinstance(stopped, keras_tuner.errors.FatalError)
+    assert search._stops_the_search(ValueError("a model that does not build")) is None
+
+
 def test_a_trial_orphaned_by_a_kill_is_retried(tmp_path):
     """A trial saved as RUNNING but missing from the oracle's ongoing state is queued again, not lost."""
     from nin_keras.distribute import make_strategy

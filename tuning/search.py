@@ -8,6 +8,7 @@ with keras-tuner's environment variables on every machine:
 """
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -189,15 +190,25 @@ def _timed(tuner_class):
             import keras
 
             check = self.signals.check
+            # Before keras-tuner's own checkpoint callback, which it appends: h5py on a full disk leaves a
+            # cut file, reports part of it only from destructors, and crashed the process at exit.
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
+                                   _room_for_checkpoint(self.get_trial_dir(trial.trial_id)),
                                    keras.callbacks.LambdaCallback(on_train_batch_end=check, on_test_batch_end=check)]
             start = time.perf_counter()
             try:
-                result = super().run_trial(trial, *args, **kwargs)
-            except Exception:  # keras-tuner marks it failed and goes on: its time counts (a stop's does not)
-                self._record_time(trial, time.perf_counter() - start, "failed")
-                raise
-            self._record_time(trial, time.perf_counter() - start, "finished")
+                try:
+                    result = super().run_trial(trial, *args, **kwargs)
+                except Exception as e:  # keras-tuner marks it failed and goes on: its time counts (a stop's does not)
+                    if _stops_the_search(e) is None:
+                        self._record_time(trial, time.perf_counter() - start, "failed")
+                    raise
+                self._record_time(trial, time.perf_counter() - start, "finished")
+            except Exception as e:
+                fatal = _stops_the_search(e)
+                if fatal is None:
+                    raise
+                raise fatal from None
             return result
 
         def _record_time(self, trial, seconds, outcome):
@@ -209,6 +220,43 @@ def _timed(tuner_class):
 
     Timed.__name__ = f"Timed{tuner_class.__name__}"
     return Timed
+
+
+def _room_for_checkpoint(trial_dir):
+    """A callback that stops the search in one line when ``trial_dir`` has no room for the trial's checkpoint."""
+    import keras
+
+    from nin_keras.callbacks import check_room, state_bytes
+
+    class RoomForCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            check_room(trial_dir, state_bytes(self.model) * 5 // 4, "this trial's checkpoint",
+                       "rerun the same command (the search runs this trial again)")
+
+    return RoomForCheckpoint()
+
+
+@functools.cache
+def _search_stopped_class():
+    import keras_tuner
+
+    class SearchStopped(NinError, keras_tuner.errors.FatalError):
+        """A user-facing error inside a trial: keras-tuner lets a FatalError through (the trial stays
+        unfinished, so the rerun runs it again) where any other error counts as a failed trial."""
+
+    return SearchStopped
+
+
+def _stops_the_search(error):
+    """The error that stops the search for ``error`` inside a trial (a NinError, a full disk, a folder that may
+    not be written), else None: a trial that fails on its own (a model that diverges) is keras-tuner's to count."""
+    from nin_keras.errors import write_failure
+
+    stopped = _search_stopped_class()
+    if isinstance(error, stopped):
+        return error
+    message = str(error) if isinstance(error, NinError) else write_failure(error)
+    return None if message is None else stopped(message)
 
 
 def start_from_defaults(oracle):
