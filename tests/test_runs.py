@@ -643,7 +643,9 @@ def test_ctrl_c_in_a_library_call_is_a_keyboard_interrupt_and_the_command_exits_
     # The command: exit 130 and one message, the run's own (no generic second line after it).
     assert _fit(*SMALL_FLAGS, "--epochs", "2", "--output-dir", str(tmp_path / "cli")) == 130
     captured = capsys.readouterr()
-    assert "interrupted by SIGINT" in captured.out and "resume with" in captured.out
+    # At epoch 1's second batch no epoch had finished: the line says so, and how to start again.
+    assert "interrupted by SIGINT" in captured.out and "no epoch had finished" in captured.out
+    assert f"start it again with: python -m nin_keras.fit --output-dir {tmp_path / 'cli'}" in captured.out
     assert "nothing was half-written" not in captured.err
 
 
