@@ -261,12 +261,13 @@ def _locked_output(args):
     """Hold the output folder's lock too when it is not the locked run folder: two exports of different
     runs into one ``--output-dir`` left a report describing one run's models beside the other's (and
     failed one export's check against the other's files). A folder this export made and left empty
-    goes again."""
+    goes again, and so does the lock file this export made."""
     from nin_keras.rundir import LockUnavailable, RunLock, folder_entries
 
     out_dir = export_dir(args, resolve_model_path(args.model))
     run_folder = args.model if os.path.isdir(args.model) else os.path.dirname(os.path.abspath(args.model))
-    if os.path.realpath(out_dir) == os.path.realpath(run_folder):  # _locked_run holds it already
+    if (os.path.realpath(out_dir) == os.path.realpath(run_folder)  # _locked_run holds it already
+            or os.path.exists(out_dir) and not os.path.isdir(out_dir)):  # _open_export says so, naming it
         yield
         return
     made = not os.path.exists(out_dir)
@@ -279,9 +280,10 @@ def _locked_output(args):
         yield
     finally:
         if lock is not None:
-            untouched = folder_entries(out_dir) == []
-            lock.release(remove=untouched)
-            if made and untouched:
+            # The lock file goes with the export (the folder is the user's to copy to an app): a third export
+            # opening it in the instant between removal and release is the race this accepts.
+            lock.release(remove=True)
+            if made and folder_entries(out_dir) == []:
                 with contextlib.suppress(OSError):
                     os.rmdir(out_dir)
 

@@ -647,11 +647,12 @@ def test_two_exports_into_one_output_folder_are_refused_like_two_of_one_run(trai
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--output-dir {shared} is in use by another nin_keras process" in err
     assert os.listdir(shared) == [".nin_keras.lock"]  # the holder's, nothing of this export's
+    (shared / ".nin_keras.lock").unlink()  # the other export is done, and took its lock file with it
     fresh = tmp_path / "fresh"
     assert exporter.main([run, "--format", "int8", "--int8-float-blocks", "block9", "--output-dir", str(fresh)]) == 1
     assert "no block 'block9'" in capsys.readouterr().err and not fresh.exists()
     assert exporter.main([run, "--format", "float32", "--no-verify", "--output-dir", str(shared)]) == 0
-    assert (shared / "nin_float32.tflite").exists()
+    assert sorted(os.listdir(shared)) == ["nin_float32.json", "nin_float32.tflite"]  # its lock file went too
 
 
 def test_predict_ranks_tied_scores_as_the_phone_page_does():
