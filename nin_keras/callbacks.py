@@ -10,7 +10,7 @@ import time
 
 import keras
 
-from nin_keras.io import atomic_path, atomic_write_text
+from nin_keras.io import atomic_path, atomic_write_text, file_mode
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -27,7 +27,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     With ``history_path``, a resumed run starts from the best value its
     history recorded up to the restored epoch: the stock callback starts from
-    nothing, so the first epoch after a resume replaced a better model.
+    nothing, so the first epoch after a resume replaced a better model. Epochs
+    after the restored one are trained again and their rows replaced, so they
+    do not count: ``best.keras`` follows the history the run ends with.
     """
 
     def __init__(self, filepath, *args, history_path=None, **kwargs):
@@ -77,34 +79,62 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
     would restore them and fail the same way. Here the previous backup stays.
 
     The stock callback also writes ``latest.weights.h5`` in place: on a full
-    disk h5py leaves it truncated (part of the error only reaches h5py's
-    object destructor, so no exception says so), its ``.bkp`` copy is made
+    disk h5py leaves it cut short (part of the error only reaches h5py's
+    object destructors, so no exception says so), its ``.bkp`` copy is made
     from it an epoch later, and the resume fails on it with a traceback. Here
-    the weights go to a temporary file, checked for length and renamed over
-    the backup; a disk without room for it is refused before h5py writes a byte.
+    a disk without room is refused before h5py writes a byte; the weights and
+    the epoch count go to temporary files, the weights are read back as a
+    resume would read them, and the pair replaces the last one by renames.
     """
 
     def on_train_begin(self, logs=None):
+        # Not the stock restore: it copies the earlier pair over the newest one on any OSError, before knowing
+        # the earlier one loads (a transient read error cost the newest backup), and reads an epoch count
+        # whose weights file is missing as "start there from random weights".
+        if not os.path.exists(self._weights_path) and not os.path.exists(self._training_metadata_path):
+            return  # a new run
         try:
-            super().on_train_begin(logs)
+            self._load_pair(self._weights_path, self._training_metadata_path)
+            return
         except (OSError, ValueError) as e:  # ValueError: a file that opens but lacks variables
-            self._restore_previous(e)
+            error = e
+        self._restore_earlier(error)
 
-    def _restore_previous(self, error):
-        """Load the ``.bkp`` pair (the epoch before the broken one), or raise a one-line DataError."""
+    def _load_pair(self, weights_path, metadata_path):
+        import json
+
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        if weights_path.endswith(".weights.h5"):
+            self.model.load_weights(weights_path)  # FileNotFoundError (an OSError) when it is missing
+        else:  # Keras loads by extension: the earlier copy (".bkp") under a name it reads
+            staged = os.path.join(self.backup_dir, ".earlier.tmp.weights.h5")
+            _link_over(weights_path, staged)
+            try:
+                self.model.load_weights(staged)
+            finally:
+                _remove(staged)
+        with open(metadata_path) as f:
+            self.model._initial_epoch = json.load(f)["epoch"]
+
+    def _restore_earlier(self, error):
+        """Load the ``.bkp`` pair (the epoch before); only once it has loaded does it become the newest."""
         from nin_keras.errors import DataError
 
-        broken = f"{self._weights_path}: damaged backup ({type(error).__name__})"
+        problem = f"{self.backup_dir}: the backup does not load ({type(error).__name__})"
         if not os.path.exists(self._prev_weights_path):
-            raise DataError(f"{broken} and no earlier copy; start the run again with --overwrite") from None
-        os.replace(self._prev_weights_path, self._weights_path)
-        if os.path.exists(self._prev_training_metadata_path):
-            os.replace(self._prev_training_metadata_path, self._training_metadata_path)
+            raise DataError(f"{problem}, and there is no earlier copy; start the run again with --overwrite "
+                            "(the backup is left as it is)") from None
         try:
-            self._load_model()
-        except (OSError, ValueError) as e:
-            raise DataError(f"{broken}, and its earlier copy too ({type(e).__name__}); start the run "
-                            "again with --overwrite") from None
+            self._load_pair(self._prev_weights_path, self._prev_training_metadata_path)
+        except (OSError, ValueError, KeyError) as e:
+            # Neither loads: a network other than the backup's (a --resume with other classes), or both
+            # damaged. Nothing is replaced: the files may be fine for the run they came from.
+            raise DataError(f"{problem}, nor does the copy of the epoch before ({type(e).__name__}): if this "
+                            "run's network or data changed, start it again with --overwrite (the backup is "
+                            "left as it is)") from None
+        os.replace(self._prev_weights_path, self._weights_path)
+        os.replace(self._prev_training_metadata_path, self._training_metadata_path)
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
@@ -117,30 +147,48 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         import json
 
-        needed = state_bytes(self.model)
+        epoch = self._current_epoch
         os.makedirs(self.backup_dir, exist_ok=True)
         # The new file is written beside the two it replaces (h5py's layout adds about 5%).
-        check_room(self.backup_dir, needed * 5 // 4, f"the backup of epoch {self._current_epoch}",
-                   rerun_hint(self._current_epoch))
+        check_room(self.backup_dir, state_bytes(self.model) * 5 // 4, f"the backup of epoch {epoch}",
+                   rerun_hint(epoch))
         tmp = os.path.join(self.backup_dir, ".latest.tmp.weights.h5")
+        tmp_metadata = os.path.join(self.backup_dir, ".training_metadata.tmp.json")
         try:
             self.model.save_weights(tmp, overwrite=True)
             # Read back as a resume would: h5py reports a failed flush of the file's structure only from
             # an object's destructor, so the file can be short without an exception. Values that load
             # are the ones just saved, so the model is unchanged; a short file fails before any is wrong.
             self.model.load_weights(tmp)
+            with open(tmp_metadata, "w") as f:
+                f.write(json.dumps({"epoch": epoch, "batch": self._last_batch_seen}))
         except (OSError, RuntimeError, ValueError) as e:
             _remove(tmp)
-            raise _backup_failed(self.backup_dir, self._current_epoch, e) from None
+            _remove(tmp_metadata)
+            raise _backup_failed(self.backup_dir, epoch, e) from None
         if self.double_checkpoint and os.path.exists(self._weights_path):
-            # The previous pair becomes the fallback by renames: no copy that a full disk could truncate.
-            os.replace(self._weights_path, self._prev_weights_path)
-            if os.path.exists(self._training_metadata_path):
-                os.replace(self._training_metadata_path, self._prev_training_metadata_path)
-        # Weights before the epoch count: a kill between the two retrains one epoch, never skips one.
+            # The pair becomes the earlier copy through links, so a newest pair exists at every moment.
+            _link_over(self._weights_path, self._prev_weights_path)
+            _link_over(self._training_metadata_path, self._prev_training_metadata_path)
+        # Weights, then the count: a kill between the two renames leaves epoch N's weights under epoch N-1's
+        # count, and the rerun trains epoch N once more from them (never an epoch skipped, never random weights).
         os.replace(tmp, self._weights_path)
-        atomic_write_text(self._training_metadata_path,
-                          json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        os.chmod(tmp_metadata, file_mode())
+        os.replace(tmp_metadata, self._training_metadata_path)
+
+
+def _link_over(source, target):
+    """Make ``target`` hold what ``source`` holds, atomically, leaving ``source`` where it is: a hard link
+    where the filesystem has them (no space needed), a copy otherwise."""
+    import shutil
+
+    staged = f"{target}.tmp"
+    _remove(staged)
+    try:
+        os.link(source, staged)
+    except OSError:  # FAT/exFAT drives, some network filesystems
+        shutil.copyfile(source, staged)
+    os.replace(staged, target)
 
 
 def state_bytes(model):

@@ -200,7 +200,7 @@ def test_a_full_disk_refuses_the_backup_before_writing_and_the_rerun_resumes(tmp
 
 
 def test_a_backup_truncated_without_an_error_is_never_kept(tmp_path, monkeypatch):
-    """h5py reports a full disk only in a destructor: the short file is caught by its length."""
+    """h5py reports a full disk only in a destructor: the short file is caught when it is read back."""
     import keras
 
     from nin_keras.errors import DataError
@@ -301,8 +301,40 @@ def test_a_damaged_backup_falls_back_to_the_epoch_before(tmp_path):
     for earlier in (tmp_path / "backup").glob("*.bkp"):
         earlier.unlink()
     _truncate(tmp_path / "backup" / "latest.weights.h5")  # now the only copy is damaged
-    with pytest.raises(DataError, match="damaged backup .* no earlier copy; start the run again with --overwrite"):
+    with pytest.raises(DataError, match="does not load .* no earlier copy; start the run again with --overwrite"):
         _backup(tmp_path / "backup", _compiled_tiny()).on_train_begin()
+
+
+def test_a_backup_of_another_network_is_refused_and_left_as_it_was(tmp_path):
+    """A --resume whose network no longer matches (other classes): neither copy loads, so neither may be
+    'restored' over the other; the stock callback's fallback copied the earlier one over the newest."""
+    from helpers import build_preset
+    from nin_keras.errors import DataError
+
+    model = _compiled_tiny()
+    backup = _backup(tmp_path / "backup", model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    backup.on_epoch_end(1, {"loss": 1.0})
+    before = {name: (tmp_path / "backup" / name).read_bytes() for name in os.listdir(tmp_path / "backup")}
+    other = build_preset("tiny", num_classes=5)
+    other.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(DataError, match="nor does the copy of the epoch before .*--overwrite \\(the backup is left"):
+        _backup(tmp_path / "backup", other).on_train_begin()
+    assert {name: (tmp_path / "backup" / name).read_bytes() for name in os.listdir(tmp_path / "backup")} == before
+
+
+def test_an_epoch_count_without_its_weights_does_not_start_from_random_weights(tmp_path):
+    """The stock restore skipped a missing weights file and still resumed at the recorded epoch."""
+    model = _compiled_tiny()
+    backup = _backup(tmp_path / "backup", model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    first = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in first])
+    backup.on_epoch_end(1, {"loss": 1.0})
+    (tmp_path / "backup" / "latest.weights.h5").unlink()
+    fresh = _compiled_tiny()
+    _backup(tmp_path / "backup", fresh).on_train_begin()
+    assert fresh._initial_epoch == 1 and all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
 
 
 def test_divergence_says_how_to_continue(tmp_path, capsys):
