@@ -199,14 +199,15 @@ def state_bytes(model):
 
 
 def check_room(folder, needed, what, then):
-    """Raise a one-line DataError if ``folder``'s filesystem has less than ``needed`` bytes (+ 1 MiB) free."""
+    """Raise a one-line :class:`~nin_keras.errors.NoRoom` if ``folder``'s filesystem has less than ``needed``
+    bytes (+ 1 MiB) free."""
     import shutil
 
-    from nin_keras.errors import DataError
+    from nin_keras.errors import NoRoom
 
     free = shutil.disk_usage(folder).free
     if free < needed + 2**20:
-        raise DataError(f"no space left on the device of {folder} for {what} ({free / 2**20:.1f} MiB free, "
+        raise NoRoom(f"no space left on the device of {folder} for {what} ({free / 2**20:.1f} MiB free, "
                         f"{(needed + 2**20) / 2**20:.1f} MiB needed): free space, then {then}")
 
 

@@ -34,6 +34,18 @@ def add_data_flags(parser, exclude=(), defaults=None):
     return add_flags(parser, names, defaults=defaults, group=parser.add_argument_group("data"))
 
 
+def _silence_stdout():
+    """Point the process's standard output at /dev/null: Python flushes it once more at exit, and a closed
+    pipe would raise again there. Not for a stdout that is no file (a notebook's, a test's capture)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def check_backend():
     """A one-line ConfigError unless Keras runs, or will run, on TensorFlow (see nin_keras/__init__.py).
 
@@ -61,7 +73,6 @@ def run_cli(body):
     """
     if sys.stdout is None:  # started with standard output closed (`cmd >&-`): Keras' progress lines need one
         sys.stdout = open(os.devnull, "w")
-    previous = _sigterm_as_interrupt()
     try:
         check_backend()
         code = body()
@@ -69,50 +80,30 @@ def run_cli(body):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `| head` read what it wanted and left
-        # Python flushes standard output once more at exit: point it at nothing so that raises no more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("error: standard output was closed (the reader of a pipe ended): stopped; a training run "
-              "resumes from its last finished epoch", file=sys.stderr)
+        _silence_stdout()
+        print("error: standard output was closed (the reader of a pipe ended): stopped; a training run or a "
+              "search resumes where it stopped", file=sys.stderr)
         return 1
     except Stopped as e:  # the stage that stopped has said what it kept
         return e.exit_code
     except Exception as e:
         from nin_keras.data.folders import decode_failure
 
-        failed = write_failure(e)  # from a writer nin_keras does not wrap (TensorFlow's, Keras', h5py's)
-        if failed is not None:
-            print(f"error: {failed}", file=sys.stderr)
-            return 1
         reason = decode_failure(e)  # an image that changed after the scan, reported inside TensorFlow's error
-        if reason is None:
+        if reason is not None:
+            print(f"error: {reason}; the file changed after the scan (moved, deleted or rewritten): restore it "
+                  "and rerun (a training run resumes from its last finished epoch)", file=sys.stderr)
+            return 1
+        failed = write_failure(e)  # from a writer nin_keras does not wrap (TensorFlow's, Keras', h5py's)
+        if failed is None:
             raise
-        print(f"error: {reason}; the file changed after the scan (moved, deleted or rewritten): restore it and "
-              "rerun (a training run resumes from its last finished epoch)", file=sys.stderr)
+        print(f"error: {failed}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         # A second Ctrl-C or SIGTERM (SignalStop's SecondSignal) lands here too, so the message names neither.
         print("\ninterrupted: stopped; nothing was half-written", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell's
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0 if code is None else code
-
-
-def _sigterm_as_interrupt():
-    """Make SIGTERM raise like Ctrl-C where no stage handles it (start-up, the scan), so `kill` gets the
-    same line and exit code 143 instead of a silent death; returns the handler to put back (or None)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or previous is None:  # ignored on purpose, or set from C: leave it
-        return None
-
-    def interrupt(signum, frame):
-        raise SignalInterrupt(signum)
-
-    signal.signal(signal.SIGTERM, interrupt)
-    return previous
 
 
 # What TensorFlow's and Keras' imports accept in keras.json; anything else stops them with an assertion
@@ -139,6 +130,8 @@ def check_keras_json():
     import json
 
     for path in keras_json_paths():
+        if os.path.isdir(path):  # TensorFlow's import opens it and stops with IsADirectoryError
+            raise ConfigError(f"{path}: a folder where Keras reads its settings file; move it away")
         try:
             with open(path) as f:
                 config = json.load(f)

@@ -31,6 +31,10 @@ class DataError(NinError):
     """Input data is missing, unreadable, or inconsistent."""
 
 
+class NoRoom(DataError):
+    """A folder's filesystem has no room for what is about to be written (checked before writing)."""
+
+
 class ConfigError(NinError):
     """A setting, preset, or config file is invalid."""
 
@@ -87,6 +91,9 @@ def write_failure(error):
         # h5py's strerror is its whole C error stack, over several lines: the system's words suffice.
         path, reason = error.filename, os.strerror(error.errno)
     else:
+        # Only where the system's words are the error's own: TensorFlow's C++ errors, h5py's RuntimeError.
+        if not (type(error).__module__.startswith("tensorflow") or isinstance(error, RuntimeError)):
+            return None
         found = _WRITE_FAILURE_TEXT.search(str(error))
         if found is None:
             return None
@@ -95,12 +102,19 @@ def write_failure(error):
         path, reason = (words[-1] if words and os.path.isabs(words[-1]) else None), found.group(1)
     advice = next(a for n, a in _WRITE_FAILURES.items() if os.strerror(n) == reason)
     where = os.path.dirname(os.fspath(path)) if path else None
-    tmp = os.path.join(os.path.abspath(tempfile.gettempdir()), "")
-    if where and os.path.join(os.path.abspath(where), "").startswith(tmp):
-        return (f"{reason} in the temporary folder {tmp.rstrip(os.sep)}: {advice} there, or set TMPDIR to "
+    if where and _staged_in_tmp(where):
+        return (f"{reason} in the temporary folder {tempfile.gettempdir()}: {advice} there, or set TMPDIR to "
                 "another folder, and rerun (finished files were not replaced)")
-    return (f"{reason}{f' writing in {where}' if where else ''}: {advice} and rerun (finished files were not "
+    return (f"{reason}{f' (in {where})' if where else ''}: {advice} and rerun (finished files were not "
             "replaced; a training run resumes from its last finished epoch)")
+
+
+def _staged_in_tmp(folder):
+    """Whether ``folder`` is inside one of nin_keras' own temporary folders (``nin_keras-*`` in TMPDIR), not
+    an --output-dir the user chose under /tmp."""
+    tmp = os.path.join(os.path.abspath(tempfile.gettempdir()), "")
+    folder = os.path.abspath(folder)
+    return folder.startswith(tmp) and folder[len(tmp):].split(os.sep)[0].startswith("nin_keras-")
 
 
 def write_advice(error):

@@ -73,19 +73,6 @@ def test_sigterm_before_any_epoch_finished_does_not_claim_one_was_saved(tmp_path
     assert "the last finished epoch is saved" not in output
 
 
-def test_sigterm_where_no_stage_handles_it_is_the_interrupted_line_and_143():
-    """`kill` during start-up (imports, the scan) died silently; Ctrl-C there already said one line."""
-    import subprocess
-    import sys
-
-    from helpers import REPO
-
-    starting_up = ("import os, signal, sys, time; from nin_keras.cli import run_cli; "
-                   "sys.exit(run_cli(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30))))")
-    proc = subprocess.run([sys.executable, "-c", starting_up], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 143 and proc.stderr.strip() == "interrupted: stopped; nothing was half-written", proc
-
-
 def test_diverging_run_is_caught(tmp_path):
     proc = start_fit(*TINY, "--epochs", "2", "--optimizer", "sgd", "--lr-schedule", "constant",
                      "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
@@ -154,7 +141,7 @@ def test_a_full_disk_or_a_forbidden_folder_inside_tensorflow_or_keras_is_one_lin
                  lambda: open("/sys/kernel/notes", "w")):
         assert run_cli(body) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(("error: Permission denied writing in /sys/kernel: check the "
+        assert err.count("\n") == 1 and err.startswith(("error: Permission denied (in /sys/kernel): check the "
                                                          "folder's permissions and rerun", "error: Read-only")), err
     with pytest.raises(RuntimeError, match="boom"):
         run_cli(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -176,6 +163,29 @@ def test_a_full_temporary_folder_names_tmpdir():
     assert write_failure(error).startswith(f"No space left on device in the temporary folder {tempfile.gettempdir()}: "
                                        "free space there, or set TMPDIR")
     assert write_failure(ValueError("a shape mismatch")) is None
+    # An --output-dir the user chose under the temporary folder is not "the temporary folder" (TMPDIR cannot help).
+    chosen = os.path.join(tempfile.gettempdir(), "my-runs", "r1", "backup", "x.tempstate1")
+    assert "TMPDIR" not in write_failure(tf.errors.ResourceExhaustedError(None, None, f"{chosen}; No space left on "
+                                                                                       "device [Op:SaveV2]"))
+    # Text alone, in an error that is not the system's report (Keras', a message quoting a file), is not read.
+    assert write_failure(ValueError("/data/a.jpg: Permission denied")) is None
+
+
+def test_an_image_unreadable_after_the_scan_is_named_not_read_as_a_write_failure(capsys):
+    """The decode failure carries the OS's words ("Permission denied"): it must keep its own message, which
+    names the file, rather than get advice about writing a folder."""
+    import tensorflow as tf
+
+    from nin_keras.cli import run_cli
+    from nin_keras.data.folders import DECODE_FAILED
+
+    def training():
+        raise tf.errors.InvalidArgumentError(None, None, f"assertion failed: [{DECODE_FAILED}: /data/cat/IMG_1.jpg: "
+                                             "corrupt or unreadable image ([Errno 13] Permission denied)]")
+
+    assert run_cli(training) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: /data/cat/IMG_1.jpg: corrupt or unreadable image") and "changed after the scan" in err
 
 
 TINY_FLAGS = ["--preset", "tiny", "--limit", "2000", "--test-limit", "300", "--precision", "float32", "--verbose", "2"]
@@ -190,7 +200,7 @@ def test_a_pipe_whose_reader_left_stops_in_one_line_and_the_rerun_resumes(tmp_pa
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "Exception ignored" not in err, err
     assert err.strip().splitlines()[-1] == ("error: standard output was closed (the reader of a pipe ended): "
-                                            "stopped; a training run resumes from its last finished epoch")
+                                            "stopped; a training run or a search resumes where it stopped")
     proc = launch("nin_keras.fit", *TINY_FLAGS, "--epochs", "3", "--output-dir", str(out))
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "resuming" in log, log[-2000:]

@@ -551,6 +551,14 @@ def test_a_keras_json_that_stops_tensorflows_import_is_one_line(tmp_path, settin
     assert not (tmp_path / "run").exists()
 
 
+def test_a_folder_named_keras_json_is_one_line(tmp_path):
+    (tmp_path / "keras.json").mkdir()  # TensorFlow's import opened it: IsADirectoryError
+    proc = launch("nin_keras.fit", "--output-dir", str(tmp_path / "run"), env={"KERAS_HOME": str(tmp_path)},
+                  merge_stderr=False)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.count("\n") == 1 and "a folder where Keras reads its settings" in err, err
+
+
 # ---------------------------------------------------------------- seeds, bad inputs, umask
 
 

@@ -451,6 +451,9 @@ def test_what_stops_a_search_and_what_is_a_failed_trial():
         stopped = search._stops_the_search(error)
         assert isinstance(stopped, NinError) and isinstance(stopped, keras_tuner.errors.FatalError)
     assert search._stops_the_search(ValueError("a model that does not build")) is None
+    assert search._stops_the_search(NinError("learning rate must be positive. Received: 0")) is None  # the trial's
+    closed = search._stops_the_search(BrokenPipeError(32, "Broken pipe"))  # `| head`
+    assert isinstance(closed, BrokenPipeError) and isinstance(closed, keras_tuner.errors.FatalError)
 
 
 def test_the_same_search_twice_scores_its_trials_the_same(tmp_path, capsys):

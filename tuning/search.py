@@ -17,7 +17,7 @@ import time
 
 from nin_keras import config as config_lib
 from nin_keras import rundir, settings
-from nin_keras.errors import ConfigError, NinError, Stopped
+from nin_keras.errors import ConfigError, NinError, NoRoom, Stopped
 from nin_keras.cli import OneLineParser, add_data_flags, check_backend, run_cli, SignalStop
 from nin_keras.io import atomic_write_text, foreign_entries, read_json_object
 from nin_keras.precision import precision_scope, resolve_precision
@@ -248,15 +248,35 @@ def _search_stopped_class():
 
 
 def _stops_the_search(error):
-    """The error that stops the search for ``error`` inside a trial (a NinError, a full disk, a folder that may
-    not be written), else None: a trial that fails on its own (a model that diverges) is keras-tuner's to count."""
+    """The error that stops the search for ``error`` inside a trial (a full disk, a folder that may not be
+    written, a closed standard output), else None: a trial that fails on its own (a model that diverges,
+    a setting it cannot take) is keras-tuner's to count, or a rerun would stop on the same trial forever."""
+    import keras_tuner
+
     from nin_keras.errors import write_failure
 
     stopped = _search_stopped_class()
-    if isinstance(error, stopped):
+    if isinstance(error, (stopped, keras_tuner.errors.FatalError)):
         return error
-    message = str(error) if isinstance(error, NinError) else write_failure(error)
+    if isinstance(error, BrokenPipeError):  # `| head`: run_cli's one line, and the trial runs again
+        return _pipe_closed_class()(*error.args)
+    if isinstance(error, NoRoom):
+        message = str(error)
+    elif isinstance(error, NinError):  # nin_keras' own writes (a trial's time.json) say "cannot write (<reason>)"
+        message = str(error) if write_failure(RuntimeError(str(error))) is not None else None
+    else:
+        message = write_failure(error)
     return None if message is None else stopped(message)
+
+
+@functools.cache
+def _pipe_closed_class():
+    import keras_tuner
+
+    class PipeClosed(BrokenPipeError, keras_tuner.errors.FatalError):
+        """A BrokenPipeError keras-tuner lets through (it is a FatalError); run_cli says it in one line."""
+
+    return PipeClosed
 
 
 def start_from_defaults(oracle):
