@@ -278,6 +278,23 @@ def test_an_epoch_whose_best_model_could_not_be_written_is_trained_again(tmp_pat
     assert calls == [0, 1, 1] and metrics["epochs"] == 2
 
 
+def _two_backups(folder):
+    """Back up epochs 1 and 2 of a tiny model into ``folder``; returns epoch 1's weights."""
+    model = _compiled_tiny()
+    backup = _backup(folder, model)
+    backup.on_epoch_end(0, {"loss": 1.0})
+    first = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1 for w in first])
+    backup.on_epoch_end(1, {"loss": 1.0})
+    return first
+
+
+def _assert_resumes_after_epoch_1(folder, first):
+    fresh = _compiled_tiny()
+    _backup(folder, fresh).on_train_begin()
+    assert fresh._initial_epoch == 1 and all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
+
+
 def _truncate(path):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
@@ -287,17 +304,9 @@ def test_a_damaged_backup_falls_back_to_the_epoch_before(tmp_path):
     """A backup cut short (a disk that filled under the stock callback, a copy interrupted) is not a traceback."""
     from nin_keras.errors import DataError
 
-    model = _compiled_tiny()
-    backup = _backup(tmp_path / "backup", model)
-    backup.on_epoch_end(0, {"loss": 1.0})
-    first = [w.copy() for w in model.get_weights()]
-    model.set_weights([w + 1 for w in first])
-    backup.on_epoch_end(1, {"loss": 1.0})
+    first = _two_backups(tmp_path / "backup")
     _truncate(tmp_path / "backup" / "latest.weights.h5")
-    fresh = _compiled_tiny()
-    _backup(tmp_path / "backup", fresh).on_train_begin()
-    assert fresh._initial_epoch == 1
-    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
+    _assert_resumes_after_epoch_1(tmp_path / "backup", first)
     for earlier in (tmp_path / "backup").glob("*.bkp"):
         earlier.unlink()
     _truncate(tmp_path / "backup" / "latest.weights.h5")  # now the only copy is damaged
@@ -325,16 +334,9 @@ def test_a_backup_of_another_network_is_refused_and_left_as_it_was(tmp_path):
 
 def test_an_epoch_count_without_its_weights_does_not_start_from_random_weights(tmp_path):
     """The stock restore skipped a missing weights file and still resumed at the recorded epoch."""
-    model = _compiled_tiny()
-    backup = _backup(tmp_path / "backup", model)
-    backup.on_epoch_end(0, {"loss": 1.0})
-    first = [w.copy() for w in model.get_weights()]
-    model.set_weights([w + 1 for w in first])
-    backup.on_epoch_end(1, {"loss": 1.0})
+    first = _two_backups(tmp_path / "backup")
     (tmp_path / "backup" / "latest.weights.h5").unlink()
-    fresh = _compiled_tiny()
-    _backup(tmp_path / "backup", fresh).on_train_begin()
-    assert fresh._initial_epoch == 1 and all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
+    _assert_resumes_after_epoch_1(tmp_path / "backup", first)
 
 
 def test_divergence_says_how_to_continue(tmp_path, capsys):
