@@ -322,13 +322,16 @@ def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir(cfg.preset)
         # Before anything is read or written: a second process on this folder stops here.
-        lock = rundir.RunLock(cfg.output_dir).acquire()
+        lock = _lock_unless_only_reading(cfg, resume, overwrite)
         try:
             state, run_dir = prepare_run_dir(cfg, resume, overwrite, print_fn)
             metrics = read_finished_metrics(run_dir) if state == "done" else None
         except BaseException:
-            lock.release(remove=True)
+            if lock is not None:
+                lock.release(remove=True)
             raise
+        if lock is None and state != "done":  # unlocked only to report a finished run
+            raise rundir.LockUnavailable(f"--output-dir {cfg.output_dir}: cannot write (it is read-only here)")
         return {"state": state, "run_dir": run_dir, "metrics": metrics, "model": cfg.model}
 
     decision, shared = distribute.agree(strategy, decide, share=lambda d: d)
@@ -348,6 +351,18 @@ def open_run(cfg, strategy, resume, overwrite, *, print_fn=print, started=0.0):
 
         run.run_dir = tempfile.mkdtemp(prefix="nin_keras-worker-")
     return run
+
+
+def _lock_unless_only_reading(cfg, resume, overwrite):
+    """The run folder's lock; None for a finished run in a folder this process may not write (a copy on a
+    read-only share), which a plain rerun only reports."""
+    try:
+        return rundir.RunLock(cfg.output_dir).acquire()
+    except rundir.LockUnavailable:
+        finished = os.path.exists(os.path.join(cfg.output_dir, RUN_FILES["metrics"]))
+        if resume or overwrite or not finished:
+            raise
+        return None
 
 
 def load_run_data(run):

@@ -345,6 +345,22 @@ def test_divergence_says_how_to_continue(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and "--resume --learning-rate" in err
 
 
+def test_a_finished_run_in_a_folder_that_cannot_be_written_is_still_reported(finished_run, monkeypatch):
+    """A finished run on a read-only share: rerunning it reports its result (the docs' promise) instead of
+    refusing the lock; anything that would write there is still refused."""
+    from nin_keras import rundir
+    from nin_keras.errors import ConfigError
+
+    def read_only(self):
+        raise rundir.LockUnavailable(f"{self.label}: cannot write (Read-only file system)")
+
+    monkeypatch.setattr(rundir.RunLock, "acquire", read_only)
+    metrics, lines = _train(finished_run, epochs=1)
+    assert metrics["epochs"] == 1 and any("already holds this finished run" in line for line in lines)
+    with pytest.raises(ConfigError, match="holds a different run"):
+        _train(finished_run, epochs=1, learning_rate=0.5)  # another run: refused, and nothing written
+
+
 def test_a_failed_replacement_leaves_none_of_its_own_files(finished_run):
     """restore() clears every run file the new run wrote, not only the names the old run had."""
     from nin_keras import rundir
