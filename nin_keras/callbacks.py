@@ -103,8 +103,9 @@ class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
     def _load_pair(self, weights_path, metadata_path):
         import json
 
-        if not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
         if weights_path.endswith(".weights.h5"):
             self.model.load_weights(weights_path)  # FileNotFoundError (an OSError) when it is missing
         else:  # Keras loads by extension: the earlier copy (".bkp") under a name it reads
