@@ -209,7 +209,7 @@ def check_room(folder, needed, what, then):
     free = shutil.disk_usage(folder).free
     if free < needed + 2**20:
         raise NoRoom(f"no space left on the device of {folder} for {what} ({free / 2**20:.1f} MiB free, "
-                        f"{(needed + 2**20) / 2**20:.1f} MiB needed): free space, then {then}")
+                     f"{(needed + 2**20) / 2**20:.1f} MiB needed): free space, then {then}")
 
 
 def rerun_hint(epoch):

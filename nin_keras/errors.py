@@ -101,7 +101,8 @@ def write_failure(error):
         words = str(error)[:found.start()].rstrip("; :'\"").split()
         path, reason = (words[-1] if words and os.path.isabs(words[-1]) else None), found.group(1)
     advice = next(a for n, a in _WRITE_FAILURES.items() if os.strerror(n) == reason)
-    where = os.path.dirname(os.fspath(path)) if path else None
+    # OSError.filename may be a file descriptor, or absent (a write to standard output).
+    where = os.path.dirname(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) and path else None
     if where and _staged_in_tmp(where):
         return (f"{reason} in the temporary folder {tempfile.gettempdir()}: {advice} there, or set TMPDIR to "
                 "another folder, and rerun (finished files were not replaced)")
