@@ -264,9 +264,9 @@ def _locked_output(args):
     goes again, and so does the lock file this export made."""
     from nin_keras.rundir import LockUnavailable, RunLock, folder_entries
 
-    out_dir = export_dir(args, resolve_model_path(args.model))
-    run_folder = args.model if os.path.isdir(args.model) else os.path.dirname(os.path.abspath(args.model))
-    if (os.path.realpath(out_dir) == os.path.realpath(run_folder)  # _locked_run holds it already
+    model_path = resolve_model_path(args.model)
+    out_dir = export_dir(args, model_path)
+    if (os.path.realpath(out_dir) == os.path.realpath(run_dir(model_path))  # _locked_run holds it already
             or os.path.exists(out_dir) and not os.path.isdir(out_dir)):  # _open_export says so, naming it
         yield
         return

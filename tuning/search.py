@@ -255,8 +255,7 @@ def _stops_the_search(error):
 
     from nin_keras.errors import write_failure
 
-    stopped = _search_stopped_class()
-    if isinstance(error, (stopped, keras_tuner.errors.FatalError)):
+    if isinstance(error, keras_tuner.errors.FatalError):  # ours (SearchStopped, PipeClosed) or keras-tuner's
         return error
     if isinstance(error, BrokenPipeError):  # `| head`: run_cli's one line, and the trial runs again
         return _pipe_closed_class()(*error.args)
@@ -266,7 +265,7 @@ def _stops_the_search(error):
         message = str(error) if write_failure(RuntimeError(str(error))) is not None else None
     else:
         message = write_failure(error)
-    return None if message is None else stopped(message)
+    return None if message is None else _search_stopped_class()(message)
 
 
 @functools.cache
