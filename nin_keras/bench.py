@@ -204,6 +204,15 @@ def _plan(preset, batch_size, steps, repeats, *, settings, image_dir, image_size
     return bench
 
 
+def _batch_norm_forward(bench):
+    """How fused BatchNorm's training forward runs here: "split" (TensorFlow's ops), "fused" or None (unfused)."""
+    from nin_keras.fused_bn import split_forward
+
+    if not bench.settings.fused_batch_norm:
+        return None
+    return "split" if bench.precision == "float32" and split_forward() else "fused"
+
+
 def _describe(bench, threads, image_dir, isa):
     """The results' header: what was measured, on what software and machine."""
     import keras
@@ -214,7 +223,8 @@ def _describe(bench, threads, image_dir, isa):
             "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
             "inter_op_threads": threads[1], "data_format": settings.data_format,
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
-            "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": onednn_caller_thread_on(),
+            "fused_batch_norm": settings.fused_batch_norm, "batch_norm_forward": _batch_norm_forward(bench),
+            "onednn_caller_thread": onednn_caller_thread_on(),
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
@@ -400,7 +410,8 @@ def format_results(r):
         f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: ONEDNN_MAX_CPU_ISA={r['isa_cap']})" if r["isa_cap"] else ""),
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
-        f"BatchNorm {'fused' if r.get('fused_batch_norm', True) else 'unfused'}, "
+        f"BatchNorm {'fused' if r.get('fused_batch_norm', True) else 'unfused'}"
+        + (" (forward in TensorFlow's ops)" if r.get("batch_norm_forward") == "split" else "") + ", "
         + ("oneDNN on the caller thread, " if r.get("onednn_caller_thread") else "") +
         f"strategy: {r.get('strategy', 'default')}"
         + (f"; data: {r['images']:,} images streamed from {r['image_dir']}" if r.get("image_dir") else ""),

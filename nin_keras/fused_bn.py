@@ -16,13 +16,77 @@ Keras' rule exactly (momentum ``m`` keeps ``m`` of the old value; the batch
 variance is the biased one, as Keras uses, not the fused kernel's
 Bessel-corrected one).
 
+Below AVX-512 the forward pass is split: oneDNN's AVX2 BatchNorm forward
+kernel measured 8x slower than its AVX-512 one on a 2-core Xeon with AMX
+capped to AVX2 (10 ms against 1.25 ms for a 128x13x13x64 batch, inference
+as slow as training), while its backward kernel is fast on both. So on a
+CPU where oneDNN runs AVX2 (no AVX-512, or ``ONEDNN_MAX_CPU_ISA`` capping
+it), float32 training computes the batch moments and the normalisation
+with TensorFlow's own ops and only the gradient with the fused kernel
+(:func:`split_batch_norm`). ``NIN_KERAS_BATCH_NORM_FORWARD=fused|split``
+overrides the choice (the bench's measurements).
+
 Eligible: TensorFlow backend, 4-D input normalised over its last axis
 (channels_last), with both ``scale`` and ``center``, no renorm, not
 synchronized. Anything else keeps Keras' call, and so does a call with a
 mask.
 """
 
+import os
 import types
+
+from nin_keras.errors import ConfigError
+
+#: Overrides the forward kernel's choice: "fused", "split" (or unset: by the CPU).
+FORWARD_ENV = "NIN_KERAS_BATCH_NORM_FORWARD"
+#: oneDNN caps (``ONEDNN_MAX_CPU_ISA``) below AVX-512.
+CAPS_BELOW_AVX512 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+
+
+def split_forward(flags=None, env=None):
+    """True if training should normalise with TensorFlow's ops and differentiate with the fused kernel.
+
+    That is where oneDNN runs below AVX-512 (module docstring), unless
+    ``$NIN_KERAS_BATCH_NORM_FORWARD`` says "fused" or "split".
+    """
+    from nin_keras.precision import cpu_flags
+
+    env = os.environ if env is None else env
+    choice = env.get(FORWARD_ENV, "").strip().lower()
+    if choice not in ("", "fused", "split"):
+        raise ConfigError(f"{FORWARD_ENV} must be 'fused' or 'split'. Received: {env[FORWARD_ENV]!r}")
+    if choice:
+        return choice == "split"
+    flags = cpu_flags() if flags is None else flags
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return "avx512f" not in flags or cap in CAPS_BELOW_AVX512
+
+
+def split_batch_norm(x, gamma, beta, epsilon):
+    """Training-mode BatchNorm of NHWC float32 ``x``: returns ``y``, the batch mean and biased variance.
+
+    The forward pass is TensorFlow's moments and one multiply-add; the
+    gradient is ``FusedBatchNormGradV3``'s (oneDNN's backward kernel), the
+    same gradient as autodiff through Keras' ops, to rounding.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def normalise(x, gamma, beta):
+        mean, variance = tf.nn.moments(x, [0, 1, 2])
+        scale = gamma * tf.math.rsqrt(variance + epsilon)
+        y = x * scale + (beta - mean * scale)
+
+        def gradient(dy, *_):
+            dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=gamma, reserve_space_1=mean, reserve_space_2=variance,
+                reserve_space_3=tf.zeros([0]), epsilon=epsilon, data_format="NHWC", is_training=True)
+            return dx, dgamma, dbeta
+
+        # The statistics only update the moving averages: no gradient flows through them.
+        return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient
+
+    return normalise(x, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta))
 
 
 def eligible(layer):
@@ -44,7 +108,11 @@ def _fused_call(self, inputs, training=None, mask=None):
         return type(self).call(self, inputs, training=training, mask=mask)
     # The fused kernel takes float32 or bfloat16/float16 activations with float32 statistics.
     x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
-    if training and self.trainable:
+    if training and self.trainable and x.dtype == tf.float32 and self._nin_split_forward:
+        y, mean, variance = split_batch_norm(x, self.gamma, self.beta, self.epsilon)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+    elif training and self.trainable:
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
@@ -63,8 +131,10 @@ def fuse_batch_norm(model):
     from nin_keras.precise_bn import batchnorm_layers
 
     fused = 0
+    split = split_forward()
     for layer in batchnorm_layers(model):
         if eligible(layer):
+            layer._nin_split_forward = split
             layer.call = types.MethodType(_fused_call, layer)
             fused += 1
     return fused

@@ -123,3 +123,52 @@ def test_fit_compiles_fused_and_the_bench_can_turn_it_off(setting, expected):
     assert count_fused(model) == expected
     assert "--no-fused-batch-norm" in bench.BenchSettings(fused_batch_norm=False).flags()
     assert bench.build_parser().parse_args(["--no-fused-batch-norm"]).fused_batch_norm is False
+
+
+@pytest.mark.parametrize("flags, env, expected", [
+    ({"avx2", "avx512f"}, {}, False),                                   # AVX-512: oneDNN's fused forward
+    ({"avx2"}, {}, True),                                               # an AVX2-only CPU
+    ({"avx2", "avx512f"}, {"ONEDNN_MAX_CPU_ISA": "avx2"}, True),        # capped like a user's machine
+    ({"avx2", "avx512f"}, {"DNNL_MAX_CPU_ISA": "AVX2_VNNI"}, True),     # oneDNN's older variable
+    ({"avx2", "avx512f"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),
+    ({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "fused"}, False),       # the override wins both ways
+    ({"avx2", "avx512f"}, {"NIN_KERAS_BATCH_NORM_FORWARD": " Split "}, True),
+])
+def test_the_forward_is_split_where_onednn_runs_below_avx512(flags, env, expected):
+    from nin_keras.fused_bn import split_forward
+
+    assert split_forward(flags, env) is expected
+
+
+def test_a_bad_forward_override_is_one_line_that_repeats_it():
+    from nin_keras.errors import ConfigError
+    from nin_keras.fused_bn import split_forward
+
+    with pytest.raises(ConfigError, match=r"NIN_KERAS_BATCH_NORM_FORWARD .*Received: 'onednn'"):
+        split_forward({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "onednn"})
+
+
+@pytest.mark.parametrize("forward", ["split", "fused"])
+def test_both_forwards_train_like_keras(forward, monkeypatch):
+    """Outputs, every weight's gradient and the moving statistics, against Keras' own BatchNorm ops."""
+    monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", forward)
+    plain, fused = twin_models()
+    perturb_statistics(plain)
+    fused.set_weights(plain.get_weights())
+    fuse_batch_norm(fused)
+    assert all(layer._nin_split_forward is (forward == "split") for layer in batchnorm_layers(fused))
+    x, y = random_images(16).astype("float32"), np.arange(16) % 10
+
+    def step(model):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    (loss_a, grads_a), (loss_b, grads_b) = step(plain), step(fused)
+    assert float(loss_b) == pytest.approx(float(loss_a), abs=1e-6)
+    for weight, a, b in zip(plain.trainable_weights, grads_a, grads_b):
+        if forward == "split" or weight.path.startswith("head_bn1"):  # fused: ReLU boundaries differ by rounding
+            np.testing.assert_allclose(b, a, atol=2e-6, rtol=1e-4, err_msg=weight.path)
+    for a, b in zip(batchnorm_layers(plain), batchnorm_layers(fused)):
+        np.testing.assert_allclose(b.moving_mean, a.moving_mean, atol=1e-6)
+        np.testing.assert_allclose(b.moving_variance, a.moving_variance, rtol=1e-5)
