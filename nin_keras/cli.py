@@ -7,6 +7,7 @@ import sys
 import threading
 
 from nin_keras.errors import ConfigError, NinError, SignalInterrupt, Stopped, write_failure
+from nin_keras.io import is_utf8
 
 # Before TensorFlow is imported (entry points import this module first): hide
 # its C++ start-up chatter (e.g. cuInit on CPU machines).
@@ -24,6 +25,18 @@ class OneLineParser(argparse.ArgumentParser):
             unknown = {a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")}
             message += did_you_mean(unknown, known)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        # A folder name that is not UTF-8 reaches Python as lone surrogates, which TensorFlow's writers
+        # (TensorBoard, checkpoints, the tuner's) refuse with a traceback after the run has started.
+        for name, value in vars(parsed).items():
+            if name in ("output_dir", "run_dir") and isinstance(value, str) and not is_utf8(value):
+                flag = "--" + name.replace("_", "-")
+                self.error(f"{flag} must be a UTF-8 path: TensorFlow cannot write to {value!r}; rename the folder "
+                           "or choose another")
+        return parsed, extras
+
 
 
 def add_data_flags(parser, exclude=(), defaults=None):
@@ -73,6 +86,10 @@ def run_cli(body):
     """
     if sys.stdout is None:  # started with standard output closed (`cmd >&-`): Keras' progress lines need one
         sys.stdout = open(os.devnull, "w")
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (lone surrogates in Python) is printed escaped, not raised on.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         check_backend()
         code = body()

@@ -89,6 +89,15 @@ def atomic_write_bytes(path, data):
             os.fsync(f.fileno())
 
 
+def is_utf8(name):
+    """False for a file or folder name that is not UTF-8 (Python reads its bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def atomic_write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -492,3 +492,27 @@ def test_a_photo_deleted_during_training_is_one_line_not_a_traceback(tmp_path, m
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"error: {tmp_path / 'photos' / 'left'}") and "No such file or directory: '" in err
     assert "the file changed after the scan" in err
+
+
+def test_file_names_that_are_not_utf8_decode_and_train(tmp_path):
+    """A camera or an old Windows zip writes Latin-1 names: Python reads them as lone surrogates, which
+    TensorFlow could not hold as a tf.string (a traceback at the first epoch, and at export's check)."""
+    root = os.fsencode(tmp_path)
+    for label, cls in enumerate((b"left", b"right")):
+        os.makedirs(os.path.join(root, cls))
+        for i in range(3):
+            scene(label).save(os.path.join(root, cls, b"caf\xe9 %d.jpg" % i))
+    splits = data.load_data(image_dir=str(tmp_path), image_size=SIZE, channels=3, val_fraction=0.3)
+    x = folders.as_array(splits.x_train)
+    assert x.shape[1:] == (*SIZE, 3) and x.std() > 0
+    ds = folders.image_pipeline(splits.x_train, splits.y_train, shuffle=True, augment=True)
+    assert len([image for image, _ in ds]) == len(splits.x_train)
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_one_line(tmp_path):
+    root = os.fsencode(tmp_path)
+    for label, cls in enumerate((b"caf\xe9", b"tea")):
+        os.makedirs(os.path.join(root, cls))
+        scene(label).save(os.path.join(root, cls, b"1.jpg"))
+    with pytest.raises(DataError, match=r"class folder name 'caf\\xe9' is not UTF-8 .*rename the folder"):
+        folders.list_folder(str(tmp_path))

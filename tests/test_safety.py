@@ -423,6 +423,28 @@ def test_braces_in_the_output_dir_are_a_folder_name_not_a_format(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
+@pytest.mark.parametrize("module", ["nin_keras.fit", "tuning.search", "export.exporter"])
+def test_an_output_dir_that_is_not_utf8_is_refused_before_anything_runs(tmp_path, capsys, module):
+    """TensorFlow's writers refuse such a name with a traceback once training has started (TensorBoard)."""
+    import importlib
+
+    out = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    argv = [str(tmp_path)] if module == "export.exporter" else []
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main([*argv, "--output-dir", out])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--output-dir must be a UTF-8 path" in err and "caf\\udce9" in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_name_that_is_not_utf8_is_printed_escaped_not_raised_on(capsys):
+    from nin_keras.cli import run_cli
+
+    assert run_cli(lambda: print(os.fsdecode(b"/photos/caf\xe9")) or 0) == 0
+    assert capsys.readouterr().out == "/photos/caf\\udce9\n"
+
+
 # ------------------------------------------------------------ dependencies
 
 

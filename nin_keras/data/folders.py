@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 
 from nin_keras.errors import DataError
-from nin_keras.io import SYSTEM_FILES
+from nin_keras.io import SYSTEM_FILES, is_utf8
 
 #: Formats read (Pillow's names), recognised by content whatever a file is called. MPO: multi-picture
 #: JPEGs (many phones' photos); HEIF (HEIC, the iPhone's default) needs pillow-heif (optional); AVIF
@@ -94,11 +94,16 @@ class ImageFiles:
             index = [index]
         return ImageFiles(self.paths[index], self.image_size, self.channels, self.resize, self.max_pixels)
 
+    def path_bytes(self):
+        """The paths as the file system's bytes, for tf.data: a name that is not UTF-8 (lone surrogates in
+        Python) is no tf.string otherwise; the decoder turns them back with os.fsdecode."""
+        return np.array([os.fsencode(p) for p in self.paths], dtype=object)
+
     def to_array(self, batch_size=256):
         """Decode every image (uint8 N×H×W×C); only for sets small enough to hold, such as a test set."""
         import tensorflow as tf
 
-        ds = tf.data.Dataset.from_tensor_slices(self.paths).map(
+        ds = tf.data.Dataset.from_tensor_slices(self.path_bytes()).map(
             lambda p: decode(p, self.image_size, self.channels, self.resize, self.max_pixels),
             num_parallel_calls=tf.data.AUTOTUNE)
         parts = [b.numpy() for b in ds.batch(batch_size)]
@@ -222,6 +227,7 @@ def _list_classes(directory, prefix, class_names):
     return paths, labels
 
 
+
 def _check_classes(directory, class_names):
     if not class_names:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
@@ -229,6 +235,12 @@ def _check_classes(directory, class_names):
     broken = next((name for name in class_names if "\n" in name or "\r" in name), None)
     if broken is not None:
         raise DataError(f"{directory}: the class folder name {broken!r} holds a line break; rename the folder")
+    # ...and are UTF-8 text, which a name in another encoding (lone surrogates here) is not.
+    foreign = next((name for name in class_names if not is_utf8(name)), None)
+    if foreign is not None:
+        shown = os.fsencode(foreign).decode("utf-8", "backslashreplace")
+        raise DataError(f"{directory}: the class folder name '{shown}' is not UTF-8 (it becomes a label on the "
+                        "phone); rename the folder")
     if len(class_names) < 2:
         inner = os.path.join(directory, class_names[0])
         nested = _class_folders(inner) if os.path.isdir(inner) else []
@@ -863,7 +875,7 @@ def image_pipeline(files, labels, shuffle=False, seed=0, augment=False):
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((files.paths, np.asarray(labels, np.int32)))
+    ds = tf.data.Dataset.from_tensor_slices((files.path_bytes(), np.asarray(labels, np.int32)))
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     size, channels, resize, cap = files.image_size, files.channels, files.resize, files.max_pixels
