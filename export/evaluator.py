@@ -16,7 +16,11 @@ class TFLiteClassifier:
     def __init__(self, model_path=None, model_content=None, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
+        if model_path is not None and model_content is None:
+            # Read here: LiteRT's own loader takes a path only as UTF-8 (a TypeError for any other name).
+            with open(model_path, "rb") as f:
+                model_content = f.read()
+        self.interpreter = Interpreter(model_content=model_content, num_threads=num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch = None

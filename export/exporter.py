@@ -31,7 +31,7 @@ from export.converter import (
 from nin_keras.settings import BY_NAME, FALLBACKS, validate_numeric_args
 from nin_keras.errors import NinError
 from nin_keras.cli import OneLineParser, add_data_flags, check_backend, run_cli
-from nin_keras.io import atomic_write_text
+from nin_keras.io import atomic_write_text, is_utf8, shown_name
 
 EXIT_ACCURACY_GATE = 3
 
@@ -401,6 +401,9 @@ def _open_export(args):
     model_path = resolve_model_path(args.model)
     model = load_keras_model(model_path)
     out_dir = export_dir(args, model_path)
+    if not is_utf8(out_dir):  # TensorFlow's SavedModel writer and LiteRT's loader refuse such a name
+        raise NinError(f"{shown_name(out_dir)}: the export folder's path is not UTF-8; pass --output-dir with a "
+                       "UTF-8 path, or rename the run folder")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:

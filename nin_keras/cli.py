@@ -1,13 +1,15 @@
 """Shared command-line plumbing: one-line usage errors, data flags, errors as exit codes."""
 
 import argparse
+import codecs
 import os
 import signal
 import sys
 import threading
 
 from nin_keras.errors import ConfigError, NinError, SignalInterrupt, Stopped, write_failure
-from nin_keras.io import is_utf8
+from nin_keras.fused_bn import forward_override
+from nin_keras.io import is_utf8, shown_name
 
 # Before TensorFlow is imported (entry points import this module first): hide
 # its C++ start-up chatter (e.g. cuInit on CPU machines).
@@ -27,16 +29,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then a one-line error for an ``--output-dir`` that is not UTF-8."""
         parsed, extras = super().parse_known_args(args, namespace)
         # A folder name that is not UTF-8 reaches Python as lone surrogates, which TensorFlow's writers
         # (TensorBoard, checkpoints, the tuner's) refuse with a traceback after the run has started.
-        for name, value in vars(parsed).items():
-            if name in ("output_dir", "run_dir") and isinstance(value, str) and not is_utf8(value):
-                flag = "--" + name.replace("_", "-")
-                self.error(f"{flag} must be a UTF-8 path: TensorFlow cannot write to {value!r}; rename the folder "
-                           "or choose another")
+        value = getattr(parsed, "output_dir", None)
+        if isinstance(value, str) and not is_utf8(value):
+            self.error(f"--output-dir must be a UTF-8 path: TensorFlow cannot write to '{shown_name(value)}'; "
+                       "rename the folder or choose another")
         return parsed, extras
-
 
 
 def add_data_flags(parser, exclude=(), defaults=None):
@@ -57,6 +58,20 @@ def _silence_stdout():
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def _escape_names(error):
+    """A codec error handler: a file name's undecodable byte (a lone surrogate) as ``\\xNN``, as
+    :func:`nin_keras.io.shown_name` and ``ls -b`` show it; anything else unencodable backslash-escaped."""
+    if isinstance(error, UnicodeEncodeError):
+        text = error.object[error.start:error.end]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in text):
+            return "".join(f"\\x{ord(c) - 0xDC00:02x}" for c in text), error.end
+    return codecs.backslashreplace_errors(error)
+
+
+ESCAPE_NAMES = "nin_keras.escape_names"
+codecs.register_error(ESCAPE_NAMES, _escape_names)
 
 
 def check_backend():
@@ -89,9 +104,10 @@ def run_cli(body):
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not UTF-8 (lone surrogates in Python) is printed escaped, not raised on.
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors=ESCAPE_NAMES)
     try:
         check_backend()
+        forward_override()  # a mistyped NIN_KERAS_BATCH_NORM_FORWARD: one line now, not at compile time
         code = body()
     except NinError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -39,27 +39,41 @@ from nin_keras.errors import ConfigError
 
 #: Overrides the forward kernel's choice: "fused", "split" (or unset: by the CPU).
 FORWARD_ENV = "NIN_KERAS_BATCH_NORM_FORWARD"
-#: oneDNN caps (``ONEDNN_MAX_CPU_ISA``) below AVX-512.
-CAPS_BELOW_AVX512 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
 
 
-def split_forward(flags=None, env=None):
-    """True if training should normalise with TensorFlow's ops and differentiate with the fused kernel.
+def forward_override(env=None):
+    """``$NIN_KERAS_BATCH_NORM_FORWARD`` ("fused", "split" or None); a one-line ConfigError for anything else.
 
-    That is where oneDNN runs below AVX-512 (module docstring), unless
-    ``$NIN_KERAS_BATCH_NORM_FORWARD`` says "fused" or "split".
+    The commands check it at start-up (:func:`nin_keras.cli.run_cli`), before a run folder or a trial exists.
     """
-    from nin_keras.precision import cpu_flags
-
     env = os.environ if env is None else env
-    choice = env.get(FORWARD_ENV, "").strip().lower()
+    choice = env.get(FORWARD_ENV, "").lower()
     if choice not in ("", "fused", "split"):
         raise ConfigError(f"{FORWARD_ENV} must be 'fused' or 'split'. Received: {env[FORWARD_ENV]!r}")
+    return choice or None
+
+
+def split_forward(flags=None, env=None, gpu=None):
+    """True if float32 training should normalise with TensorFlow's ops and differentiate with the fused kernel.
+
+    That is where oneDNN runs below AVX-512 on an x86 CPU (module docstring): Linux reports AVX2 and no
+    AVX-512, or ``ONEDNN_MAX_CPU_ISA`` caps it. Never with a GPU (whose gradient kernel reads the inverse
+    variance), nor with oneDNN off or CPU flags unknown, unless ``$NIN_KERAS_BATCH_NORM_FORWARD`` says so.
+    """
+    from nin_keras.precision import cpu_flags, onednn_cap_below_avx512
+
+    env = os.environ if env is None else env
+    choice = forward_override(env)
     if choice:
         return choice == "split"
+    if gpu is None:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
     flags = cpu_flags() if flags is None else flags
-    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    return "avx512f" not in flags or cap in CAPS_BELOW_AVX512
+    onednn = env.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
+    below_avx512 = "avx512f" not in flags or onednn_cap_below_avx512(env)
+    return not gpu and onednn and "avx2" in flags and below_avx512
 
 
 def split_batch_norm(x, gamma, beta, epsilon):
@@ -83,8 +97,7 @@ def split_batch_norm(x, gamma, beta, epsilon):
                 reserve_space_3=tf.zeros([0]), epsilon=epsilon, data_format="NHWC", is_training=True)
             return dx, dgamma, dbeta
 
-        # The statistics only update the moving averages: no gradient flows through them.
-        return (y, tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient
+        return (y, mean, variance), gradient  # the statistics only feed the moving averages
 
     return normalise(x, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta))
 
@@ -101,24 +114,28 @@ def eligible(layer):
 
 
 def _fused_call(self, inputs, training=None, mask=None):
-    """BatchNormalization.call through ``FusedBatchNormV3`` (same arguments, same results)."""
+    """BatchNormalization.call through ``FusedBatchNormV3``, or :func:`split_batch_norm` where the layer's
+    forward is split (same arguments, same results)."""
     import tensorflow as tf
 
     if mask is not None:  # not a case nin_keras builds; Keras' own path handles it
         return type(self).call(self, inputs, training=training, mask=mask)
     # The fused kernel takes float32 or bfloat16/float16 activations with float32 statistics.
     x = inputs if inputs.dtype in (tf.float32, tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
-    if training and self.trainable and x.dtype == tf.float32 and self._nin_split_forward:
-        y, mean, variance = split_batch_norm(x, self.gamma, self.beta, self.epsilon)
+    split = x.dtype == tf.float32 and self._nin_split_forward
+    if training and self.trainable:
+        if split:
+            y, mean, variance = split_batch_norm(x, self.gamma, self.beta, self.epsilon)
+        else:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # Keras' biased variance
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
-    elif training and self.trainable:
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # Keras' biased variance
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+    elif split:  # oneDNN's AVX2 inference forward is as slow as its training one
+        scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+        y = x * scale + (self.beta - self.moving_mean * scale)
     else:
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance, epsilon=self.epsilon,

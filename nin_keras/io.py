@@ -98,6 +98,11 @@ def is_utf8(name):
     return True
 
 
+def shown_name(name):
+    """``name`` for a message: its bytes as UTF-8, with any other byte as ``\\xNN`` (what ``ls -b`` shows)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def atomic_write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -41,15 +41,26 @@ def cpu_has_native_bf16(flags=None):
 
 
 #: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that leave out its native bfloat16 instructions.
-CAPS_WITHOUT_NATIVE_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+CAPS_WITHOUT_NATIVE_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 #: ...and those below AVX-512, where oneDNN has no bfloat16 kernels at all.
-CAPS_WITHOUT_BF16_KERNELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
+CAPS_WITHOUT_BF16_KERNELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+
+
+def onednn_cap(env=None):
+    """oneDNN's ISA cap, ``$ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``), upper case; "" if none."""
+    env = os.environ if env is None else env
+    return (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
+
+
+def onednn_cap_below_avx512(env=None):
+    """True if oneDNN's ISA cap leaves out AVX-512 (``AVX2``, ``AVX2_VNNI``...)."""
+    return onednn_cap(env) in CAPS_WITHOUT_BF16_KERNELS
 
 
 def bf16_capped_away(isa_cap=None, kernels=False):
     """The oneDNN cap (``isa_cap``, else ``$ONEDNN_MAX_CPU_ISA``) when it leaves out native bfloat16 (with
     ``kernels``: every bfloat16 kernel), else None. A capped CPU stands for one without them."""
-    cap = (isa_cap or os.environ.get("ONEDNN_MAX_CPU_ISA") or "").upper()
+    cap = (isa_cap or "").upper() or onednn_cap()
     return cap if cap in (CAPS_WITHOUT_BF16_KERNELS if kernels else CAPS_WITHOUT_NATIVE_BF16) else None
 
 

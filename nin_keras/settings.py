@@ -163,7 +163,8 @@ SETTINGS = (
     Setting("xla", bool, "XLA jit_compile (GPU; slower on CPU)", default=False,
             check=lambda v: isinstance(v, bool), rule="true or false"),
     Setting("fused_batch_norm", bool, "BatchNorm through TensorFlow's fused kernel (up to 1.5x faster training "
-            "on AVX-512 CPUs; same saved model); --no-fused-batch-norm: Keras' own ops", default=True,
+            "on AVX-512 CPUs; below AVX-512 only its gradient; same saved model); --no-fused-batch-norm: Keras' "
+            "own ops", default=True,
             check=lambda v: isinstance(v, bool), rule="true or false"),
     Setting("verbose", int, "Keras progress output (default: a bar on a terminal, a line per epoch otherwise)",
             optional=True, choices=(0, 1, 2)),

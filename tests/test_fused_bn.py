@@ -125,19 +125,27 @@ def test_fit_compiles_fused_and_the_bench_can_turn_it_off(setting, expected):
     assert bench.build_parser().parse_args(["--no-fused-batch-norm"]).fused_batch_norm is False
 
 
-@pytest.mark.parametrize("flags, env, expected", [
-    ({"avx2", "avx512f"}, {}, False),                                   # AVX-512: oneDNN's fused forward
-    ({"avx2"}, {}, True),                                               # an AVX2-only CPU
-    ({"avx2", "avx512f"}, {"ONEDNN_MAX_CPU_ISA": "avx2"}, True),        # capped like a user's machine
-    ({"avx2", "avx512f"}, {"DNNL_MAX_CPU_ISA": "AVX2_VNNI"}, True),     # oneDNN's older variable
-    ({"avx2", "avx512f"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),
-    ({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "fused"}, False),       # the override wins both ways
-    ({"avx2", "avx512f"}, {"NIN_KERAS_BATCH_NORM_FORWARD": " Split "}, True),
+X86_AVX512 = {"avx2", "avx512f"}
+
+
+@pytest.mark.parametrize("flags, env, gpu, expected", [
+    (X86_AVX512, {}, False, False),                                    # AVX-512: oneDNN's fused forward
+    ({"avx2"}, {}, False, True),                                       # an AVX2-only CPU
+    (X86_AVX512, {"ONEDNN_MAX_CPU_ISA": "avx2"}, False, True),         # capped like a user's machine
+    (X86_AVX512, {"DNNL_MAX_CPU_ISA": "AVX2_VNNI_2"}, False, True),    # oneDNN's older variable
+    (X86_AVX512, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False, False),
+    (X86_AVX512, {"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, False, False),
+    ({"avx2"}, {}, True, False),                                       # a GPU's kernel reads the inverse variance
+    ({"avx2"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}, False, False),          # oneDNN off: nothing measured
+    (set(), {}, False, False),                                         # flags unknown (macOS, Windows)
+    ({"asimd", "sve"}, {}, False, False),                              # an ARM CPU
+    ({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "fused"}, False, False),  # the override wins both ways
+    (X86_AVX512, {"NIN_KERAS_BATCH_NORM_FORWARD": "Split"}, True, True),
 ])
-def test_the_forward_is_split_where_onednn_runs_below_avx512(flags, env, expected):
+def test_the_forward_is_split_where_onednn_runs_below_avx512(flags, env, gpu, expected):
     from nin_keras.fused_bn import split_forward
 
-    assert split_forward(flags, env) is expected
+    assert split_forward(flags, env, gpu=gpu) is expected
 
 
 def test_a_bad_forward_override_is_one_line_that_repeats_it():
@@ -145,7 +153,7 @@ def test_a_bad_forward_override_is_one_line_that_repeats_it():
     from nin_keras.fused_bn import split_forward
 
     with pytest.raises(ConfigError, match=r"NIN_KERAS_BATCH_NORM_FORWARD .*Received: 'onednn'"):
-        split_forward({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "onednn"})
+        split_forward({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "onednn"}, gpu=False)
 
 
 @pytest.mark.parametrize("forward", ["split", "fused"])
@@ -172,3 +180,22 @@ def test_both_forwards_train_like_keras(forward, monkeypatch):
     for a, b in zip(batchnorm_layers(plain), batchnorm_layers(fused)):
         np.testing.assert_allclose(b.moving_mean, a.moving_mean, atol=1e-6)
         np.testing.assert_allclose(b.moving_variance, a.moving_variance, rtol=1e-5)
+
+
+def test_a_split_layer_predicts_like_keras_from_its_moving_statistics(monkeypatch):
+    monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", "split")
+    plain, fused = twin_models()
+    perturb_statistics(plain)
+    fused.set_weights(plain.get_weights())
+    fuse_batch_norm(fused)
+    x = random_images(16)
+    np.testing.assert_allclose(fused.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_mistyped_forward_override_stops_a_command_in_one_line_before_it_starts(tmp_path, monkeypatch, capsys):
+    from nin_keras.fit import main
+
+    monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", "fast")
+    assert main(["--preset", "tiny", "--output-dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == "error: NIN_KERAS_BATCH_NORM_FORWARD must be 'fused' or 'split'. Received: 'fast'\n"
+    assert not (tmp_path / "run").exists()

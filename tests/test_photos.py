@@ -516,3 +516,12 @@ def test_a_class_folder_name_that_is_not_utf8_is_one_line(tmp_path):
         scene(label).save(os.path.join(root, cls, b"1.jpg"))
     with pytest.raises(DataError, match=r"class folder name 'caf\\xe9' is not UTF-8 .*rename the folder"):
         folders.list_folder(str(tmp_path))
+
+
+def test_a_file_that_is_not_utf8_and_changed_after_the_scan_is_named_in_one_line(tmp_path):
+    """The decode failure's message is built from the name: strict UTF-8 made it a UnicodeEncodeError."""
+    gone = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
+    with pytest.raises(Exception) as info:
+        folders.ImageFiles([gone], SIZE, 3).to_array()
+    reason = folders.decode_failure(info.value)
+    assert reason is not None and "caf\\xe9.jpg" in reason and "No such file" in reason, str(info.value)[-300:]

@@ -362,6 +362,26 @@ def test_predict_refuses_a_lying_sidecar_in_one_line(tiny_tflite, tmp_path, fash
     assert message in err and err.count("\n") == 1, err
 
 
+def test_predict_runs_a_model_and_a_photo_whose_names_are_not_utf8(tiny_tflite, tmp_path, fashion_test, capsys):
+    """LiteRT's loader took the model's path only as UTF-8: a TypeError traceback."""
+    from PIL import Image
+
+    from export import predict
+
+    model_path, meta = tiny_tflite
+    folder = os.path.join(os.fsencode(tmp_path), b"mod\xe8les")
+    os.makedirs(folder)
+    with open(os.path.join(folder, b"m.tflite"), "wb") as f:
+        f.write(model_path.read_bytes())
+    with open(os.path.join(folder, b"m.json"), "w") as f:
+        json.dump(meta, f)
+    photo = os.path.join(folder, b"chemis\xe9.png")
+    Image.fromarray(fashion_test[0][0, :, :, 0]).save(photo)
+    assert predict.main([os.fsdecode(os.path.join(folder, b"m.tflite")), os.fsdecode(photo)]) == 0
+    out = capsys.readouterr().out
+    assert "mod\\xe8les/chemis\\xe9.png: " in out and out.count("\n") == 1, out
+
+
 def test_predict_refuses_a_decompression_bomb_in_one_line_and_goes_on(tiny_tflite, tmp_path, fashion_test, capsys):
     from PIL import Image
 
@@ -434,7 +454,7 @@ def test_an_output_dir_that_is_not_utf8_is_refused_before_anything_runs(tmp_path
         importlib.import_module(module).main([*argv, "--output-dir", out])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "--output-dir must be a UTF-8 path" in err and "caf\\udce9" in err and len(err.splitlines()) == 1
+    assert "--output-dir must be a UTF-8 path" in err and "caf\\xe9" in err and len(err.splitlines()) == 1
     assert os.listdir(tmp_path) == []
 
 
@@ -442,7 +462,7 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_not_raised_on(capsys):
     from nin_keras.cli import run_cli
 
     assert run_cli(lambda: print(os.fsdecode(b"/photos/caf\xe9")) or 0) == 0
-    assert capsys.readouterr().out == "/photos/caf\\udce9\n"
+    assert capsys.readouterr().out == "/photos/caf\\xe9\n"
 
 
 # ------------------------------------------------------------ dependencies

@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 
 from nin_keras.errors import DataError
-from nin_keras.io import SYSTEM_FILES, is_utf8
+from nin_keras.io import SYSTEM_FILES, is_utf8, shown_name
 
 #: Formats read (Pillow's names), recognised by content whatever a file is called. MPO: multi-picture
 #: JPEGs (many phones' photos); HEIF (HEIC, the iPhone's default) needs pillow-heif (optional); AVIF
@@ -238,8 +238,7 @@ def _check_classes(directory, class_names):
     # ...and are UTF-8 text, which a name in another encoding (lone surrogates here) is not.
     foreign = next((name for name in class_names if not is_utf8(name)), None)
     if foreign is not None:
-        shown = os.fsencode(foreign).decode("utf-8", "backslashreplace")
-        raise DataError(f"{directory}: the class folder name '{shown}' is not UTF-8 (it becomes a label on the "
+        raise DataError(f"{directory}: the class folder name '{shown_name(foreign)}' is not UTF-8 (it becomes a label on the "
                         "phone); rename the folder")
     if len(class_names) < 2:
         inner = os.path.join(directory, class_names[0])
@@ -816,7 +815,8 @@ def _pixels_op(path, box, image_size, channels, *, resize, max_pixels):
         try:
             return load_pixels(os.fsdecode(p), image_size, channels, resize, box=b, max_pixels=max_pixels), b""
         except BadImage as e:  # a file changed after the scan (moved, deleted, rewritten)
-            return np.zeros((*image_size, channels), np.uint8), f"{DECODE_FAILED}: {os.fsdecode(p)}: {e}".encode()
+            message = f"{DECODE_FAILED}: {shown_name(os.fsdecode(p))}: {e}"  # the reason may name the file too
+            return np.zeros((*image_size, channels), np.uint8), message.encode("utf-8", "backslashreplace")
 
     # The failure is raised by a graph assertion, not inside the Python function: from there TensorFlow logged
     # a Python traceback per parallel call, and the error's message carried one more (decode_failure reads it).
