@@ -227,7 +227,6 @@ def _list_classes(directory, prefix, class_names):
     return paths, labels
 
 
-
 def _check_classes(directory, class_names):
     if not class_names:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
@@ -238,8 +237,8 @@ def _check_classes(directory, class_names):
     # ...and are UTF-8 text, which a name in another encoding (lone surrogates here) is not.
     foreign = next((name for name in class_names if not is_utf8(name)), None)
     if foreign is not None:
-        raise DataError(f"{directory}: the class folder name '{shown_name(foreign)}' is not UTF-8 (it becomes a label on the "
-                        "phone); rename the folder")
+        raise DataError(f"{directory}: the class folder name '{shown_name(foreign)}' is not UTF-8 (it becomes a "
+                        "label on the phone); rename the folder")
     if len(class_names) < 2:
         inner = os.path.join(directory, class_names[0])
         nested = _class_folders(inner) if os.path.isdir(inner) else []
