@@ -204,15 +204,6 @@ def _plan(preset, batch_size, steps, repeats, *, settings, image_dir, image_size
     return bench
 
 
-def _batch_norm_forward(bench):
-    """How fused BatchNorm's training forward runs here: "split" (TensorFlow's ops), "fused" or None (unfused)."""
-    from nin_keras.fused_bn import split_forward
-
-    if not bench.settings.fused_batch_norm:
-        return None
-    return "split" if bench.precision == "float32" and split_forward() else "fused"
-
-
 def _describe(bench, threads, image_dir, isa):
     """The results' header: what was measured, on what software and machine."""
     import keras
@@ -223,8 +214,7 @@ def _describe(bench, threads, image_dir, isa):
             "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
             "inter_op_threads": threads[1], "data_format": settings.data_format,
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
-            "fused_batch_norm": settings.fused_batch_norm, "batch_norm_forward": _batch_norm_forward(bench),
-            "onednn_caller_thread": onednn_caller_thread_on(),
+            "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": onednn_caller_thread_on(),
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
@@ -243,6 +233,7 @@ def _build(bench):
     """The model under the strategy fit's ``--strategy auto`` picks, so the bench measures the path fit runs."""
     from nin_keras.distribute import describe, make_strategy
     from nin_keras.fit import compile_model
+    from nin_keras.fused_bn import forward_in_use
     from nin_keras.model import build_nin
     from nin_keras.precision import precision_scope
     from nin_keras.report import resource_report
@@ -252,6 +243,7 @@ def _build(bench):
     with precision_scope(bench.precision), strategy.scope():
         bench.model = build_nin(**bench.kwargs)
         compile_model(bench.model, bench.cfg, bench.steps)
+    bench.results["batch_norm_forward"] = forward_in_use(bench.model)
     macs = resource_report(bench.model)["macs"]
     bench.results["model"] = {"parameters": int(bench.model.count_params()), "macs_per_image": int(macs),
                               # forward 2*MACs; backward about twice the forward

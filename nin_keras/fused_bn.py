@@ -157,8 +157,21 @@ def fuse_batch_norm(model):
     return fused
 
 
-def count_fused(model):
-    """How many of the model's BatchNorm layers run the fused call (the tests check it)."""
+def _fused_layers(model):
     from nin_keras.precise_bn import batchnorm_layers
 
-    return sum(getattr(layer.call, "__func__", None) is _fused_call for layer in batchnorm_layers(model))
+    return [layer for layer in batchnorm_layers(model) if getattr(layer.call, "__func__", None) is _fused_call]
+
+
+def count_fused(model):
+    """How many of the model's BatchNorm layers run the fused call (the tests check it)."""
+    return len(_fused_layers(model))
+
+
+def forward_in_use(model):
+    """How the model's fused BatchNorm layers train: "split", "fused", or None when none is fused."""
+    fused = _fused_layers(model)
+    if not fused:
+        return None
+    split = fused[0]._nin_split_forward and fused[0].compute_dtype == "float32"
+    return "split" if split else "fused"

@@ -47,9 +47,6 @@ VARIANTS = {
     # Fourth round: the two that paid (label smoothing 0.1, more epochs) together, at 10 epochs, the most
     # that might fit 10 AVX2 minutes (it took 5.0-5.5 capped minutes, about 10-11: docs/benchmarks.md).
     "label smoothing 0.1 10 epochs": ["--label-smoothing", "0.1", "--epochs", "10"],
-    # Eighth round, on a Xeon capped to AVX2 whose float32 ceiling (96 GFLOP/s) is an AVX2 VM's, where the
-    # split BatchNorm forward (nin_keras/fused_bn.py) left room in 10 minutes for 12 epochs.
-    "label smoothing 0.1 12 epochs": ["--label-smoothing", "0.1", "--epochs", "12"],
     # A stride-2 4x4 stem straight to 13x13: the default's 28x28 stage (32 channels, a 5x5 and a 1x1
     # convolution, then max pooling) is 16% of its multiply-adds but about 22% of its step time (bench).
     "stride-2 stem 10 epochs": {"model": {"blocks": [STRIDE2_STEM, DEFAULT_BLOCK2]}, "flags": ["--epochs", "10"]},

@@ -182,3 +182,20 @@ def test_a_mistyped_forward_override_stops_a_command_in_one_line_before_it_start
     assert main(["--preset", "tiny", "--output-dir", str(tmp_path / "run")]) == 1
     assert capsys.readouterr().err == "error: NIN_KERAS_BATCH_NORM_FORWARD must be 'fused' or 'split'. Received: 'fast'\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_bench_reads_which_forward_the_model_trains_with(monkeypatch):
+    from nin_keras.fused_bn import forward_in_use
+    from nin_keras.precision import precision_scope
+
+    assert forward_in_use(build_preset("fashion")) is None  # not fused
+    for forward in ("split", "fused"):
+        monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", forward)
+        model = build_preset("fashion")
+        fuse_batch_norm(model)
+        assert forward_in_use(model) == forward
+    monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", "split")
+    with precision_scope("float16"):  # only float32 activations split
+        model = build_preset("fashion")
+    fuse_batch_norm(model)
+    assert forward_in_use(model) == "fused"

@@ -53,6 +53,7 @@ def test_bench_runs_and_reports_every_measure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "matmul ceiling" in out and "oneDNN ISA in use:" in out
     assert r["cpu"]["model"] is not None and isinstance(r["cpu"]["features"], list)
+    assert r["batch_norm_forward"] is None  # tiny has no BatchNorm (test_fused_bn checks the other answers)
 
 
 @pytest.mark.parametrize("argv, message", [
