@@ -399,11 +399,11 @@ def _open_export(args):
     """Check the flags, load the model, make the output folder, and settle the formats and int8 scales."""
     validate_numeric_args(args)  # before anything is loaded or written
     model_path = resolve_model_path(args.model)
-    model = load_keras_model(model_path)
     out_dir = export_dir(args, model_path)
     if not is_utf8(out_dir):  # TensorFlow's SavedModel writer and LiteRT's loader refuse such a name
         raise NinError(f"{shown_name(out_dir)}: the export folder's path is not UTF-8; pass --output-dir with a "
                        "UTF-8 path, or rename the run folder")
+    model = load_keras_model(model_path)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:

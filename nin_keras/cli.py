@@ -62,12 +62,17 @@ def _silence_stdout():
 
 def _escape_names(error):
     """A codec error handler: a file name's undecodable byte (a lone surrogate) as ``\\xNN``, as
-    :func:`nin_keras.io.shown_name` and ``ls -b`` show it; anything else unencodable backslash-escaped."""
-    if isinstance(error, UnicodeEncodeError):
-        text = error.object[error.start:error.end]
-        if all(0xDC80 <= ord(c) <= 0xDCFF for c in text):
-            return "".join(f"\\x{ord(c) - 0xDC00:02x}" for c in text), error.end
-    return codecs.backslashreplace_errors(error)
+    :func:`nin_keras.io.shown_name` and ``ls -b`` show it; a character the stream cannot encode as ``\\uNNNN``."""
+    if not isinstance(error, UnicodeEncodeError):
+        return codecs.backslashreplace_errors(error)
+    text = error.object[error.start:error.end]
+    return "".join(_escaped(ord(c)) for c in text), error.end
+
+
+def _escaped(code):
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"  # a character this stream cannot show
 
 
 ESCAPE_NAMES = "nin_keras.escape_names"

@@ -58,18 +58,22 @@ def split_forward(flags=None, env=None, gpu=None):
 
     That is where oneDNN runs below AVX-512 on an x86 CPU (module docstring): Linux reports AVX2 and no
     AVX-512, or ``ONEDNN_MAX_CPU_ISA`` caps it. Never with a GPU (whose gradient kernel reads the inverse
-    variance), nor with oneDNN off or CPU flags unknown, unless ``$NIN_KERAS_BATCH_NORM_FORWARD`` says so.
+    variance; a ConfigError if the override asks for it there), nor with oneDNN off or CPU flags unknown,
+    unless ``$NIN_KERAS_BATCH_NORM_FORWARD`` says so.
     """
     from nin_keras.precision import cpu_flags, onednn_cap_below_avx512
 
     env = os.environ if env is None else env
     choice = forward_override(env)
-    if choice:
-        return choice == "split"
     if gpu is None:
         import tensorflow as tf
 
         gpu = bool(tf.config.list_physical_devices("GPU"))
+    if choice == "split" and gpu:
+        raise ConfigError(f"{FORWARD_ENV}=split is for CPUs: a GPU's gradient kernel reads the inverse variance, so "
+                          "its gradients would be wrong; unset it. Received: 'split' with a GPU visible")
+    if choice:
+        return choice == "split"
     flags = cpu_flags() if flags is None else flags
     onednn = env.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
     below_avx512 = "avx512f" not in flags or onednn_cap_below_avx512(env)

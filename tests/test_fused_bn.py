@@ -122,7 +122,7 @@ X86_AVX512 = {"avx2", "avx512f"}
     (set(), {}, False, False),                                         # flags unknown (macOS, Windows)
     ({"asimd", "sve"}, {}, False, False),                              # an ARM CPU
     ({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "fused"}, False, False),  # the override wins both ways
-    (X86_AVX512, {"NIN_KERAS_BATCH_NORM_FORWARD": "Split"}, True, True),
+    (X86_AVX512, {"NIN_KERAS_BATCH_NORM_FORWARD": "Split"}, False, True),
 ])
 def test_the_forward_is_split_where_onednn_runs_below_avx512(flags, env, gpu, expected):
     from nin_keras.fused_bn import split_forward
@@ -165,14 +165,27 @@ def test_both_forwards_train_like_keras(forward, monkeypatch):
         np.testing.assert_allclose(b.moving_variance, a.moving_variance, rtol=1e-5)
 
 
+def test_the_split_override_is_refused_with_a_gpu():
+    from nin_keras.errors import ConfigError
+    from nin_keras.fused_bn import split_forward
+
+    with pytest.raises(ConfigError, match=r"=split is for CPUs.*Received: 'split' with a GPU visible"):
+        split_forward({"avx2"}, {"NIN_KERAS_BATCH_NORM_FORWARD": "split"}, gpu=True)
+
+
 def test_a_split_layer_predicts_like_keras_from_its_moving_statistics(monkeypatch):
     monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", "split")
     plain, fused = twin_models()
     perturb_statistics(plain)
+    expected = plain.predict(random_images(16), verbose=0)
     fused.set_weights(plain.get_weights())
     fuse_batch_norm(fused)
-    x = random_images(16)
-    np.testing.assert_allclose(fused.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-6)
+
+    def slow_kernel(*args, **kwargs):
+        raise AssertionError("inference took oneDNN's fused forward")
+
+    monkeypatch.setattr(tf.compat.v1.nn, "fused_batch_norm", slow_kernel)  # not Keras' path: it has its own ops
+    np.testing.assert_allclose(fused.predict(random_images(16), verbose=0), expected, atol=1e-6)
 
 
 def test_a_mistyped_forward_override_stops_a_command_in_one_line_before_it_starts(tmp_path, monkeypatch, capsys):

@@ -465,6 +465,13 @@ def test_a_name_that_is_not_utf8_is_printed_escaped_not_raised_on(capsys):
     assert capsys.readouterr().out == "/photos/caf\\xe9\n"
 
 
+def test_on_an_ascii_stream_a_letter_and_a_byte_are_told_apart():
+    from nin_keras.cli import ESCAPE_NAMES
+
+    name = "café " + os.fsdecode(b"caf\xe9")
+    assert name.encode("ascii", ESCAPE_NAMES) == b"caf\\u00e9 caf\\xe9"
+
+
 # ------------------------------------------------------------ dependencies
 
 

@@ -586,7 +586,10 @@ def open_image(path, max_pixels=None):
         raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
     except UnidentifiedImageError:
         raise BadImage(_unidentified(path)) from None
-    except (OSError, SyntaxError, ValueError, struct.error) as e:
+    except OSError as e:
+        # The file's own name comes first in every message; here only the reason, not the repr'd name again.
+        raise BadImage(f"corrupt or unreadable image ({e.strerror or e})") from None
+    except (SyntaxError, ValueError, struct.error) as e:
         raise BadImage(f"corrupt or unreadable image ({e})") from None
     width, height = img.size
     if width * height > max_pixels:
@@ -814,7 +817,7 @@ def _pixels_op(path, box, image_size, channels, *, resize, max_pixels):
         try:
             return load_pixels(os.fsdecode(p), image_size, channels, resize, box=b, max_pixels=max_pixels), b""
         except BadImage as e:  # a file changed after the scan (moved, deleted, rewritten)
-            message = f"{DECODE_FAILED}: {shown_name(os.fsdecode(p))}: {e}"  # the reason may name the file too
+            message = f"{DECODE_FAILED}: {shown_name(os.fsdecode(p))}: {e}"
             return np.zeros((*image_size, channels), np.uint8), message.encode("utf-8", "backslashreplace")
 
     # The failure is raised by a graph assertion, not inside the Python function: from there TensorFlow logged
