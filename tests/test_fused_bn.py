@@ -19,6 +19,15 @@ def twin_models(preset="fashion", **overrides):
     return plain, fused
 
 
+def perturbed_fused_twins():
+    """Twin models whose BatchNorm weights and statistics are away from 0/1, the second one fused."""
+    plain, fused = twin_models()
+    perturb_statistics(plain)
+    fused.set_weights(plain.get_weights())
+    fuse_batch_norm(fused)
+    return plain, fused
+
+
 def perturb_statistics(model, seed=1):
     """Moving statistics and BatchNorm weights away from their initial 0/1 (where formulas coincide)."""
     rng = np.random.default_rng(seed)
@@ -37,10 +46,7 @@ def test_every_channels_last_batchnorm_of_a_preset_is_fused():
 
 
 def test_inference_and_training_outputs_match_keras():
-    plain, fused = twin_models()
-    perturb_statistics(plain)
-    fused.set_weights(plain.get_weights())
-    fuse_batch_norm(fused)
+    plain, fused = perturbed_fused_twins()
     x = random_images(32).astype("float32")
     np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=1e-5)
     np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), atol=1e-5)
@@ -142,10 +148,7 @@ def test_a_bad_forward_override_is_one_line_that_repeats_it():
 def test_both_forwards_train_like_keras(forward, monkeypatch):
     """Outputs, every weight's gradient and the moving statistics, against Keras' own BatchNorm ops."""
     monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", forward)
-    plain, fused = twin_models()
-    perturb_statistics(plain)
-    fused.set_weights(plain.get_weights())
-    fuse_batch_norm(fused)
+    plain, fused = perturbed_fused_twins()
     assert all(layer._nin_split_forward is (forward == "split") for layer in batchnorm_layers(fused))
     x, y = random_images(16).astype("float32"), np.arange(16) % 10
 
@@ -175,11 +178,8 @@ def test_the_split_override_is_refused_with_a_gpu():
 
 def test_a_split_layer_predicts_like_keras_from_its_moving_statistics(monkeypatch):
     monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", "split")
-    plain, fused = twin_models()
-    perturb_statistics(plain)
+    plain, fused = perturbed_fused_twins()
     expected = plain.predict(random_images(16), verbose=0)
-    fused.set_weights(plain.get_weights())
-    fuse_batch_norm(fused)
 
     def slow_kernel(*args, **kwargs):
         raise AssertionError("inference took oneDNN's fused forward")
