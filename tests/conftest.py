@@ -74,15 +74,33 @@ def fashion_test(fashion_dir):
 
 
 @pytest.fixture(scope="session")
-def trained_tiny_run(tmp_path_factory):
-    """A run directory of the tiny preset trained on real data (shared by several tests)."""
+def trained_tiny_run(tmp_path_factory, worker_id):
+    """A run directory of the tiny preset trained on real data (shared by several tests).
+
+    Trained once per session: the first pytest-xdist worker to ask trains it under a file lock in the
+    session's shared temporary folder (about 30 s), and each worker gets its own copy, since tests write
+    into the run folder (exports, reruns). The copy is a finished run, so ``train`` returns its metrics.
+    """
+    import fcntl
+    import shutil
+
     from nin_keras.config import resolve_config
     from nin_keras.fit import train
 
-    out = str(tmp_path_factory.mktemp("runs") / "tiny")
-    # float32 explicitly: bfloat16 is emulated (slow) on CPUs without AMX, and
-    # the rerun tests repeat this exact command line.
-    cfg = resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": out, "verbose": 0,
-                          "precision": "float32"})
-    metrics = train(cfg, print_fn=lambda *a: None)
-    return out, metrics
+    # Under xdist every worker's base folder is inside the session's one; without it, the base is the session's.
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    golden = shared / "trained-tiny-run"
+
+    def tiny_run(out):
+        # float32 explicitly: bfloat16 is emulated (slow) on CPUs without AMX, and
+        # the rerun tests repeat this exact command line.
+        return resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": str(out), "verbose": 0,
+                               "precision": "float32"})
+
+    with open(shared / "trained-tiny-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (golden / "metrics.json").exists():
+            train(tiny_run(golden), print_fn=lambda *a: None)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    shutil.copytree(golden, out)
+    return str(out), train(tiny_run(out), print_fn=lambda *a: None)

@@ -14,7 +14,7 @@ from nin_keras import io as nio
 from nin_keras.callbacks import AtomicModelCheckpoint, read_history
 from nin_keras.errors import NinError
 
-TINY = ["--preset", "tiny", "--limit", "12000", "--test-limit", "500", "--verbose", "2"]
+TINY = ["--preset", "tiny", "--limit", "6000", "--test-limit", "500", "--verbose", "2"]
 
 
 def start_fit(*args, env=None):
