@@ -28,8 +28,9 @@ overrides the choice (the bench's measurements).
 
 Eligible: TensorFlow backend, 4-D input normalised over its last axis
 (channels_last), with both ``scale`` and ``center``, no renorm, not
-synchronized. Anything else keeps Keras' call, and so does a call with a
-mask.
+synchronized, and a number of channels oneDNN's JIT kernels take
+(:func:`has_jit_kernel`: not a 10-class map). Anything else keeps Keras'
+call, and so does a call with a mask.
 """
 
 import os
@@ -114,7 +115,18 @@ def eligible(layer):
             and not layer.renorm and not layer.synchronized and layer.scale and layer.center):
         return False
     rank = len(layer.input.shape)
-    return rank == 4 and layer.axis % rank == 3
+    return rank == 4 and layer.axis % rank == 3 and has_jit_kernel(layer.input.shape[-1], layer.compute_dtype)
+
+
+def has_jit_kernel(channels, dtype):
+    """True if oneDNN has a JIT BatchNorm kernel for ``channels`` channels of ``dtype`` activations.
+
+    Its JIT kernels take channels in blocks of 8 (float32) or 16 (bfloat16, float16); any other count runs
+    its generic kernel (``nspc_bnorm:any`` in ``ONEDNN_VERBOSE``), which took 2-3x the time of Keras' own
+    ops on a class map of 10 channels in every precision and ISA measured (docs/benchmarks.md). Such a
+    layer keeps Keras' call.
+    """
+    return channels is not None and channels % (8 if dtype == "float32" else 16) == 0
 
 
 def _fused_call(self, inputs, training=None, mask=None):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import build_preset, needs_bf16_kernels, random_images, save_and_reload
-from nin_keras.fused_bn import count_fused, fuse_batch_norm
+from nin_keras.fused_bn import count_fused, fuse_batch_norm, has_jit_kernel
 from nin_keras.precise_bn import batchnorm_layers
 
 
@@ -19,9 +19,9 @@ def twin_models(preset="fashion", **overrides):
     return plain, fused
 
 
-def perturbed_fused_twins():
+def perturbed_fused_twins(**overrides):
     """Twin models whose BatchNorm weights and statistics are away from 0/1, the second one fused."""
-    plain, fused = twin_models()
+    plain, fused = twin_models(**overrides)
     perturb_statistics(plain)
     fused.set_weights(plain.get_weights())
     fuse_batch_norm(fused)
@@ -39,10 +39,22 @@ def perturb_statistics(model, seed=1):
         layer.moving_variance.assign(rng.uniform(0.2, 3.0, n))
 
 
-def test_every_channels_last_batchnorm_of_a_preset_is_fused():
+def test_every_channels_last_batchnorm_of_a_preset_is_fused_but_its_class_map():
     _, fused = twin_models()
-    assert fuse_batch_norm(fused) == len(batchnorm_layers(fused)) == 5
-    assert count_fused(fused) == 5
+    layers = batchnorm_layers(fused)
+    assert fuse_batch_norm(fused) == len(layers) - 1 == 4
+    assert count_fused(fused) == 4
+    # The 10-channel class map runs Keras' own ops: oneDNN has only its slow generic kernel for 10 channels.
+    assert layers[-1].gamma.shape == (10,) and "call" not in vars(layers[-1])
+
+
+@pytest.mark.parametrize("channels, dtype, expected", [
+    (64, "float32", True), (8, "float32", True), (24, "float32", True), (10, "float32", False),
+    (64, "bfloat16", True), (24, "bfloat16", False), (8, "float16", False), (10, "bfloat16", False),
+    (None, "float32", False)])
+def test_only_channel_counts_with_a_onednn_jit_kernel_are_fused(channels, dtype, expected):
+    # As ONEDNN_VERBOSE names the kernels: jit for float32 in blocks of 8, bfloat16 of 16; else nspc_bnorm:any.
+    assert has_jit_kernel(channels, dtype) is expected
 
 
 def test_inference_and_training_outputs_match_keras():
@@ -100,7 +112,7 @@ def test_layouts_and_options_it_cannot_fuse_keep_keras_call():
     assert fuse_batch_norm(model) == 0
 
 
-@pytest.mark.parametrize("setting, expected", [(True, 5), (False, 0)])
+@pytest.mark.parametrize("setting, expected", [(True, 4), (False, 0)])
 def test_fit_compiles_fused_and_the_bench_can_turn_it_off(setting, expected):
     from nin_keras import bench
     from nin_keras.config import resolve_config
@@ -148,7 +160,9 @@ def test_a_bad_forward_override_is_one_line_that_repeats_it():
 def test_both_forwards_train_like_keras(forward, monkeypatch):
     """Outputs, every weight's gradient and the moving statistics, against Keras' own BatchNorm ops."""
     monkeypatch.setenv("NIN_KERAS_BATCH_NORM_FORWARD", forward)
-    plain, fused = perturbed_fused_twins()
+    # 16 classes: the class map's BatchNorm (no ReLU after it, so its gradients compare exactly) is fused too.
+    plain, fused = perturbed_fused_twins(num_classes=16)
+    assert count_fused(fused) == 5
     assert all(layer._nin_split_forward is (forward == "split") for layer in batchnorm_layers(fused))
     x, y = random_images(16).astype("float32"), np.arange(16) % 10
 
