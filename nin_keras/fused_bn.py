@@ -28,9 +28,10 @@ overrides the choice (the bench's measurements).
 
 Eligible: TensorFlow backend, 4-D input normalised over its last axis
 (channels_last), with both ``scale`` and ``center``, no renorm, not
-synchronized, and a number of channels oneDNN's JIT kernels take
-(:func:`has_jit_kernel`: not a 10-class map). Anything else keeps Keras'
-call, and so does a call with a mask.
+synchronized. Where oneDNN runs, also a number of channels its JIT
+kernels take (:func:`has_jit_kernel`: a multiple of 8 in float32, of 16 in
+bfloat16 and float16). Anything else keeps Keras' call, and so does a call
+with a mask.
 """
 
 import os
@@ -66,19 +67,29 @@ def split_forward(flags=None, env=None, gpu=None):
 
     env = os.environ if env is None else env
     choice = forward_override(env)
-    if gpu is None:
-        import tensorflow as tf
-
-        gpu = bool(tf.config.list_physical_devices("GPU"))
+    gpu = gpu_visible() if gpu is None else gpu
     if choice == "split" and gpu:
         raise ConfigError(f"{FORWARD_ENV}=split is for CPUs: a GPU's gradient kernel reads the inverse variance, so "
                           "its gradients would be wrong; unset it. Received: 'split' with a GPU visible")
     if choice:
         return choice == "split"
     flags = cpu_flags() if flags is None else flags
-    onednn = env.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
     below_avx512 = "avx512f" not in flags or onednn_cap_below_avx512(env)
-    return not gpu and onednn and "avx2" in flags and below_avx512
+    return onednn_on_cpu(env, gpu) and "avx2" in flags and below_avx512
+
+
+def gpu_visible():
+    """True if TensorFlow sees a GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def onednn_on_cpu(env=None, gpu=None):
+    """True if BatchNorm runs in oneDNN: no GPU visible and ``TF_ENABLE_ONEDNN_OPTS`` not turned off."""
+    env = os.environ if env is None else env
+    gpu = gpu_visible() if gpu is None else gpu
+    return not gpu and env.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
 
 
 def split_batch_norm(x, gamma, beta, epsilon):
@@ -115,7 +126,7 @@ def eligible(layer):
             and not layer.renorm and not layer.synchronized and layer.scale and layer.center):
         return False
     rank = len(layer.input.shape)
-    return rank == 4 and layer.axis % rank == 3 and has_jit_kernel(layer.input.shape[-1], layer.compute_dtype)
+    return rank == 4 and layer.axis % rank == 3
 
 
 def has_jit_kernel(channels, dtype):
@@ -123,8 +134,8 @@ def has_jit_kernel(channels, dtype):
 
     Its JIT kernels take channels in blocks of 8 (float32) or 16 (bfloat16, float16); any other count runs
     its generic kernel (``nspc_bnorm:any`` in ``ONEDNN_VERBOSE``), which took 2-3x the time of Keras' own
-    ops on a class map of 10 channels in every precision and ISA measured (docs/benchmarks.md). Such a
-    layer keeps Keras' call.
+    ops on a class map of 10 channels in every precision and ISA measured (docs/benchmarks.md). Where
+    oneDNN runs (:func:`onednn_on_cpu`), such a layer keeps Keras' call.
     """
     return channels is not None and channels % (8 if dtype == "float32" else 16) == 0
 
@@ -160,13 +171,16 @@ def _fused_call(self, inputs, training=None, mask=None):
 
 
 def fuse_batch_norm(model):
-    """Give every eligible BatchNormalization layer of ``model`` the fused call; returns how many."""
+    """Give every eligible BatchNormalization layer of ``model`` the fused call; returns how many.
+
+    Where oneDNN runs, only layers whose channel count its JIT kernels take (:func:`has_jit_kernel`).
+    """
     from nin_keras.precise_bn import batchnorm_layers
 
     fused = 0
-    split = split_forward()
+    split, onednn = split_forward(), onednn_on_cpu()
     for layer in batchnorm_layers(model):
-        if eligible(layer):
+        if eligible(layer) and (not onednn or has_jit_kernel(layer.input.shape[-1], layer.compute_dtype)):
             layer._nin_split_forward = split
             layer.call = types.MethodType(_fused_call, layer)
             fused += 1

@@ -1,9 +1,10 @@
 """One BatchNorm layer's training step (forward and gradient) through oneDNN's fused kernel and through Keras' ops.
 
 ``python scripts/batchnorm_kernels.py [--precision float32|bfloat16] [--shapes 128x6x6x10,128x13x13x64]
-[--calls 30] [--rounds 3]`` times, per activation shape (N x H x W x C), TensorFlow's ``FusedBatchNormV3``
-and the moments-and-multiply-add ops Keras' own layer runs, each forward and backward in one
-``tf.function``; it prints each round's median milliseconds per call, the two alternating. This is the
+[--calls 30] [--rounds 3]`` times, per activation shape (N x H x W x C), TensorFlow's ``FusedBatchNormV3``,
+nin_keras' split forward (below AVX-512) and the moments-and-multiply-add ops Keras' own layer runs, each
+forward and backward in one ``tf.function``; it prints each round's median milliseconds per call, the
+paths alternating. This is the
 evidence behind :func:`nin_keras.fused_bn.has_jit_kernel`: for a channel count oneDNN's JIT kernels do not
 take (a 10-class map), its generic kernel is slower than Keras' ops. Run it with ``ONEDNN_VERBOSE=1`` to
 see which kernel oneDNN picks, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` as an AVX2 CPU would run.
@@ -29,13 +30,23 @@ def parse_shape(text):
 
 
 def step_functions():
-    """{"fused": f, "keras ops": f}: each returns the gradients of a sum of the layer's output."""
+    """{"fused": f, "split": f, "keras ops": f}: f(x, gamma, beta, weights) returns the gradients of
+    ``sum(weights * y)`` (fixed random weights, so that no gradient vanishes) with respect to x, gamma and beta.
+
+    "split" is nin_keras' forward below AVX-512 (:func:`nin_keras.fused_bn.split_batch_norm`: TensorFlow's
+    ops forward, the fused kernel's gradient), "keras ops" autodiff through what Keras' layer computes.
+    """
     import tensorflow as tf
+
+    from nin_keras.fused_bn import split_batch_norm
 
     def fused(x, gamma, beta):
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=EPSILON, data_format="NHWC",
                                                    is_training=True)
         return y
+
+    def split(x, gamma, beta):  # float32 only, as nin_keras uses it
+        return tf.cast(split_batch_norm(tf.cast(x, tf.float32), gamma, beta, EPSILON)[0], x.dtype)
 
     def keras_ops(x, gamma, beta):  # what keras.layers.BatchNormalization computes, in float32
         x32 = tf.cast(x, tf.float32)
@@ -45,14 +56,14 @@ def step_functions():
 
     def with_gradient(forward):
         @tf.function
-        def step(x, gamma, beta):
+        def step(x, gamma, beta, weights):
             with tf.GradientTape() as tape:
                 tape.watch([x, gamma, beta])
-                loss = tf.reduce_sum(tf.cast(forward(x, gamma, beta), tf.float32))
+                loss = tf.reduce_sum(weights * tf.cast(forward(x, gamma, beta), tf.float32))
             return tape.gradient(loss, [x, gamma, beta])
         return step
 
-    return {"fused": with_gradient(fused), "keras ops": with_gradient(keras_ops)}
+    return {"fused": with_gradient(fused), "split": with_gradient(split), "keras ops": with_gradient(keras_ops)}
 
 
 def time_shape(shape, precision, calls, rounds):
@@ -60,18 +71,19 @@ def time_shape(shape, precision, calls, rounds):
     import tensorflow as tf
 
     x = tf.cast(tf.random.stateless_normal(shape, seed=[0, 0]), precision)
+    weights = tf.random.stateless_normal(shape, seed=[0, 1])
     gamma, beta = tf.ones([shape[-1]]), tf.zeros([shape[-1]])
     steps = step_functions()
     for step in steps.values():  # trace and warm up
         for _ in range(3):
-            step(x, gamma, beta)[0].numpy()
+            step(x, gamma, beta, weights)[0].numpy()
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             calls_ms = []
             for _ in range(calls):
                 start = time.perf_counter()
-                step(x, gamma, beta)[0].numpy()
+                step(x, gamma, beta, weights)[0].numpy()
                 calls_ms.append(1e3 * (time.perf_counter() - start))
             times[name].append(statistics.median(calls_ms))
     return times

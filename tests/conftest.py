@@ -74,33 +74,49 @@ def fashion_test(fashion_dir):
 
 
 @pytest.fixture(scope="session")
-def trained_tiny_run(tmp_path_factory, worker_id):
-    """A run directory of the tiny preset trained on real data (shared by several tests).
+def trained_tiny_run(tmp_path_factory):
+    """A run directory of the tiny preset trained on real data (shared by several tests): (folder, metrics).
 
     Trained once per session: the first pytest-xdist worker to ask trains it under a file lock in the
-    session's shared temporary folder (about 30 s), and each worker gets its own copy, since tests write
-    into the run folder (exports, reruns). The copy is a finished run, so ``train`` returns its metrics.
+    session's shared temporary folder (about 30 s); each worker gets its own copy, since tests write into
+    the run folder (exports, reruns). A failed training is reported to every worker that asks, not retried.
     """
     import fcntl
+    import shutil
+
+    from nin_keras.rundir import read_finished_metrics
+
+    # Under xdist every worker's base folder is inside the session's one; without it, the base is the session's.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    golden, failed = shared / "trained-tiny-run", shared / "trained-tiny-run.failed"
+    with open(shared / "trained-tiny-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not golden.exists() and not failed.exists():
+            _train_tiny_run(golden, failed)
+    if failed.exists():
+        pytest.fail(f"the shared tiny run did not train: {failed.read_text()}")
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    shutil.copytree(golden, out)
+    return str(out), read_finished_metrics(str(out))
+
+
+def _train_tiny_run(golden, failed):
+    """Train the tiny run into a folder beside ``golden``, renamed to it once finished; else write ``failed``."""
     import shutil
 
     from nin_keras.config import resolve_config
     from nin_keras.fit import train
 
-    # Under xdist every worker's base folder is inside the session's one; without it, the base is the session's.
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    golden = shared / "trained-tiny-run"
-
-    def tiny_run(out):
-        # float32 explicitly: bfloat16 is emulated (slow) on CPUs without AMX, and
-        # the rerun tests repeat this exact command line.
-        return resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": str(out), "verbose": 0,
-                               "precision": "float32"})
-
-    with open(shared / "trained-tiny-run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not (golden / "metrics.json").exists():
-            train(tiny_run(golden), print_fn=lambda *a: None)
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    shutil.copytree(golden, out)
-    return str(out), train(tiny_run(out), print_fn=lambda *a: None)
+    partial = golden.with_name(golden.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    # float32 explicitly: bfloat16 is emulated (slow) on CPUs without AMX, and
+    # the rerun tests repeat this exact command line.
+    cfg = resolve_config({"preset": "tiny", "epochs": 3, "limit": 20000, "output_dir": str(partial), "verbose": 0,
+                          "precision": "float32"})
+    try:
+        train(cfg, print_fn=lambda *a: None)
+    except BaseException as e:
+        failed.write_text(f"{type(e).__name__}: {e}")
+        raise
+    partial.rename(golden)
