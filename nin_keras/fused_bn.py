@@ -132,10 +132,10 @@ def eligible(layer):
 def has_jit_kernel(channels, dtype):
     """True if oneDNN has a JIT BatchNorm kernel for ``channels`` channels of ``dtype`` activations.
 
-    Its JIT kernels take channels in blocks of 8 (float32) or 16 (bfloat16, float16); any other count runs
-    its generic kernel (``nspc_bnorm:any`` in ``ONEDNN_VERBOSE``), which took 2-3x the time of Keras' own
-    ops on a class map of 10 channels in every precision and ISA measured (docs/benchmarks.md). Where
-    oneDNN runs (:func:`onednn_on_cpu`), such a layer keeps Keras' call.
+    Its JIT kernels take channels in blocks of 8 (float32) or 16 (bfloat16; float16, not measured, is
+    treated alike); any other count runs its generic kernel (``nspc_bnorm:any`` in ``ONEDNN_VERBOSE``),
+    which took 2-3x the time of Keras' own ops on a class map of 10 channels in every precision and ISA
+    measured (docs/benchmarks.md). Where oneDNN runs (:func:`onednn_on_cpu`), such a layer keeps Keras' call.
     """
     return channels is not None and channels % (8 if dtype == "float32" else 16) == 0
 
