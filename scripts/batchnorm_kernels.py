@@ -4,10 +4,10 @@
 [--calls 30] [--rounds 3]`` times, per activation shape (N x H x W x C), TensorFlow's ``FusedBatchNormV3``,
 nin_keras' split forward (below AVX-512) and the moments-and-multiply-add ops Keras' own layer runs, each
 forward and backward in one ``tf.function``; it prints each round's median milliseconds per call, the
-paths alternating. This is the
-evidence behind :func:`nin_keras.fused_bn.has_jit_kernel`: for a channel count oneDNN's JIT kernels do not
-take (a 10-class map), its generic kernel is slower than Keras' ops. Run it with ``ONEDNN_VERBOSE=1`` to
-see which kernel oneDNN picks, and with ``ONEDNN_MAX_CPU_ISA=AVX2`` as an AVX2 CPU would run.
+paths alternating. This is the evidence behind :func:`nin_keras.fused_bn.has_jit_kernel`: for a channel
+count oneDNN's JIT kernels do not take (a 10-class map), its generic kernel is slower than Keras' ops.
+Run it with ``ONEDNN_VERBOSE=1`` to see which kernel oneDNN picks, and with ``ONEDNN_MAX_CPU_ISA=AVX2``
+as an AVX2 CPU would run.
 """
 
 import argparse
@@ -95,7 +95,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default="128x6x6x10,128x6x6x128,128x13x13x64",
                         help="activation shapes N x H x W x C, comma-separated (default: the fashion preset's)")
     parser.add_argument("--calls", type=int, default=30, help="calls per round (default 30)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, the two paths alternating (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the paths alternating (default 3)")
     args = parser.parse_args(argv)
     shapes = [parse_shape(text) for text in args.shapes.split(",")]
     print(f"{args.precision}: median ms per forward and backward call, each round")

@@ -21,7 +21,7 @@ def test_the_three_paths_compute_the_same_gradients():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def test_each_shape_gets_a_row_with_both_paths(capsys):
+def test_each_shape_gets_a_row_with_every_path(capsys):
     assert kernels.main(["--shapes", "4x3x3x10,4x2x2x16", "--calls", "1", "--rounds", "2"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("float32:") and rows[1].startswith("4x3x3x10: fused ")
