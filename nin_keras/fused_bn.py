@@ -178,7 +178,8 @@ def fuse_batch_norm(model):
     from nin_keras.precise_bn import batchnorm_layers
 
     fused = 0
-    split, onednn = split_forward(), onednn_on_cpu()
+    gpu = gpu_visible()  # asked once: both choices below depend on it
+    split, onednn = split_forward(gpu=gpu), onednn_on_cpu(gpu=gpu)
     for layer in batchnorm_layers(model):
         if eligible(layer) and (not onednn or has_jit_kernel(layer.input.shape[-1], layer.compute_dtype)):
             layer._nin_split_forward = split
