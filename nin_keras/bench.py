@@ -209,6 +209,8 @@ def _describe(bench, threads, image_dir, isa):
     import keras
     import tensorflow as tf
 
+    from nin_keras.precision import onednn_cap_setting
+
     cfg, settings = bench.cfg, bench.settings
     return {"preset": cfg.preset, "batch_size": cfg.batch_size, "steps": bench.steps, "repeats": bench.repeats,
             "xla": settings.xla, "precision": bench.precision, "intra_op_threads": threads[0],
@@ -216,7 +218,7 @@ def _describe(bench, threads, image_dir, isa):
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
             "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": onednn_caller_thread_on(),
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": onednn_cap_setting() or None,
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
 
 
@@ -399,7 +401,7 @@ def format_results(r):
         f"nin_keras bench: preset {r['preset']}, batch {r['batch_size']}, {r['steps']} steps x {r['repeats']} repeats, "
         f"{r['cpu_count']} CPUs, TF {r['tensorflow']}, Keras {r['keras']}",
         f"CPU: {r['cpu']['model'] or 'unknown'} ({', '.join(r['cpu']['features']) or 'no AVX2'}); oneDNN ISA in use: "
-        f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: ONEDNN_MAX_CPU_ISA={r['isa_cap']})" if r["isa_cap"] else ""),
+        f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: {r['isa_cap']})" if r["isa_cap"] else ""),
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
         f"BatchNorm {'fused' if r.get('fused_batch_norm', True) else 'unfused'}"

@@ -52,6 +52,19 @@ def onednn_cap(env=None):
     return (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
 
 
+def onednn_cap_setting(env=None):
+    """The variable that caps oneDNN's ISA as it is set (``ONEDNN_MAX_CPU_ISA=AVX2``), "" if none.
+
+    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` first, then its older name ``DNNL_MAX_CPU_ISA``: a header that
+    quoted only the first would call a ``DNNL_MAX_CPU_ISA`` run uncapped.
+    """
+    env = os.environ if env is None else env
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if env.get(name):
+            return f"{name}={env[name]}"
+    return ""
+
+
 def onednn_cap_below_avx512(env=None):
     """True if oneDNN's ISA cap leaves out AVX-512 (``AVX2``, ``AVX2_VNNI``...)."""
     return onednn_cap(env) in CAPS_WITHOUT_BF16_KERNELS
@@ -77,7 +90,8 @@ def check_bf16_runs(flags=None, asked_by="--precision bfloat16"):
     """Refuse bfloat16 in one line where it would abort (:func:`bf16_aborts`)."""
     cap = bf16_aborts(flags)
     if cap:
-        raise ConfigError(f"bfloat16 cannot run with ONEDNN_MAX_CPU_ISA={cap} on this AVX-512 CPU (oneDNN has no "
+        variable = onednn_cap_setting().partition("=")[0] or "ONEDNN_MAX_CPU_ISA"
+        raise ConfigError(f"bfloat16 cannot run with {variable}={cap} on this AVX-512 CPU (oneDNN has no "
                           f"bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
                           f"Received: {asked_by}")
 
