@@ -112,6 +112,20 @@ class LockUnavailable(ConfigError):
     opposed to being held by another process."""
 
 
+#: Tries at taking a lock whose file is being removed and made again under us (see RunLock.acquire).
+LOCK_ATTEMPTS = 5
+
+
+def _same_file(fd, path):
+    """Whether ``path`` (not followed if a link) is still the file open as ``fd``."""
+    try:
+        at_path = os.lstat(path)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (at_path.st_dev, at_path.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 class RunLock:
     """An exclusive lock on a run folder, held by one process (``fcntl.flock`` on ``.nin_keras.lock``).
 
@@ -131,10 +145,26 @@ class RunLock:
 
     def acquire(self):
         """Take the lock or raise a one-line ConfigError naming the holder's process id."""
-        import fcntl
-
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
             raise ConfigError(f"{self.label}: exists and is not a directory")
+        # An export removes the lock file it made as it lets go: a process that opened that file just before
+        # would lock a file no longer in the folder while a third locks a new one. So the lock counts only
+        # if the name still leads to the file locked; if not, again with the file there now.
+        for _ in range(LOCK_ATTEMPTS):
+            fd = self._open()
+            self._lock(fd)
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        else:
+            raise LockUnavailable(f"{self.label}: its {LOCK_NAME} kept being replaced while locking it")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def _open(self):
+        """The lock file's descriptor, the file made if missing (``self.created`` says this process made it)."""
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             try:
@@ -143,11 +173,18 @@ class RunLock:
             except FileExistsError:
                 # O_NOFOLLOW: a lock file planted as a symlink (to ~/.bashrc, say) must not be truncated.
                 fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+                self.created = False
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise ConfigError(f"{self.label}: its {LOCK_NAME} is a symbolic link, not a lock "
                                   "file nin_keras made; remove it") from None
             raise LockUnavailable(f"{self.label}: cannot write ({e.strerror or e})") from None
+        return fd
+
+    def _lock(self, fd):
+        """``flock`` ``fd`` without waiting; a held lock is a one-line ConfigError naming its holder."""
+        import fcntl
+
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -157,10 +194,6 @@ class RunLock:
                 raise LockUnavailable(f"{self.label}: cannot lock ({e.strerror or e})") from None
             raise ConfigError(f"{self.label} is in use by another nin_keras process (pid {holder}); wait for it to "
                               f"finish {self.advice}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
 
     def release(self, remove=False):
         """Drop the lock. ``remove``: also delete the lock file if this process created it (a refused

@@ -434,6 +434,35 @@ def test_a_second_process_on_a_locked_folder_is_refused_with_the_holders_pid(tmp
     lock.release()
 
 
+def test_a_lock_file_removed_between_open_and_lock_is_not_a_lock(tmp_path, monkeypatch):
+    """Three exports of one folder at one instant: the first removes the lock file it made as it lets go, just
+    after the second opened that file. The second then locks a file no longer in the folder; it must take the
+    file there now, so that the third is refused rather than holding the folder at the same time."""
+    import fcntl
+
+    from nin_keras.errors import ConfigError
+    from nin_keras.rundir import LOCK_NAME, RunLock
+
+    folder = str(tmp_path / "export")
+    first = RunLock(folder).acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def first_lets_go_in_between(fd, operation):
+        calls.append(fd)
+        if len(calls) == 1:  # the second has opened the first's file and is about to lock it
+            first.release(remove=True)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", first_lets_go_in_between)
+    second = RunLock(folder).acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with pytest.raises(ConfigError, match="in use by another nin_keras process"):
+        RunLock(folder).acquire()  # the third
+    assert len(calls) == 2 and os.path.exists(os.path.join(folder, LOCK_NAME))
+    second.release(remove=True)
+    assert os.listdir(folder) == []
+
+
 def test_two_processes_on_one_folder_one_trains_one_is_refused(tmp_path):
     out = str(tmp_path / "r")
     args = [*SMALL_FLAGS, "--output-dir", out]
