@@ -5,7 +5,8 @@ the peer command one after the other, alternating which goes first, so both
 see the same host conditions (this project's VMs swing between full and half
 speed from one minute to the next). It does so in float32 and, on CPUs with
 native bfloat16 (AVX512-BF16 or AMX) and no ISA cap that hides it, in bfloat16, and prints
-each side's median images/s and the ratio of the medians.
+each side's median images/s, the ratio of the medians, and the median (and range) of each round's own
+ratio, which a host whose speed drifts over the session moves less.
 
 The peer protocol (``benchmarks/torch_peer.py`` is the PyTorch one): the
 command gets ``--network FILE`` (a JSON object of ``build_nin`` arguments, the
@@ -195,6 +196,13 @@ def summarize(ours, theirs):
         out["nin_keras_fraction_of_float32_ceiling"] = statistics.median(fractions)
     if "error" not in out["nin_keras"] and "error" not in out["peer"]:
         out["ratio"] = out["nin_keras"]["median"] / out["peer"]["median"]
+    # Round by round: the two runs of a round are minutes apart, the rounds of a session up to an hour, and a
+    # shared host's speed drifts over that hour. A round where either side failed is left out.
+    paired = [a["images_per_sec"] / b["images_per_sec"] for a, b in zip(ours, theirs)
+              if "error" not in a and "error" not in b]
+    if paired:
+        out["paired_ratio"] = {"median": statistics.median(paired), "min": min(paired), "max": max(paired),
+                               "runs": paired}
     return out
 
 
@@ -205,14 +213,17 @@ def format_peer(results):
 
     lines = [f"nin_keras vs peer `{results['peer']}`: preset {results['preset']}, batch {results['batch_size']}, "
              f"{results['steps']} steps, {results['rounds']} interleaved rounds (images/s, median (min-max))",
-             f"{'precision':<11}{'nin_keras step':>24}{'peer':>24}{'ratio':>8}{'nin_keras fit via tf.data':>30}"
-             f"{'of fp32 ceiling':>17}"]
+             f"{'precision':<11}{'nin_keras step':>24}{'peer':>24}{'ratio':>8}{'round by round':>22}"
+             f"{'nin_keras fit via tf.data':>30}{'of fp32 ceiling':>17}"]
     for precision, s in results["precisions"].items():
         ratio = f"{s['ratio']:.2f}x" if "ratio" in s else "-"
+        paired = s.get("paired_ratio")
+        paired = f"{paired['median']:.2f}x ({paired['min']:.2f}-{paired['max']:.2f})" if paired else "-"
         fraction = s.get("nin_keras_fraction_of_float32_ceiling")
-        lines.append(f"{precision:<11}{cell(s['nin_keras']):>24}{cell(s['peer']):>24}{ratio:>8}"
+        lines.append(f"{precision:<11}{cell(s['nin_keras']):>24}{cell(s['peer']):>24}{ratio:>8}{paired:>22}"
                      f"{cell(s['nin_keras_end_to_end']):>30}{f'{fraction:.2f}' if fraction else '-':>17}")
-    lines.append("ratio: nin_keras' training step over the peer's, medians; both on batches held in memory")
+    lines.append("ratio: nin_keras' training step over the peer's, medians; both on batches held in memory; "
+                 "round by round: the median of each round's own ratio")
     return "\n".join(lines)
 
 

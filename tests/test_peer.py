@@ -99,6 +99,21 @@ def test_a_failing_peer_is_a_row_and_a_one_line_error(tmp_path, capsys, body, me
     assert "ratio" not in summary and message in summary["peer"]["error"]
 
 
+def test_rounds_are_also_compared_pair_by_pair():
+    """The host slowed down between rounds: the ratio of medians mixes rounds, each round's own ratio does not."""
+    ours = [{"images_per_sec": 100.0}, {"images_per_sec": 200.0}, {"error": "killed"}, {"images_per_sec": 300.0}]
+    theirs = [{"images_per_sec": 100.0}, {"images_per_sec": 100.0}, {"images_per_sec": 50.0},
+              {"images_per_sec": 600.0}]
+    summary = peer.summarize(ours, theirs)
+    assert summary["ratio"] == pytest.approx(200.0 / 100.0)  # medians 200 and 100
+    assert summary["paired_ratio"]["runs"] == pytest.approx([1.0, 2.0, 0.5])  # the failed round left out
+    assert summary["paired_ratio"]["median"] == pytest.approx(1.0)
+    table = peer.format_peer({"peer": "p", "preset": "tiny", "batch_size": 128, "steps": 3, "rounds": 4,
+                              "precisions": {"float32": summary}})
+    assert "2.00x" in table and "1.00x (0.50-2.00)" in table
+    assert "paired_ratio" not in peer.summarize(ours[2:3], theirs[2:3])
+
+
 def test_a_missing_peer_program_is_an_error_not_a_crash():
     assert "cannot run" in peer.run_child(["/nonexistent/python", "x.py"], timeout=10)["error"]
 
