@@ -280,8 +280,8 @@ def _locked_output(args):
         yield
     finally:
         if lock is not None:
-            # The lock file goes with the export (the folder is the user's to copy to an app): a third export
-            # opening it in the instant between removal and release is the race this accepts.
+            # The lock file goes with the export (the folder is the user's to copy to an app); an export that
+            # opened it just before it went takes the lock on the file there after (RunLock.acquire).
             lock.release(remove=True)
             if made and folder_entries(out_dir) == []:
                 with contextlib.suppress(OSError):

@@ -209,7 +209,7 @@ def _describe(bench, threads, image_dir, isa):
     import keras
     import tensorflow as tf
 
-    from nin_keras.precision import onednn_cap_setting
+    from nin_keras.precision import onednn_cap, onednn_cap_variable
 
     cfg, settings = bench.cfg, bench.settings
     return {"preset": cfg.preset, "batch_size": cfg.batch_size, "steps": bench.steps, "repeats": bench.repeats,
@@ -218,7 +218,8 @@ def _describe(bench, threads, image_dir, isa):
             "resize_in": "pipeline" if bench.resize_to else "model", "cache": settings.cache,
             "fused_batch_norm": settings.fused_batch_norm, "onednn_caller_thread": onednn_caller_thread_on(),
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": onednn_cap_setting() or None,
+            "cpu": cpu_class(), "onednn_isa": isa, "isa_cap": onednn_cap() or None,
+            "isa_cap_variable": onednn_cap_variable(),
             "image_dir": image_dir, "images": len(bench.folder.x_train) if bench.folder else None}
 
 
@@ -389,6 +390,14 @@ def _stat_text(stat, fmt="{:,.0f}"):
     return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
 
 
+def cap_text(r):
+    """`` (capped: DNNL_MAX_CPU_ISA=AVX2)``: the variable the run was capped with, "" if none (results written
+    before the variable was recorded name ``ONEDNN_MAX_CPU_ISA``, the only one read then)."""
+    if not r.get("isa_cap"):
+        return ""
+    return f" (capped: {r.get('isa_cap_variable') or 'ONEDNN_MAX_CPU_ISA'}={r['isa_cap']})"
+
+
 def format_results(r):
     """The table printed at the end of a run."""
     s = _stat_text
@@ -401,7 +410,7 @@ def format_results(r):
         f"nin_keras bench: preset {r['preset']}, batch {r['batch_size']}, {r['steps']} steps x {r['repeats']} repeats, "
         f"{r['cpu_count']} CPUs, TF {r['tensorflow']}, Keras {r['keras']}",
         f"CPU: {r['cpu']['model'] or 'unknown'} ({', '.join(r['cpu']['features']) or 'no AVX2'}); oneDNN ISA in use: "
-        f"{r['onednn_isa'] or 'unknown'}" + (f" (capped: {r['isa_cap']})" if r["isa_cap"] else ""),
+        f"{r['onednn_isa'] or 'unknown'}{cap_text(r)}",
         f"settings: {r['precision']}, XLA {'on' if r['xla'] else 'off'}, intra/inter-op threads {threads}, "
         f"{r['data_format']}, resize in {r['resize_in']}, cache {'on' if r['cache'] else 'off'}, "
         f"BatchNorm {'fused' if r.get('fused_batch_norm', True) else 'unfused'}"

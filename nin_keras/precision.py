@@ -52,17 +52,15 @@ def onednn_cap(env=None):
     return (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
 
 
-def onednn_cap_setting(env=None):
-    """The variable that caps oneDNN's ISA as it is set (``ONEDNN_MAX_CPU_ISA=AVX2``), "" if none.
+def onednn_cap_variable(env=None):
+    """The name of the variable that caps oneDNN's ISA (``ONEDNN_MAX_CPU_ISA`` or ``DNNL_MAX_CPU_ISA``), None if
+    neither is set.
 
-    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` first, then its older name ``DNNL_MAX_CPU_ISA``: a header that
-    quoted only the first would call a ``DNNL_MAX_CPU_ISA`` run uncapped.
+    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` first, then its older name ``DNNL_MAX_CPU_ISA`` (as :func:`onednn_cap`
+    does): a message that quoted only the first would call a ``DNNL_MAX_CPU_ISA`` run uncapped.
     """
     env = os.environ if env is None else env
-    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
-        if env.get(name):
-            return f"{name}={env[name]}"
-    return ""
+    return next((name for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if env.get(name)), None)
 
 
 def onednn_cap_below_avx512(env=None):
@@ -71,7 +69,7 @@ def onednn_cap_below_avx512(env=None):
 
 
 def bf16_capped_away(isa_cap=None, kernels=False):
-    """The oneDNN cap (``isa_cap``, else ``$ONEDNN_MAX_CPU_ISA``) when it leaves out native bfloat16 (with
+    """The oneDNN cap (``isa_cap``, else :func:`onednn_cap`'s) when it leaves out native bfloat16 (with
     ``kernels``: every bfloat16 kernel), else None. A capped CPU stands for one without them."""
     cap = (isa_cap or "").upper() or onednn_cap()
     return cap if cap in (CAPS_WITHOUT_BF16_KERNELS if kernels else CAPS_WITHOUT_NATIVE_BF16) else None
@@ -90,8 +88,7 @@ def check_bf16_runs(flags=None, asked_by="--precision bfloat16"):
     """Refuse bfloat16 in one line where it would abort (:func:`bf16_aborts`)."""
     cap = bf16_aborts(flags)
     if cap:
-        variable = onednn_cap_setting().partition("=")[0] or "ONEDNN_MAX_CPU_ISA"
-        raise ConfigError(f"bfloat16 cannot run with {variable}={cap} on this AVX-512 CPU (oneDNN has no "
+        raise ConfigError(f"bfloat16 cannot run with {onednn_cap_variable()}={cap} on this AVX-512 CPU (oneDNN has no "
                           f"bfloat16 kernel below AVX-512); use --precision float32, or unset the cap. "
                           f"Received: {asked_by}")
 

@@ -147,24 +147,29 @@ class RunLock:
         """Take the lock or raise a one-line ConfigError naming the holder's process id."""
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
             raise ConfigError(f"{self.label}: exists and is not a directory")
-        # An export removes the lock file it made as it lets go: a process that opened that file just before
-        # would lock a file no longer in the folder while a third locks a new one. So the lock counts only
-        # if the name still leads to the file locked; if not, again with the file there now.
+        # An export removes the lock file it made as it lets go (and the output folder, if it made it and left
+        # it empty): a process that opened that file just before would lock a file no longer in the folder
+        # while a third locks a new one. So the lock counts only if the name still leads to the file locked;
+        # if not, or if the file or folder went between two steps here, again with what is there now.
         for _ in range(LOCK_ATTEMPTS):
             fd = self._open()
+            if fd is None:
+                continue
             self._lock(fd)
             if _same_file(fd, self.path):
                 break
             os.close(fd)
-        else:
-            raise LockUnavailable(f"{self.label}: its {LOCK_NAME} kept being replaced while locking it")
+        else:  # other processes kept taking and letting go of it: in use, not unlockable (which runs unlocked)
+            raise ConfigError(f"{self.label} is in use by other nin_keras processes; wait for them to finish "
+                              f"{self.advice}")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
         return self
 
     def _open(self):
-        """The lock file's descriptor, the file made if missing (``self.created`` says this process made it)."""
+        """The lock file's descriptor, the file made if missing (``self.created`` says this process made it);
+        None if the file or the folder went between two steps here (another process letting go)."""
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             try:
@@ -174,6 +179,8 @@ class RunLock:
                 # O_NOFOLLOW: a lock file planted as a symlink (to ~/.bashrc, say) must not be truncated.
                 fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
                 self.created = False
+        except FileNotFoundError:
+            return None
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise ConfigError(f"{self.label}: its {LOCK_NAME} is a symbolic link, not a lock "

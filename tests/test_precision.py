@@ -49,19 +49,22 @@ def test_a_capped_cpu_gets_what_the_cpu_it_stands_for_gets(monkeypatch):
 def test_the_older_name_of_the_cap_is_honoured_and_named(monkeypatch):
     """oneDNN also reads DNNL_MAX_CPU_ISA (its older name; ONEDNN_MAX_CPU_ISA wins when both are set): such a
     run is capped, and the refusal and the bench's header name the variable the user set."""
-    from nin_keras.precision import onednn_cap_setting
+    from nin_keras.precision import onednn_cap, onednn_cap_variable
 
-    monkeypatch.delenv("NIN_KERAS_PRECISION", raising=False)
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    assert onednn_cap_setting() == ""
+    for name in ("NIN_KERAS_PRECISION", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert onednn_cap_variable() is None and onednn_cap() == ""
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx2")
-    assert onednn_cap_setting() == "DNNL_MAX_CPU_ISA=avx2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")  # set but empty: not a cap, as for oneDNN
+    assert onednn_cap_variable() == "DNNL_MAX_CPU_ISA" and onednn_cap() == "AVX2"
     avx512_bf16 = {"avx2", "avx512f", "avx512_bf16"}
     assert resolve_precision("auto", has_gpu=False, flags=avx512_bf16) == "float32"
     with pytest.raises(ConfigError, match=r"^bfloat16 cannot run with DNNL_MAX_CPU_ISA=AVX2 on this AVX-512 CPU"):
         resolve_precision("bfloat16", has_gpu=False, flags=avx512_bf16)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert onednn_cap_setting() == "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "sse41")  # both set: the newer name wins
+    assert onednn_cap_variable() == "ONEDNN_MAX_CPU_ISA" and onednn_cap() == "SSE41"
+    with pytest.raises(ConfigError, match=r"^bfloat16 cannot run with ONEDNN_MAX_CPU_ISA=SSE41 on this"):
+        resolve_precision("bfloat16", has_gpu=False, flags=avx512_bf16)
 
 
 def test_explicit_precision_and_environment_override(monkeypatch):

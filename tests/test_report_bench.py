@@ -169,6 +169,17 @@ def test_isa_cap_is_honoured_and_reported():
     assert bench.build_parser().parse_args(["--isa-cap", "AVX2"]).isa_cap == "AVX2"
 
 
+def test_the_header_names_the_variable_that_capped_the_run(monkeypatch):
+    from nin_keras.precision import onednn_cap, onednn_cap_variable
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx2")
+    recorded = {"isa_cap": onednn_cap() or None, "isa_cap_variable": onednn_cap_variable()}  # as _describe does
+    assert bench.cap_text(recorded) == " (capped: DNNL_MAX_CPU_ISA=AVX2)"
+    assert bench.cap_text({"isa_cap": "AVX2"}) == " (capped: ONEDNN_MAX_CPU_ISA=AVX2)"  # an older results file
+    assert bench.cap_text({"isa_cap": None, "isa_cap_variable": None}) == ""
+
+
 def test_per_class_report_matches_a_hand_computed_case():
     from nin_keras.per_class import per_class_report, summary_line
 

@@ -463,6 +463,49 @@ def test_a_lock_file_removed_between_open_and_lock_is_not_a_lock(tmp_path, monke
     assert os.listdir(folder) == []
 
 
+def test_a_lock_file_replaced_at_every_try_is_in_use_not_unlockable(tmp_path, monkeypatch):
+    """Other processes taking and letting go of the lock at every try: refused as in use, not LockUnavailable
+    (an unwritable folder, which exports and reruns of a finished run go on without a lock)."""
+    import fcntl
+
+    from nin_keras.errors import ConfigError
+    from nin_keras.rundir import LOCK_NAME, LockUnavailable, RunLock
+
+    folder = tmp_path / "export"
+    real_flock = fcntl.flock
+
+    def replaced_meanwhile(fd, operation):
+        os.remove(folder / LOCK_NAME)
+        (folder / LOCK_NAME).write_text("")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", replaced_meanwhile)
+    with pytest.raises(ConfigError, match="in use by other nin_keras processes") as info:
+        RunLock(str(folder)).acquire()
+    assert not isinstance(info.value, LockUnavailable)
+
+
+def test_an_output_folder_removed_between_its_making_and_the_lock_file_is_made_again(tmp_path, monkeypatch):
+    """An export that made the output folder removes it as it lets go, if empty: a process that had just made
+    (found) it then cannot create its lock file there. It makes both again rather than going on unlocked."""
+    from nin_keras.rundir import LOCK_NAME, RunLock
+
+    folder = tmp_path / "export"
+    real_open, calls = os.open, []
+
+    def folder_gone_in_between(path, flags, *args):
+        calls.append(path)
+        if len(calls) == 1:
+            os.rmdir(folder)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", folder_gone_in_between)
+    lock = RunLock(str(folder)).acquire()
+    monkeypatch.setattr(os, "open", real_open)
+    assert len(calls) == 2 and (folder / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    lock.release(remove=True)
+
+
 def test_two_processes_on_one_folder_one_trains_one_is_refused(tmp_path):
     out = str(tmp_path / "r")
     args = [*SMALL_FLAGS, "--output-dir", out]
