@@ -49,7 +49,8 @@ CAPS_WITHOUT_BF16_KERNELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
 def onednn_cap(env=None):
     """oneDNN's ISA cap, ``$ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``), upper case; "" if none."""
     env = os.environ if env is None else env
-    return (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
+    variable = onednn_cap_variable(env)
+    return env[variable].upper() if variable else ""
 
 
 def onednn_cap_variable(env=None):

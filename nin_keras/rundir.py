@@ -122,8 +122,7 @@ def _same_file(fd, path):
         at_path = os.lstat(path)
     except OSError:
         return False
-    opened = os.fstat(fd)
-    return (at_path.st_dev, at_path.st_ino) == (opened.st_dev, opened.st_ino)
+    return os.path.samestat(at_path, os.fstat(fd))
 
 
 class RunLock:
