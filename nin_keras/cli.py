@@ -10,9 +10,10 @@ import threading
 from nin_keras.errors import ConfigError, NinError, SignalInterrupt, Stopped, write_failure
 from nin_keras.fused_bn import forward_override
 from nin_keras.io import is_utf8, shown_name
+from nin_keras.tf_logs import quiet_tensorflow_import
 
-# Before TensorFlow is imported (entry points import this module first): hide
-# its C++ start-up chatter (e.g. cuInit on CPU machines).
+# Before TensorFlow is imported (entry points import this module first): hide its C++ INFO and WARNING
+# lines (run_cli also filters those its start-up writes before the level applies: nin_keras.tf_logs).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -110,6 +111,7 @@ def run_cli(body):
         # A file name that is not UTF-8 (lone surrogates in Python) is printed escaped, not raised on.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors=ESCAPE_NAMES)
+    quiet_tensorflow_import()
     try:
         check_backend()
         forward_override()  # a mistyped NIN_KERAS_BATCH_NORM_FORWARD: one line now, not at compile time

@@ -1,0 +1,97 @@
+"""TensorFlow's start-up lines that its log level does not reach (nin_keras/tf_logs.py)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import REPO
+from nin_keras.tf_logs import min_log_level, shown_lines
+
+# What TensorFlow 2.21's import and first device discovery wrote on a CPU machine with
+# TF_CPP_MIN_LOG_LEVEL=2 (each library of the wheel logs its own copy).
+TF_START = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    b"I0000 00:00:1796102739.027314   22959 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    b"different numerical results due to floating-point round-off errors from different computation orders.\n"
+    b"I0000 00:00:1796102739.027799   22959 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU "
+    b"will not be used.\n"
+    b"E0000 00:00:1796102744.881831   22959 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+    b"Failed call to cuInit: UNKNOWN ERROR (303)\n"
+)
+WARNING_LINE = b"W0000 00:00:1796102744.9   22959 op_kernel.cc:1857] a warning\n"
+ERROR_LINE = b"E0000 00:00:1796102745.1   22959 mkl_util.h:90] an error\n"
+PYTHON_LINES = b"/x/y.py:3: UserWarning: kept\n  warnings.warn('kept')\n"
+
+
+def test_the_start_up_chatter_goes_and_everything_else_stays():
+    data = TF_START + WARNING_LINE + PYTHON_LINES + ERROR_LINE
+    assert shown_lines(data, 2) == PYTHON_LINES + ERROR_LINE
+    # Level 1 shows warnings and errors, but not TensorFlow's INFO lines nor a failed cuInit.
+    assert shown_lines(data, 1) == WARNING_LINE + PYTHON_LINES + ERROR_LINE
+    assert shown_lines(data, 3) == PYTHON_LINES
+    assert shown_lines(PYTHON_LINES + b"no newline at the end", 2) == PYTHON_LINES + b"no newline at the end"
+
+
+@pytest.mark.parametrize("value, level", [(None, 0), ("2", 2), ("", 0), ("loud", 0), ("3", 3)])
+def test_the_level_is_read_as_tensorflow_reads_it(value, level):
+    assert min_log_level({} if value is None else {"TF_CPP_MIN_LOG_LEVEL": value}) == level
+
+
+FAKE_TENSORFLOW = """
+    import os, warnings
+    os.write(2, {noise!r})
+    warnings.warn("a Python warning written during the import")
+    {extra}
+
+    class config:
+        @staticmethod
+        def list_physical_devices():
+            os.write(2, {cuinit!r})
+            return []
+"""
+
+
+def run_with_fake_tensorflow(tmp_path, level, extra=""):
+    """Import a stand-in tensorflow package the way a command does (run_cli first); its stderr and code."""
+    package = tmp_path / "tensorflow"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent(FAKE_TENSORFLOW).format(
+        noise=TF_START.split(b"\n", 3)[1] + b"\n", cuinit=TF_START.split(b"\n")[3] + b"\n", extra=extra))
+    code = ("from nin_keras.cli import run_cli\n"
+            "def body():\n    import tensorflow\n    print('imported', flush=True)\n"
+            "raise SystemExit(run_cli(body))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), REPO]), "TF_CPP_MIN_LOG_LEVEL": level}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, cwd=tmp_path, timeout=60)
+    return done.stdout.decode(), done.stderr.decode(), done.returncode
+
+
+def test_the_import_keeps_python_warnings_and_drops_the_chatter(tmp_path):
+    out, err, code = run_with_fake_tensorflow(tmp_path, "2")
+    assert (out, code) == ("imported\n", 0)
+    assert "a Python warning written during the import" in err
+    assert "port.cc" not in err and "cuInit" not in err
+
+
+def test_asked_for_every_line_the_chatter_stays(tmp_path):
+    _, err, _ = run_with_fake_tensorflow(tmp_path, "0")
+    assert "port.cc:153" in err
+
+
+def test_a_failing_import_still_shows_its_traceback(tmp_path):
+    _, err, code = run_with_fake_tensorflow(tmp_path, "2", extra="raise ImportError('libtensorflow.so: boom')")
+    assert code == 1
+    assert "ImportError: libtensorflow.so: boom" in err
+    assert "a Python warning written during the import" in err and "port.cc" not in err
+
+
+def test_a_bad_path_is_the_commands_only_line(tmp_path):
+    """With the real TensorFlow: before this, the error came after five lines of start-up chatter."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    missing = tmp_path / "no-such-run"
+    done = subprocess.run([sys.executable, "-m", "export", str(missing)], env=env, capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error: {missing}: no such file or directory"], done.stderr
