@@ -227,6 +227,7 @@ class Run:
     lock: object = None
     aside: str = None
     stopper: object = None
+    batch_size: int = None  # the global batch it trains with: cfg.batch_size, or less for a small folder
 
     @property
     def path(self):
@@ -373,7 +374,7 @@ def load_run_data(run):
     that needs the run folder on storage all workers see.
     """
     from nin_keras import distribute
-    from nin_keras.data import load_data
+    from nin_keras.data import fitting_batch_size, load_data
 
     cfg = run.cfg
 
@@ -393,6 +394,8 @@ def load_run_data(run):
         return splits, kwargs
 
     (run.splits, run.model_kwargs), _ = distribute.agree(run.strategy, load)
+    # The same on every worker: the split is.
+    run.batch_size = fitting_batch_size(cfg.batch_size, len(run.splits.x_train), run.strategy.num_replicas_in_sync)
 
 
 def _copy_chief_backup(run):
@@ -466,12 +469,12 @@ def make_datasets(run):
     cfg, splits = run.cfg, run.splits
     shard = tf.data.experimental.AutoShardPolicy.DATA if distribute.is_multi_worker(run.strategy) else None
     one_hot = one_hot_classes(cfg, len(splits.class_names))
-    train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, cfg.batch_size, seed=cfg.seed,
+    train_ds, steps_per_epoch = make_train_dataset(splits.x_train, splits.y_train, run.batch_size, seed=cfg.seed,
                                                    shard_policy=shard,
                                                    augment=cfg.augment, augment_shift=cfg.augment_shift,
                                                    random_erasing=cfg.random_erasing, one_hot_classes=one_hot)
-    val_ds = make_dataset(splits.x_val, splits.y_val, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
-    test_ds = make_dataset(splits.x_test, splits.y_test, cfg.batch_size, shard_policy=shard, one_hot_classes=one_hot)
+    val_ds = make_dataset(splits.x_val, splits.y_val, run.batch_size, shard_policy=shard, one_hot_classes=one_hot)
+    test_ds = make_dataset(splits.x_test, splits.y_test, run.batch_size, shard_policy=shard, one_hot_classes=one_hot)
     return Datasets(train_ds, val_ds, test_ds, steps_per_epoch)
 
 
@@ -514,11 +517,19 @@ def start_writing(run, model):
         config_lib.save_config(cfg, path["config"], run.model_kwargs)
     run.print_fn(f"nin_keras: preset {cfg.preset}, {model.count_params():,} parameters, {cfg.precision}, "
                  f"{run.strategy.num_replicas_in_sync} replica(s) ({distribute.describe(run.strategy)}), "
-                 f"global batch {cfg.batch_size}")
+                 f"global batch {run.batch_size}{_lowered_batch(run)}")
     run.print_fn(f"data: {splits.source}: {len(splits.x_train)} train, {len(splits.x_val)} val, "
                  f"{len(splits.x_test)} test")
     if run.state == "resume":
         run.print_fn(f"resuming the run in {run.final_dir}")
+
+
+def _lowered_batch(run):
+    """Why the run's batch is not the one asked for ('' when it is)."""
+    if run.batch_size == run.cfg.batch_size:
+        return ""
+    return (f" (a batch of {run.cfg.batch_size} is more than the {len(run.splits.x_train)} training examples; "
+            "--batch-size sets another)")
 
 
 def make_callbacks(run, steps_per_epoch, schedule=None):
@@ -533,7 +544,7 @@ def make_callbacks(run, steps_per_epoch, schedule=None):
     callbacks = [
         # History first: an epoch's row is written before its backup (see HistoryCSV).
         HistoryCSV(path["history"]),
-        precise_bn.before_validation(run.splits.x_train, run.splits.y_train, run.cfg.batch_size,
+        precise_bn.before_validation(run.splits.x_train, run.splits.y_train, run.batch_size,
                                      replicas=run.strategy.num_replicas_in_sync, seed=run.cfg.seed),
         # The best model before the backup: an epoch whose best.keras could not be written (a full disk)
         # has no backup either, so the rerun trains it again and saves it, instead of finding it done.
@@ -655,7 +666,7 @@ def _finish(run, model, datasets, history, throughput):
     if diverged is not None:
         raise diverged
     with strategy.scope():  # BatchNorm's moving statistics from training images, before anything is evaluated or saved
-        precise = precise_bn.recalibrate_on_training_images(model, splits.x_train, splits.y_train, cfg.batch_size,
+        precise = precise_bn.recalibrate_on_training_images(model, splits.x_train, splits.y_train, run.batch_size,
                                                             replicas=strategy.num_replicas_in_sync, seed=cfg.seed)
     test_loss, test_acc, per_class = evaluate_test(run, model, datasets.test)
     last = history[-1] if history else {}
@@ -674,7 +685,7 @@ def _finish(run, model, datasets, history, throughput):
         "test_examples": int(len(splits.x_test)),
         # Full batches only: the pipeline drops the last partial one. None
         # when this process trained no epoch (a rerun that only finished up).
-        "examples_per_sec": (datasets.steps_per_epoch * cfg.batch_size * throughput.epochs / throughput.seconds)
+        "examples_per_sec": (datasets.steps_per_epoch * run.batch_size * throughput.epochs / throughput.seconds)
         if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
         "precise_bn": precise,

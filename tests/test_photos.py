@@ -7,7 +7,9 @@ assertions are on what the model's pipeline actually decodes.
 """
 
 import io
+import json
 import os
+import re
 import struct
 import zlib
 
@@ -492,6 +494,37 @@ def test_a_photo_deleted_during_training_is_one_line_not_a_traceback(tmp_path, m
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"error: {tmp_path / 'photos' / 'left'}") and "image (No such file or directory);" in err
     assert "the file changed after the scan" in err
+
+
+@pytest.mark.slow  # trains
+def test_a_folder_smaller_than_a_batch_trains_with_a_smaller_batch(tmp_path, capsys):
+    """30 photos left 22 for training, fewer than the photo preset's batch of 64: the run stopped with "batch
+    size 64 is larger than the 22 training examples; ... raise --limit" (no --limit had been given)."""
+    from nin_keras import fit
+
+    _photo_tree(tmp_path / "photos", {"left": 15, "right": 15})
+    argv = ["--preset", "photo", "--image-size", "32", "--image-dir", str(tmp_path / "photos"),
+            "--output-dir", str(tmp_path / "run"), "--epochs", "2", "--verbose", "0", "--precision", "float32"]
+    assert fit.main(argv) == 0
+    out = capsys.readouterr().out
+    train_examples = int(re.search(r"(\d+) train, ", out).group(1))
+    assert train_examples < 64
+    fitting = 1 << (train_examples.bit_length() - 1)  # 16 for 22
+    assert (f"global batch {fitting} (a batch of 64 is more than the {train_examples} training examples; "
+            "--batch-size sets another)") in out, out
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["batch_size"] == 64  # the recipe asked for; the same command finds the run done
+    assert fit.main(argv) == 0
+    assert "already holds this finished run" in capsys.readouterr().out
+
+
+def test_a_batch_larger_than_the_data_becomes_the_largest_that_fits():
+    assert data.fitting_batch_size(64, 44) == 32
+    assert data.fitting_batch_size(64, 64) == 64 and data.fitting_batch_size(64, 1000) == 64
+    assert data.fitting_batch_size(128, 100, replicas=2) == 64
+    assert data.fitting_batch_size(64, 44, replicas=3) == 24  # 3 x 8: every replica's share the same
+    assert data.fitting_batch_size(64, 1) == 1
+    assert data.fitting_batch_size(64, 1, replicas=2) == 64  # not one per replica: the pipeline's error says so
 
 
 def test_file_names_that_are_not_utf8_decode_and_train(tmp_path):

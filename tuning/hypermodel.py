@@ -20,6 +20,7 @@ import keras_tuner
 
 from nin_keras import config as config_lib
 from nin_keras import precise_bn
+from nin_keras.data import fitting_batch_size
 from nin_keras.errors import ConfigError
 from nin_keras.fit import compile_model, one_hot_classes
 from nin_keras.model import build_nin
@@ -182,7 +183,7 @@ class NinHyperModel(keras_tuner.HyperModel):
         # rerun reproduces a trial (the untuned preset's first trial varied by 8 points between searches).
         keras.utils.set_random_seed(self.base.seed)
         model = build_nin(**config_lib.model_kwargs(cfg, self.num_classes, self.input_shape))
-        compile_model(model, cfg, max(1, self.num_train // cfg.batch_size))
+        compile_model(model, cfg, max(1, self.num_train // fitting_batch_size(cfg.batch_size, self.num_train)))
         return model
 
     def fit(self, hp, model, x, *args, validation_data=None, **kwargs):
@@ -192,16 +193,17 @@ class NinHyperModel(keras_tuner.HyperModel):
         images, labels = x
         cfg = self.config_for(self.declare(hp))
         one_hot = one_hot_classes(cfg, self.num_classes)
-        train, _ = make_train_dataset(images, labels, cfg.batch_size, seed=self.base.seed, augment=cfg.augment,
-                                      augment_shift=cfg.augment_shift, random_erasing=cfg.random_erasing,
-                                      one_hot_classes=one_hot)
-        val = (make_dataset(*validation_data, cfg.batch_size, one_hot_classes=one_hot)
-               if validation_data is not None else None)
-        # A trial is judged on validation: with BatchNorm statistics that match its weights (precise BN).
         strategy = getattr(model, "distribute_strategy", None)
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        batch = fitting_batch_size(cfg.batch_size, len(images), replicas)  # as fit's, for a small folder
+        train, _ = make_train_dataset(images, labels, batch, seed=self.base.seed, augment=cfg.augment,
+                                      augment_shift=cfg.augment_shift, random_erasing=cfg.random_erasing,
+                                      one_hot_classes=one_hot)
+        val = (make_dataset(*validation_data, batch, one_hot_classes=one_hot)
+               if validation_data is not None else None)
+        # A trial is judged on validation: with BatchNorm statistics that match its weights (precise BN).
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []),
-                               precise_bn.before_validation(images, labels, cfg.batch_size, replicas=replicas, seed=self.base.seed)]
+                               precise_bn.before_validation(images, labels, batch, replicas=replicas, seed=self.base.seed)]
         return model.fit(train, *args, validation_data=val, shuffle=False, **kwargs)
 
 

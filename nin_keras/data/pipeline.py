@@ -143,6 +143,19 @@ def in_memory_options():
     return options
 
 
+def fitting_batch_size(batch_size, examples, replicas=1):
+    """``batch_size``, or for fewer training examples than that, the largest ``replicas`` x 2^k that fits.
+
+    A folder of 60 photos leaves 44 for training, fewer than the photo preset's batch of 64: training on
+    them beats refusing, and a power of two keeps the batch one the learning rate was chosen near.
+    Returns ``batch_size`` unchanged when not even one example per replica is there (the pipeline's
+    one-line error says so).
+    """
+    if examples >= batch_size or examples < replicas:
+        return batch_size
+    return replicas * (1 << ((examples // replicas).bit_length() - 1))
+
+
 def make_train_dataset(x, y, batch_size, *, seed=0, shard_policy=None, augment=False, cache=True, one_hot_classes=None,
                        augment_shift=3, random_erasing=0.0):
     """The training pipeline: seeded reshuffle every epoch and only full batches.
