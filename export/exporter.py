@@ -226,6 +226,7 @@ def run_export(args, print_fn=print):
     check_backend()
     if args.browser_benchmark and "web" not in (args.formats or ()):
         raise NinError("--browser-benchmark times the models in the web page: add --format web")
+    resolve_model_path(args.model)  # a mistyped path: one line before TensorFlow loads (seconds)
     from nin_keras.precision import keras_config_scope
 
     with keras_config_scope(), _locked_run(args.model), _locked_output(args):

@@ -737,6 +737,10 @@ def main(argv=None):
 
     def body():
         cfg = config_lib.resolve_config(overrides_from_args(args), args.config)
+        if cfg.image_dir is not None:  # a mistyped folder: one line before TensorFlow loads (seconds)
+            from nin_keras.data.folders import check_image_dir
+
+            check_image_dir(cfg.image_dir)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
 
     return run_cli(body)

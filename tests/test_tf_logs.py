@@ -1,4 +1,5 @@
-"""TensorFlow's start-up lines that its log level does not reach (nin_keras/tf_logs.py)."""
+"""TensorFlow's start-up: the lines its log level does not reach (nin_keras/tf_logs.py), and the mistakes a
+command answers before it loads."""
 
 import os
 import subprocess
@@ -87,11 +88,27 @@ def test_a_failing_import_still_shows_its_traceback(tmp_path):
     assert "a Python warning written during the import" in err and "port.cc" not in err
 
 
-def test_a_bad_path_is_the_commands_only_line(tmp_path):
+def test_an_error_after_tensorflow_loaded_is_the_commands_only_line(tmp_path):
     """With the real TensorFlow: before this, the error came after five lines of start-up chatter."""
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    missing = tmp_path / "no-such-run"
-    done = subprocess.run([sys.executable, "-m", "export", str(missing)], env=env, capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+    missing = tmp_path / "no-such-data"
+    done = subprocess.run([sys.executable, "-m", "nin_keras.fit", "--data-dir", str(missing), "--output-dir",
+                           str(tmp_path / "run")], env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"error: {missing}: no such file or directory"], done.stderr
+    assert done.stderr.splitlines() == [f"error: --data-dir {missing}: no such directory"], done.stderr
+    report = subprocess.run([sys.executable, "-m", "nin_keras.report", "--preset", "tiny"], env=env,
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert report.returncode == 0 and report.stderr == "" and "parameters" in report.stdout, report.stderr
+
+
+@pytest.mark.parametrize("command", [["nin_keras.fit", "--image-dir"], ["tuning", "--image-dir"], ["export"]])
+def test_a_mistyped_path_is_answered_before_tensorflow_loads(tmp_path, command):
+    """A typo in a path cost the TensorFlow import (5-7 s here) before its one-line error."""
+    module, *flags = command
+    missing = str(tmp_path / "no-such-folder")
+    code = (f"import sys, runpy; sys.argv = ['x', *{flags + [missing]!r}]\n"
+            f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
+            "except SystemExit as e:\n    print('tensorflow' in sys.modules, e.code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.stdout.split() == ["False", "1"], done.stderr
+    assert done.stderr.startswith("error: ") and missing in done.stderr and done.stderr.count("\n") == 1

@@ -404,6 +404,10 @@ def run_search(args, print_fn=print):
 
     check_backend()
     validate_args(args)
+    if args.image_dir is not None:  # a mistyped folder: one line before TensorFlow loads (seconds)
+        from nin_keras.data.folders import check_image_dir
+
+        check_image_dir(args.image_dir)
     base = config_lib.resolve_config({
         "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir, "image_dir": args.image_dir,
         "tfds": args.tfds, "val_fraction": args.val_fraction, "test_limit": args.test_limit,

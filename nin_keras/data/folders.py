@@ -145,9 +145,12 @@ def _files(folder):
     return sorted(found)
 
 
-def _not_a_folder(path):
-    return ("a file, not a folder (pass the folder that holds the class folders)" if os.path.exists(path)
-            else "no such directory")
+def check_image_dir(directory):
+    """A one-line DataError unless ``directory`` is a folder (the commands check before TensorFlow loads)."""
+    if not os.path.isdir(directory):
+        reason = ("a file, not a folder (pass the folder that holds the class folders)" if os.path.exists(directory)
+                  else "no such directory")
+        raise DataError(f"--image-dir {directory}: {reason}")
 
 
 def list_folder(directory):
@@ -157,8 +160,7 @@ def list_folder(directory):
     when the folder is one sub-folder per class); the third lists every
     file (relative path, label) of an unsplit folder.
     """
-    if not os.path.isdir(directory):
-        raise DataError(f"--image-dir {directory}: {_not_a_folder(directory)}")
+    check_image_dir(directory)
     top = _class_folders(directory)
     if not top:
         raise DataError(f"{directory}: no class folders (expected one sub-folder of images per class)")
@@ -443,8 +445,7 @@ def load_folder_splits(directory, image_size, channels, *, val_fraction, seed, l
     if resize not in RESIZE_MODES:
         raise DataError(f"resize mode must be one of {', '.join(RESIZE_MODES)}. Received: {resize!r}")
     if split_file and os.path.isfile(split_file):
-        if not os.path.isdir(directory):
-            raise DataError(f"--image-dir {directory}: {_not_a_folder(directory)}")
+        check_image_dir(directory)
         class_names, splits = read_split(split_file, directory, skip_bad, print_fn, max_pixels)
     else:
         class_names, splits, files = list_folder(directory)
