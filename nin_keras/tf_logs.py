@@ -7,22 +7,22 @@ tensorflow/tensorflow#102212; seen with TensorFlow 2.21). So every command began
 its first epoch or its one-line error.
 
 :func:`quiet_tensorflow_import` makes the first ``import tensorflow`` (and the device discovery that logs
-cuInit) run with file descriptor 2 pointed at a temporary file; then the descriptor is put back and the
-captured bytes are written out again without the lines the log level hides. Anything else written
-meanwhile (a Python warning, a traceback, another library's message) is replayed, not lost.
+cuInit) run with file descriptor 2 pointed at a pipe, whose reader passes on everything but the lines the
+log level hides, as it comes. Anything else written meanwhile (a Python warning, a traceback, a fatal
+error and the abort after it, another library's message) is shown, not lost.
 """
 
 import os
 import re
 import sys
-import tempfile
 
 _ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # Abseil's prefix: severity letter, MMDD, hh:mm:ss.micros (seconds since the epoch before
 # InitializeLog), thread id, file:line]
-_ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ ([\w.]+):\d+\] ")
-# Where nin_keras trains (a CPU), a failed CUDA start is no error: TensorFlow carries on without a GPU.
-_NO_GPU = (b"cuda_platform.cc", b"cudart_stub.cc")
+_ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\] ")
+# A machine without an NVIDIA driver or GPU: no error, TensorFlow carries on on the CPU. Other CUDA errors (a
+# driver that does not match) and every fatal line are shown.
+_NO_GPU = re.compile(rb"cuda_platform\.cc:\d+\] failed call to cuInit: .*(UNKNOWN ERROR \(303\)|CUDA_ERROR_NO_DEVICE)")
 
 
 def min_log_level(environ=None):
@@ -41,7 +41,8 @@ def shown_lines(data, level):
         if line.rstrip(b"\r\n") == _ABSL_NOTICE:
             continue
         match = _ABSL_LINE.match(line)
-        if match and ("IWEF".index(match.group(1).decode()) < level or match.group(2) in _NO_GPU):
+        severity = b"IWEF".index(match.group(1)) if match else None
+        if severity is not None and (severity < level or severity == 2 and _NO_GPU.search(line)):
             continue
         kept.append(line)
     return b"".join(kept)
@@ -78,7 +79,7 @@ class _QuietFinder:
 
         def exec_module(module):
             del loader.exec_module  # an instance attribute over the class's method: once only
-            with _CapturedStderr(level):
+            with _FilteredStderr(level):
                 original(module)
                 # Device discovery is where cuInit is tried and logged: now, inside the capture.
                 module.config.list_physical_devices()
@@ -87,21 +88,32 @@ class _QuietFinder:
         return spec
 
 
-class _CapturedStderr:
-    """File descriptor 2 into a temporary file for the block; then what ``level`` shows is written back."""
+class _FilteredStderr:
+    """File descriptor 2 into a pipe for the block. A small child process (this file run as a script) reads
+    it and writes what ``level`` shows to the real standard error, line by line as it comes: so a crash
+    inside the block (TensorFlow's fatal "compiled to use AVX" line, then an abort) is still shown, which
+    a capture replayed after the block would lose with the process."""
 
     def __init__(self, level):
         self.level = level
-        self._saved = self._file = None
+        self._saved = self._child = None
 
     def __enter__(self):
+        import subprocess
+
         try:
             sys.stderr.flush()
             self._saved = os.dup(2)
-        except (AttributeError, OSError, ValueError):  # no standard error to restore: leave it alone
+            # Its own session: the terminal's Ctrl-C goes to this process, not to the one showing its errors.
+            self._child = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(self.level)],
+                                           stdin=subprocess.PIPE, stdout=self._saved, stderr=subprocess.DEVNULL,
+                                           start_new_session=True)
+        except (AttributeError, OSError, ValueError):  # no standard error, or no process to spare: unfiltered
+            if self._saved is not None:
+                os.close(self._saved)
+            self._saved = None
             return self
-        self._file = tempfile.TemporaryFile()
-        os.dup2(self._file.fileno(), 2)
+        os.dup2(self._child.stdin.fileno(), 2)
         return self
 
     def __exit__(self, *exc):
@@ -113,12 +125,28 @@ class _CapturedStderr:
             pass
         os.dup2(self._saved, 2)
         os.close(self._saved)
-        self._file.seek(0)
-        shown = shown_lines(self._file.read(), self.level)
-        self._file.close()
+        self._child.stdin.close()  # the pipe's last writer: the child reads to its end, then exits
         try:
-            while shown:
-                shown = shown[os.write(2, shown):]
-        except OSError:  # standard error is a closed pipe: nothing to show it to
+            self._child.wait(timeout=10)  # what the block wrote is shown before what the command writes next
+        except Exception:  # a process the import started holds the pipe too: the child forwards on its own
             pass
         return False
+
+
+def _forward(level):
+    """The child's loop: standard input to standard output, without the lines ``level`` hides."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for line in sys.stdin.buffer:
+        shown = shown_lines(line, level)
+        try:
+            sys.stdout.buffer.write(shown)
+            sys.stdout.buffer.flush()
+        except OSError:  # standard error is a closed pipe: read on, so the writer never blocks
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_forward(int(sys.argv[1])))

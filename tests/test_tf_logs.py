@@ -27,6 +27,14 @@ ERROR_LINE = b"E0000 00:00:1796102745.1   22959 mkl_util.h:90] an error\n"
 PYTHON_LINES = b"/x/y.py:3: UserWarning: kept\n  warnings.warn('kept')\n"
 
 
+def test_cuda_errors_other_than_no_gpu_stay():
+    mismatch = (b"E0000 00:00:1796102744.881831   22959 cuda_platform.cc:52] failed call to cuInit: "
+                b"CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: system has unsupported display driver / cuda driver combination\n")
+    fatal = b"F0000 00:00:1796102744.9   22959 cuda_platform.cc:99] Check failed: UNKNOWN ERROR (303)\n"
+    assert shown_lines(mismatch + fatal, 2) == mismatch + fatal
+    assert shown_lines(mismatch + fatal, 3) == fatal
+
+
 def test_the_start_up_chatter_goes_and_everything_else_stays():
     data = TF_START + WARNING_LINE + PYTHON_LINES + ERROR_LINE
     assert shown_lines(data, 2) == PYTHON_LINES + ERROR_LINE
@@ -74,6 +82,17 @@ def test_the_import_keeps_python_warnings_and_drops_the_chatter(tmp_path):
     assert (out, code) == ("imported\n", 0)
     assert "a Python warning written during the import" in err
     assert "port.cc" not in err and "cuInit" not in err
+
+
+def test_a_crash_inside_the_import_is_still_shown(tmp_path):
+    """An old CPU without AVX: TensorFlow writes one fatal line and aborts. Replayed after the import, the
+    captured line died with the process; now the reader passes it on as it comes."""
+    fatal = ("os.write(2, b'F0000 00:00:1796102744.9   1 cpu_feature_guard.cc:95] The TensorFlow library was compiled "
+             "to use AVX instructions, but these are not available on your machine.\\n'); os.abort()")
+    _, err, code = run_with_fake_tensorflow(tmp_path, "2", extra=fatal)
+    assert code == -6  # SIGABRT
+    assert "cpu_feature_guard.cc:95] The TensorFlow library was compiled to use AVX" in err
+    assert "a Python warning written during the import" in err and "port.cc" not in err
 
 
 def test_asked_for_every_line_the_chatter_stays(tmp_path):
