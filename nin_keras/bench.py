@@ -291,7 +291,7 @@ def _training_throughput(bench):
     batch_size, steps, results = bench.cfg.batch_size, bench.steps, bench.results
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch_size, *bench.raw_shape), dtype=np.uint8)
-    y = rng.integers(0, 10, (batch_size,), dtype=np.int32)
+    y = rng.integers(0, bench.model.output_shape[-1], (batch_size,), dtype=np.int32)  # a folder's classes too
     in_memory = tf.data.Dataset.from_tensors((x, y)).with_options(in_memory_options())
     if bench.resize_to:  # resized once: "data already in memory"
         in_memory = in_memory.map(lambda a, b: (tf.image.resize(a, bench.resize_to), b)).cache()

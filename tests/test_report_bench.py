@@ -67,6 +67,25 @@ def test_bench_bad_settings(argv, message, capsys):
     assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
+def test_bench_on_a_folder_with_fewer_classes_than_ten(tmp_path):
+    """The model-only measure drew labels 0-9 whatever the folder: 2 classes stopped it with an 86-line
+    "Received a label value of 9 which is outside the valid range of [0, 2)" traceback."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("left", "right"):
+        os.makedirs(tmp_path / "photos" / cls)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / cls / f"{i}.jpg")
+    path = tmp_path / "b.json"
+    assert bench.main(["--preset", "photo", "--image-dir", str(tmp_path / "photos"), "--image-size", "32",
+                       "--batch-size", "8", "--steps", "2", "--repeats", "1", "--no-inference", "--formats", "",
+                       "--precision", "float32", "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert r["model_only_images_per_sec"]["median"] > 0 and r["images"] > 0
+
+
 def test_report_counts_channels_first_layers_the_same():
     assert (report.resource_report(build_preset("tiny", data_format="channels_first"))["macs"]
             == report.resource_report(build_preset("tiny"))["macs"])
