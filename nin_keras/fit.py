@@ -688,6 +688,7 @@ def _finish(run, model, datasets, history, throughput):
         "examples_per_sec": (datasets.steps_per_epoch * run.batch_size * throughput.epochs / throughput.seconds)
         if throughput.seconds else None,
         "replicas": int(strategy.num_replicas_in_sync),
+        "batch_size": int(run.batch_size),  # the global batch trained with (less than asked for a small folder)
         "precise_bn": precise,
     }
     stopper.check()

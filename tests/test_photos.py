@@ -512,6 +512,10 @@ def test_a_folder_smaller_than_a_batch_trains_with_a_smaller_batch(tmp_path, cap
     fitting = 1 << (train_examples.bit_length() - 1)  # 16 for 22
     assert (f"global batch {fitting} (a batch of 64 is more than the {train_examples} training examples; "
             "--batch-size sets another)") in out, out
+    with open(tmp_path / "run" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["batch_size"] == fitting
+    assert metrics["precise_bn"]["images"] == fitting  # its batches are training's (one of 22 images before)
     with open(tmp_path / "run" / "config.json") as f:
         assert json.load(f)["batch_size"] == 64  # the recipe asked for; the same command finds the run done
     assert fit.main(argv) == 0
