@@ -131,7 +131,6 @@ def _break(root, problem):
 @pytest.mark.parametrize("problem, message", [
     ("corrupt", "00001.png: corrupt or unreadable image"),
     ("cut jpeg", "00000.jpg: corrupt or unreadable image (JPEG cut short"),
-    ("not an image", "notes.txt: not an image file"),
     ("empty class", "empty: empty class folder"),
     ("one class", "only one class folder ('dress')"),
     ("no class folders", "no class folders"),
@@ -176,8 +175,49 @@ def test_skip_bad_images_counts_and_skips(tmp_path, photo_dir, capsys):
     _break(root, "corrupt")
     _break(root, "not an image")
     splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3, skip_bad_images=True)
-    assert "skipped 2 bad file(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped 1 bad file(s): " in out and "00001.png (the first: corrupt or unreadable image" in out
+    assert "left out 1 file(s) that are not images: dress/notes.txt" in out
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100 - 1
+
+
+# What a phone, a Mac or a Takeout writes beside the photos: a Live Photo's video, a Photos edit, a Takeout
+# sidecar, a note. Each was a "bad file" that stopped the run (or needed --skip-bad-images).
+COMPANIONS = {
+    "IMG_0001.MOV": b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  \x00\x00\x00\x08wide" + bytes(200),
+    "IMG_0001.AAE": (b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" '
+                     b'"http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n<plist version="1.0"><dict>'
+                     b'<key>adjustmentFormatIdentifier</key><string>com.apple.photo</string></dict></plist>\n'),
+    "00000.jpg.json": b'{"title": "00000.jpg", "photoTakenTime": {"timestamp": "1700000000"}}',
+    "notes.txt": b"the blue ones are from the shop",
+}
+
+
+def test_videos_sidecars_and_notes_beside_the_photos_are_left_out_and_named(tmp_path, photo_dir, capsys):
+    root = copy_folder(photo_dir, tmp_path / "photos")
+    for name, content in COMPANIONS.items():
+        (root / "dress" / name).write_bytes(content)
+    splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3)
+    assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100  # every photo, nothing else
+    out = capsys.readouterr().out
+    assert ("left out 4 file(s) that are not images: dress/00000.jpg.json, dress/IMG_0001.AAE, dress/IMG_0001.MOV "
+            "and 1 more") in out, out
+    # Asked for by name, it is still an error: a model cannot classify a video.
+    with pytest.raises(folders.BadImage, match="not an image file"):
+        folders.check_image(str(root / "dress" / "IMG_0001.MOV"))
+
+
+def test_every_bad_file_is_counted_and_the_first_few_named(tmp_path, photo_dir, capsys):
+    root = copy_folder(photo_dir, tmp_path / "photos")
+    for i in range(5):
+        (root / "dress" / f"0000{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    with pytest.raises(DataError) as info:
+        data.load_data(image_dir=str(root), image_size=(16, 16), channels=3)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'dress' / '00000.jpg'}: corrupt or unreadable image")
+    assert (f"; 4 more bad file(s): {root / 'dress' / '00001.jpg'}, {root / 'dress' / '00002.jpg'}, "
+            f"{root / 'dress' / '00003.jpg'} and 1 more; fix or remove them, or pass --skip-bad-images") in message
+    assert "\n" not in message
 
 
 @pytest.mark.slow  # trains the photo preset

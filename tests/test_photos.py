@@ -140,13 +140,31 @@ def test_truncated_jpeg_is_still_caught_and_motion_photo_is_not(tmp_path):
         folders.scan(str(tmp_path), ["cut.jpg"], [0])
 
 
+@pytest.mark.parametrize("cut", ["half", "after its header"])
+def test_a_damaged_heic_is_named_damaged_not_unsupported(tmp_path, cut):
+    """With pillow-heif installed, a HEIC it could not parse was "a HEIC/HEIF image, which nin_keras cannot read
+    (convert it to JPEG or PNG)", and pillow-heif's own error broke export.predict's line in two."""
+    whole = tmp_path / "whole.heic"
+    _heic(whole, scene())
+    data_bytes = whole.read_bytes()
+    path = tmp_path / "IMG_0002.HEIC"
+    path.write_bytes(data_bytes[: len(data_bytes) // 2] if cut == "half" else data_bytes[:32] + bytes(64))
+    for read in (folders.check_image, lambda p: folders.load_pixels(p, (32, 32), 3)):  # the scan's, predict's
+        with pytest.raises(folders.BadImage) as info:
+            read(str(path))
+        message = str(info.value)
+        assert "HEIC/HEIF image" not in message or "corrupt or unreadable HEIC/HEIF image" in message, message
+        assert "cannot read (convert" not in message and "\n" not in message, message
+
+
 def test_unsupported_images_are_named_as_images_not_as_other_files(tmp_path, monkeypatch):
     (tmp_path / "photo.jxl").write_bytes(b"\xff\x0a" + bytes(200))  # a JPEG XL codestream
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"photo\.jxl: a JPEG XL image, which nin_keras cannot read"):
         folders.scan(str(tmp_path), ["photo.jxl"], [0])
-    with pytest.raises(DataError, match=r"notes\.txt: not an image file"):
-        folders.scan(str(tmp_path), ["notes.txt"], [0])
+    notes = []
+    assert folders.scan(str(tmp_path), ["notes.txt"], [0], print_fn=notes.append) == ([], [])  # left out, named
+    assert notes == ["left out 1 file(s) that are not images: notes.txt"]
     # HEIC without pillow-heif: the file, the format and the install command in one line.
     path = tmp_path / "IMG_0001.HEIC"
     path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))

@@ -260,25 +260,39 @@ def scan(directory, paths, labels, *, skip_bad=False, print_fn=print, max_pixels
     decompression bomb, fails Pillow's ``verify``, or is cut short (a JPEG
     without its end marker after its image data, where a motion photo's video
     after the marker is fine; a HEIC whose boxes run past its end; a GIF,
-    TIFF or BMP that does not decode). The first bad file is named in a one-line error, or all
-    are skipped and counted when ``skip_bad``.
+    TIFF or BMP that does not decode). The first bad file is named in a one-line error with the next few,
+    or all are skipped and counted when ``skip_bad``. A file that is no image by content nor by name
+    (:class:`NotAnImage`: videos, sidecars, notes) is left out, and named in one line.
     """
-    good_paths, good_labels, bad = [], [], []
+    good_paths, good_labels, bad, others = [], [], [], []
     for rel, label in zip(paths, labels):
         path = os.path.join(directory, rel)
         try:
             check_image(path, max_pixels)
+        except NotAnImage:
+            others.append(rel)
+            continue
         except BadImage as e:
             bad.append((path, str(e)))
             continue
         good_paths.append(rel)
         good_labels.append(label)
+    if others:
+        print_fn(f"left out {len(others)} file(s) that are not images: {_some(others)}")
     if bad and not skip_bad:
-        more = f"; {len(bad) - 1} more bad file(s)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0][0]}: {bad[0][1]}{more}; fix or remove them, or pass --skip-bad-images")
+        more = f"; {len(bad) - 1} more bad file(s): {_some([p for p, _ in bad[1:]])}" if len(bad) > 1 else ""
+        raise DataError(f"{bad[0][0]}: {bad[0][1]}{more}; fix or remove {'them' if more else 'it'}, "
+                        "or pass --skip-bad-images")
     if bad:
-        print_fn(f"--skip-bad-images: skipped {len(bad)} bad file(s), e.g. {bad[0][0]} ({bad[0][1]})")
+        print_fn(f"--skip-bad-images: skipped {len(bad)} bad file(s): {_some([p for p, _ in bad])} "
+                 f"(the first: {bad[0][1]})")
     return good_paths, good_labels
+
+
+def _some(names, shown=3):
+    """The first ``shown`` of ``names``, and how many more: one line, however many."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 # ------------------------------------------------------------------ splits
@@ -484,6 +498,15 @@ def load_folder_splits(directory, image_size, channels, *, val_fraction, seed, l
 class BadImage(Exception):
     """A file the pipeline cannot read; the message is the one-line reason (without the path)."""
 
+    def __init__(self, reason):
+        # One line whatever a decoder wrote into its error (pillow-heif's end with a line break and "))").
+        super().__init__(" ".join(str(reason).split()))
+
+
+class NotAnImage(BadImage):
+    """A file that is no image by its content nor by its name: a Live Photo's video, an edit sidecar
+    (``.AAE``, ``.xmp``), a Takeout ``.json``, notes. A folder scan leaves it out; asked for by name, an error."""
+
 
 class ImageTooLarge(BadImage):
     """An image over the pixel cap, or a decompression bomb (Pillow's own limit)."""
@@ -537,18 +560,21 @@ def _article(name):
 
 
 def _unidentified(path):
-    """Why Pillow found no supported format in ``path``: an image format named as such, or not an image."""
+    """Why Pillow found no supported format in ``path`` (a :class:`BadImage` to raise): an image format
+    named as such, a damaged file of a format read here, or :class:`NotAnImage`."""
     with open(path, "rb") as f:
         head = f.read(64)
     ext = os.path.splitext(path)[1].lower()
     name = _sniff(head) or _OTHER_EXTENSIONS.get(ext)
     if name == "HEIC/HEIF" and not _heif_opener():
-        return f"a HEIC/HEIF image, which needs pillow-heif to read: {HEIF_INSTALL}"
+        return BadImage(f"a HEIC/HEIF image, which needs pillow-heif to read: {HEIF_INSTALL}")
+    if {"HEIC/HEIF": "HEIF", "AVIF": "AVIF"}.get(name) in _formats():  # read here: this file is damaged
+        return BadImage(f"corrupt or unreadable {name} image (cut short or damaged: its decoder cannot read it)")
     if name:
-        return f"{_article(name)} {name} image, which nin_keras cannot read (convert it to JPEG or PNG)"
+        return BadImage(f"{_article(name)} {name} image, which nin_keras cannot read (convert it to JPEG or PNG)")
     if ext in IMAGE_EXTENSIONS:
-        return f"corrupt or unreadable image (its content is none of {', '.join(_formats())})"
-    return f"not an image file (read by content: {', '.join(_formats())})"
+        return BadImage(f"corrupt or unreadable image (its content is none of {', '.join(_formats())})")
+    return NotAnImage(f"not an image file (read by content: {', '.join(_formats())})")
 
 
 def _too_large(pixels, max_pixels):
@@ -586,7 +612,7 @@ def open_image(path, max_pixels=None):
         claimed = re.search(r"\((\d+) pixels\)", str(e))
         raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
     except UnidentifiedImageError:
-        raise BadImage(_unidentified(path)) from None
+        raise _unidentified(path) from None
     except OSError as e:
         # The file's own name comes first in every message; here only the reason, not the repr'd name again.
         raise BadImage(f"corrupt or unreadable image ({e.strerror or e})") from None
