@@ -60,19 +60,23 @@ class TFLiteClassifier:
         return self.dequantize_output(self.interpreter.get_tensor(self.output["index"]))
 
 
-def progress(iterable, total, label, every=0.5, stream=None):
-    """Yield from ``iterable`` while drawing a one-line progress bar on ``stream`` (default: the current stderr)."""
+def progress(iterable, total, label, every=0.5, stream=None, done_after=None):
+    """Yield from ``iterable`` while drawing a one-line progress bar on ``stream`` (default: the current stderr).
+
+    ``total`` counts images; ``done_after(item)`` is how many are done once ``item`` is (default: one each),
+    so a loop over chunks of images still shows images and images per second.
+    """
     # Looked up per call, not bound at import: a replaced sys.stderr (pytest's capture) may since have closed.
     stream = stream or sys.stderr
     start = last = time.perf_counter()
     for i, item in enumerate(iterable, 1):
         yield item
-        now = time.perf_counter()
-        if now - last >= every or i == total:
+        now, count = time.perf_counter(), done_after(item) if done_after else i
+        if now - last >= every or count == total:
             last = now
-            done = int(30 * i / total)
-            rate = i / max(now - start, 1e-9)
-            stream.write(f"\r{label:<10} [{'=' * done}{'.' * (30 - done)}] {i}/{total} {rate:,.0f}/s")
+            done = int(30 * count / total)
+            rate = count / max(now - start, 1e-9)
+            stream.write(f"\r{label:<10} [{'=' * done}{'.' * (30 - done)}] {count}/{total} {rate:,.0f}/s")
             stream.flush()
     stream.write("\n")
 
@@ -140,7 +144,8 @@ def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, *, s
         return {"mediapipe_error": str(e).split(": ", 2)[-1]}
     try:
         preds = np.empty(len(images), np.int64)
-        for start in progress(range(0, len(images), 100), (len(images) + 99) // 100, label):
+        for start in progress(range(0, len(images), 100), len(images), label,
+                              done_after=lambda start: min(start + 100, len(images))):
             preds[start : start + 100] = clf.top1(as_camera_frames(images[start : start + 100], scale))
     finally:
         clf.close()

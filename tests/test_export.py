@@ -730,3 +730,17 @@ def test_file_manager_files_do_not_make_an_exports_folder_foreign(tmp_path):
     (tmp_path / "web" / "notes.txt").write_text("mine")
     with pytest.raises(WebExportError, match=re.escape("holds files an export did not write (notes.txt)")):
         check_web_folder(str(tmp_path))
+
+
+def test_progress_counts_images_when_the_loop_goes_by_chunks():
+    """MediaPipe's check goes 100 images at a time; its bar read "1/1 106/s" for 100 images."""
+    import io
+
+    from export.evaluator import progress
+
+    stream = io.StringIO()
+    chunks = list(progress(range(0, 250, 100), 250, "int8 (MP)", every=0, stream=stream,
+                           done_after=lambda start: min(start + 100, 250)))
+    assert chunks == [0, 100, 200]
+    shown = [part.split("] ")[1].split(" ")[0] for part in stream.getvalue().strip("\n").split("\r") if part]
+    assert shown == ["100/250", "200/250", "250/250"]
