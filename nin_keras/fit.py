@@ -732,16 +732,28 @@ def _print_summary(run, metrics, per_class):
             run.print_fn(summary_line(per_class))
         run.print_fn(f"run saved in {run.final_dir}")
 
+def _check_image_dir_early(cfg):
+    """A mistyped ``--image-dir``: one line before TensorFlow loads (seconds, not the import's 5-7).
+
+    Not where the folder need not exist (a finished run is reported as done without its photos, e.g. on a
+    read-only share) nor on a cluster, where every worker must stop with the same line (:func:`load_run_data`).
+    """
+    if cfg.image_dir is None or os.environ.get("TF_CONFIG"):
+        return
+    if cfg.output_dir and os.path.exists(os.path.join(cfg.output_dir, RUN_FILES["metrics"])):
+        return
+    from nin_keras.data.folders import check_image_dir
+
+    check_image_dir(cfg.image_dir)
+
+
 def main(argv=None):
     """CLI entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
 
     def body():
         cfg = config_lib.resolve_config(overrides_from_args(args), args.config)
-        if cfg.image_dir is not None:  # a mistyped folder: one line before TensorFlow loads (seconds)
-            from nin_keras.data.folders import check_image_dir
-
-            check_image_dir(cfg.image_dir)
+        _check_image_dir_early(cfg)
         train(cfg, resume=args.resume, overwrite=args.overwrite)
 
     return run_cli(body)

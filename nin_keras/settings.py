@@ -145,7 +145,7 @@ SETTINGS = (
             optional=True, check=_int_at_least(8), rule="an integer >= 8", metavar="N"),
     Setting("resize", str, "--image-dir: how images of another aspect ratio become square: stretch, pad "
             "(letterbox) or crop (centre)", default="stretch", choices=("stretch", "pad", "crop")),
-    Setting("skip_bad_images", bool, "--image-dir: skip corrupt and non-image files (counted) instead of stopping",
+    Setting("skip_bad_images", bool, "--image-dir: skip corrupt and unreadable files (counted) instead of stopping",
             default=False, check=lambda v: isinstance(v, bool), rule="true or false"),
     Setting("max_image_pixels", int, "--image-dir: refuse images larger than N pixels (width x height, read from "
             "the header before decoding: a guard against decompression bombs)", default=40_000_000,

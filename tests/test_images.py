@@ -177,7 +177,7 @@ def test_skip_bad_images_counts_and_skips(tmp_path, photo_dir, capsys):
     splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3, skip_bad_images=True)
     out = capsys.readouterr().out
     assert "skipped 1 bad file(s): " in out and "00001.png (the first: corrupt or unreadable image" in out
-    assert "left out 1 file(s) that are not images: dress/notes.txt" in out
+    assert f"left out 1 file(s) that are not images: {root / 'dress' / 'notes.txt'}" in out
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100 - 1
 
 
@@ -200,11 +200,31 @@ def test_videos_sidecars_and_notes_beside_the_photos_are_left_out_and_named(tmp_
     splits = data.load_data(image_dir=str(root), image_size=(16, 16), channels=3)
     assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 100  # every photo, nothing else
     out = capsys.readouterr().out
-    assert ("left out 4 file(s) that are not images: dress/00000.jpg.json, dress/IMG_0001.AAE, dress/IMG_0001.MOV "
-            "and 1 more") in out, out
+    dress = root / "dress"
+    assert (f"left out 4 file(s) that are not images: {dress / '00000.jpg.json'}, {dress / 'IMG_0001.AAE'}, "
+            f"{dress / 'IMG_0001.MOV'} and 1 more") in out, out
     # Asked for by name, it is still an error: a model cannot classify a video.
     with pytest.raises(folders.BadImage, match="not an image file"):
         folders.check_image(str(root / "dress" / "IMG_0001.MOV"))
+
+
+@pytest.mark.parametrize("name, content, named", [
+    ("frame.ppm", b"P6\n4 4\n255\n" + bytes(48), "a PPM image, which nin_keras cannot read"),
+    ("sign.tga", None, "a TGA image, which nin_keras cannot read"),
+    ("IMG_0002", b"\x00\x00\x00\x18ftypcrx " + bytes(200), "not an image file"),  # a Canon CR3, no extension
+], ids=["ppm", "tga", "cr3 without extension"])
+def test_an_image_in_a_format_not_read_here_stops_the_run_named(tmp_path, photo_dir, name, content, named):
+    """Only videos, sidecars and documents are left out: an image nin_keras cannot read must not vanish from the
+    data (a first version dropped PPM, TGA and extensionless files as "not images")."""
+    from PIL import Image
+
+    root = copy_folder(photo_dir, tmp_path / "photos")
+    if content is None:
+        Image.new("RGB", (4, 4), (200, 10, 10)).save(root / "dress" / name, format="TGA")
+    else:
+        (root / "dress" / name).write_bytes(content)
+    with pytest.raises(DataError, match=f"{name}: {named}"):
+        data.load_data(image_dir=str(root), image_size=(16, 16), channels=3)
 
 
 def test_every_bad_file_is_counted_and_the_first_few_named(tmp_path, photo_dir, capsys):

@@ -131,3 +131,36 @@ def test_a_mistyped_path_is_answered_before_tensorflow_loads(tmp_path, command):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.stdout.split() == ["False", "1"], done.stderr
     assert done.stderr.startswith("error: ") and missing in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_finished_run_is_reported_done_though_its_photos_are_gone(tmp_path, capsys):
+    """The early check must not refuse what needs no photos: a rerun of a finished run (copied to a read-only
+    share, or its folder since moved) reports it done."""
+    import json
+
+    from nin_keras import fit
+    from nin_keras.config import resolve_config, save_config
+
+    run, photos = tmp_path / "run", tmp_path / "photos"  # trained on, since moved away
+    run.mkdir()
+    flags = {"preset": "tiny", "output_dir": str(run), "precision": "float32", "image_dir": str(photos)}
+    save_config(resolve_config(flags), str(run / "config.json"))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    argv = ["--preset", "tiny", "--precision", "float32", "--image-dir", str(photos), "--output-dir", str(run)]
+    assert fit.main(argv) == 0
+    assert "already holds this finished run (test acc 0.900)" in capsys.readouterr().out
+
+
+def test_on_a_cluster_the_folder_is_checked_where_every_worker_agrees(tmp_path, monkeypatch):
+    """A worker that refused early would stop alone while the others wait for it (docs/fault-tolerance.md:
+    missing data on one worker ends every worker with the same line, from the data stage)."""
+    from nin_keras import fit
+    from nin_keras.config import resolve_config
+    from nin_keras.errors import DataError
+
+    cfg = resolve_config({"preset": "tiny", "image_dir": str(tmp_path / "missing"), "output_dir": str(tmp_path / "r")})
+    with pytest.raises(DataError, match="no such directory"):
+        fit._check_image_dir_early(cfg)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
+                                    '"task": {"type": "worker", "index": 1}}')
+    fit._check_image_dir_early(cfg)  # left to the data stage

@@ -404,7 +404,9 @@ def run_search(args, print_fn=print):
 
     check_backend()
     validate_args(args)
-    if args.image_dir is not None:  # a mistyped folder: one line before TensorFlow loads (seconds)
+    # A mistyped folder: one line before TensorFlow loads (seconds). Not in a distributed search, where
+    # every process must reach the data stage and stop with the same line.
+    if args.image_dir is not None and not is_distributed_tuning() and not os.environ.get("TF_CONFIG"):
         from nin_keras.data.folders import check_image_dir
 
         check_image_dir(args.image_dir)

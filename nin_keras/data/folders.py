@@ -270,7 +270,7 @@ def scan(directory, paths, labels, *, skip_bad=False, print_fn=print, max_pixels
         try:
             check_image(path, max_pixels)
         except NotAnImage:
-            others.append(rel)
+            others.append(path)
             continue
         except BadImage as e:
             bad.append((path, str(e)))
@@ -439,7 +439,8 @@ def _check_every_class_trains(directory, class_names, train_labels):
     empty = [name for name, n in zip(class_names, counts) if n == 0]
     if empty:
         raise DataError(f"{directory}: class {empty[0]!r} has no usable training image (its files were skipped "
-                        f"as bad, or it has none in the training split); add images or remove its folder"
+                        f"as bad or left out as not images, or it has none in the training split); add images or "
+                        f"remove its folder"
                         + (f"; {len(empty) - 1} more such class(es)" if len(empty) > 1 else ""))
 
 
@@ -504,8 +505,15 @@ class BadImage(Exception):
 
 
 class NotAnImage(BadImage):
-    """A file that is no image by its content nor by its name: a Live Photo's video, an edit sidecar
-    (``.AAE``, ``.xmp``), a Takeout ``.json``, notes. A folder scan leaves it out; asked for by name, an error."""
+    """A file beside the photos that is none by its content nor by its name (:data:`COMPANION_EXTENSIONS`: a
+    Live Photo's video, an edit sidecar, a Takeout ``.json``, notes). A folder scan leaves it out; asked for by
+    name, an error. Any other unreadable file stays a bad file: an image in a format not read here must not
+    vanish from the data unnoticed."""
+
+
+#: What phones, cameras, photo apps and people put beside photos: videos, sidecars, documents.
+COMPANION_EXTENSIONS = (".mov", ".mp4", ".m4v", ".3gp", ".avi", ".mkv", ".webm", ".aae", ".xmp", ".json", ".thm",
+                        ".lrv", ".xml", ".txt", ".md", ".csv", ".pdf", ".html", ".htm", ".rtf", ".doc", ".docx")
 
 
 class ImageTooLarge(BadImage):
@@ -568,13 +576,27 @@ def _unidentified(path):
     name = _sniff(head) or _OTHER_EXTENSIONS.get(ext)
     if name == "HEIC/HEIF" and not _heif_opener():
         return BadImage(f"a HEIC/HEIF image, which needs pillow-heif to read: {HEIF_INSTALL}")
-    if {"HEIC/HEIF": "HEIF", "AVIF": "AVIF"}.get(name) in _formats():  # read here: this file is damaged
-        return BadImage(f"corrupt or unreadable {name} image (cut short or damaged: its decoder cannot read it)")
+    if name in ("HEIC/HEIF", "AVIF"):  # a decoder is installed, or may be: it refused this file
+        return BadImage(f"{_article(name)} {name} image its decoder could not read (damaged, or a variant or "
+                        "codec this install lacks): convert it to JPEG or PNG")
+    name = name or _pillow_format(path)
     if name:
         return BadImage(f"{_article(name)} {name} image, which nin_keras cannot read (convert it to JPEG or PNG)")
     if ext in IMAGE_EXTENSIONS:
         return BadImage(f"corrupt or unreadable image (its content is none of {', '.join(_formats())})")
-    return NotAnImage(f"not an image file (read by content: {', '.join(_formats())})")
+    reason = f"not an image file (read by content: {', '.join(_formats())})"
+    return NotAnImage(reason) if ext in COMPANION_EXTENSIONS else BadImage(reason)
+
+
+def _pillow_format(path):
+    """The name of an image format Pillow reads but nin_keras does not (PPM, TGA, ...) for ``path``, or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.format
+    except Exception:  # noqa: BLE001 - any plugin's refusal means: not one of Pillow's formats either
+        return None
 
 
 def _too_large(pixels, max_pixels):
@@ -800,7 +822,7 @@ def load_pixels(path, image_size, channels, resize="stretch", *, box=(0.0, 0.0, 
         with open_image(path, max_pixels) as img:
             img.draft("RGB", (side, side))  # a no-op for formats other than JPEG
             upright = _rgb(_upright(img))
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, RuntimeError) as e:  # RuntimeError: pillow-heif's missing codec
         raise BadImage(f"corrupt or unreadable image ({e})") from None
     canvas, (left, top, right, bottom) = _canvas(upright, image_size, resize)
     y0, x0, y1, x1 = (float(v) for v in box)
