@@ -491,3 +491,23 @@ def test_a_search_folder_inside_the_image_folder_is_refused(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the default folder tuning_runs/fashion/ is inside --image-dir ." in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["left", "right"]
+
+
+def test_a_search_on_a_folder_smaller_than_a_batch_runs_and_says_the_batch(tmp_path, capsys):
+    """30 photos leave about 20 for training: every batch_size choice stopped each trial ("batch size 64 is
+    larger than the 20 training examples"); now each trains at the batch that fits, and the search says so."""
+    from PIL import Image
+
+    for label, cls in enumerate(("left", "right")):
+        os.makedirs(tmp_path / "photos" / cls)
+        for i in range(15):
+            Image.new("RGB", (40, 30), (200 * label, 80, 200 - 200 * label)).save(
+                tmp_path / "photos" / cls / f"IMG_{i:04d}.jpg")
+    argv = ["--tuner", "random", "--max-trials", "1", "--epochs", "1", "--preset", "photo", "--image-size", "32",
+            "--image-dir", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "s"), "--verbose", "0",
+            "--precision", "float32"]
+    assert search.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fewer than every batch_size choice (64, 128, 256): each trial trains with a batch of 16" in out, out
+    trials = json.load(open(tmp_path / "s" / "trials.json"))
+    assert [t["status"] for t in trials] == ["COMPLETED"]
