@@ -8,12 +8,14 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
 
 from nin_keras.errors import NinError
 from nin_keras.io import file_mode, foreign_entries
+from nin_keras.tf_logs import quiet_native_logs
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic", "int8")
 ALL_FORMATS = TFLITE_FORMATS + ("saved_model", "onnx")
@@ -198,10 +200,13 @@ def _selectively_quantize(model, converter, representative_images, per_channel, 
     _configure_and_convert(converter, "int8", representative_images, int8_input="float32", int8_output="float32",
                            per_channel=per_channel, convert_now=False)
     try:
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=_representative_dataset(representative_images),
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied))
-        return debugger.get_nondebug_quantized_model()
+        with quiet_native_logs(), warnings.catch_warnings():
+            # The debugger runs TensorFlow's own tf.lite.Interpreter, which warns it is deprecated (TF 2.21).
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=_representative_dataset(representative_images),
+                debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied))
+            return debugger.get_nondebug_quantized_model()
     except Exception as e:
         raise ExportError(f"TFLite int8 conversion with {','.join(float_blocks)} in float failed: "
                           f"{_first_line(e)}") from None
@@ -242,7 +247,8 @@ def _configure_and_convert(converter, fmt, representative_images, *, int8_input,
     if not convert_now:
         return None
     try:
-        return converter.convert()
+        with quiet_native_logs():  # the int8 quantizer prints its settings
+            return converter.convert()
     except Exception as e:
         raise ExportError(f"TFLite conversion to {fmt} failed: {_first_line(e)}") from None
 
@@ -431,7 +437,10 @@ def convert_onnx(model):
     with tempfile.TemporaryDirectory(prefix="nin_keras-onnx-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         try:
-            model.export(path, format="onnx", verbose=False)
+            with warnings.catch_warnings():
+                # Keras' tf2onnx shim asks NumPy for np.object, which answers with a FutureWarning (keras 3.15).
+                warnings.filterwarnings("ignore", message=".*np\\.object", category=FutureWarning)
+                model.export(path, format="onnx", verbose=False)
         except Exception as e:  # tf2onnx raises many types; the user needs the cause in one line
             raise ExportError(f"ONNX export failed ({type(e).__name__}: {e})") from None
         with open(path, "rb") as f:

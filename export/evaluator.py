@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 
+from nin_keras.tf_logs import quiet_native_logs
+
 
 class TFLiteClassifier:
     """A LiteRT interpreter wrapped to take raw uint8 images and return probabilities.
@@ -21,6 +23,8 @@ class TFLiteClassifier:
             with open(model_path, "rb") as f:
                 model_content = f.read()
         self.interpreter = Interpreter(model_content=model_content, num_threads=num_threads)
+        with quiet_native_logs():  # the first allocation in a process logs that it created the XNNPACK delegate
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch = None

@@ -22,6 +22,7 @@ import types
 import numpy as np
 
 from nin_keras.errors import NinError
+from nin_keras.tf_logs import quiet_native_logs
 
 #: ITU-R BT.601 luma weights: what PIL's ``convert("L")`` and most camera
 #: pipelines use to turn RGB into gray.
@@ -139,7 +140,8 @@ class MediaPipeClassifier:
         options = vision.ImageClassifierOptions(
             base_options=base_options.BaseOptions(model_asset_path=str(tflite_path)), max_results=max_results)
         try:
-            self.classifier = vision.ImageClassifier.create_from_options(options)
+            with quiet_native_logs():  # MediaPipe's LiteRT says it created its XNNPACK delegate
+                self.classifier = vision.ImageClassifier.create_from_options(options)
         except (RuntimeError, ValueError) as e:
             raise NinError(f"MediaPipe ImageClassifier refuses {tflite_path}: {e}") from None
 

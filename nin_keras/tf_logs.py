@@ -10,8 +10,14 @@ its first epoch or its one-line error.
 cuInit) run with file descriptor 2 pointed at a pipe, whose reader passes on everything but the lines the
 log level hides, as it comes. Anything else written meanwhile (a Python warning, a traceback, a fatal
 error and the abort after it, another library's message) is shown, not lost.
+
+Exporting meets two more libraries that ignore the level: LiteRT (and MediaPipe's copy of it) prints
+"INFO: Created TensorFlow Lite XNNPACK delegate for CPU." at its first interpreter, and the int8 converter
+prints its settings ("fully_quantize: 0, inference_type: 6, ..."). :func:`quiet_native_logs` filters a
+block the same way; the export wraps those calls in it.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -23,6 +29,12 @@ _ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\] "
 # A machine without an NVIDIA driver or GPU: no error, TensorFlow carries on on the CPU. Other CUDA errors (a
 # driver that does not match) and every fatal line are shown.
 _NO_GPU = re.compile(rb"cuda_platform\.cc:\d+\] failed call to cuInit: .*(UNKNOWN ERROR \(303\)|CUDA_ERROR_NO_DEVICE)")
+# LiteRT's minimal logger: "SEVERITY: message", with no level of its own to set from Python.
+_LITERT_LINE = re.compile(rb"^(VERBOSE|INFO|WARNING|ERROR): ")
+_LITERT_SEVERITY = {b"VERBOSE": 0, b"INFO": 0, b"WARNING": 1, b"ERROR": 2}
+# The MLIR quantizer's settings, one line per int8 conversion: information, not a warning.
+_QUANTIZER_SETTINGS = re.compile(rb"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+                                 rb"output_inference_type: \w+\r?\n?$")
 
 
 def min_log_level(environ=None):
@@ -40,12 +52,32 @@ def shown_lines(data, level):
     for line in data.splitlines(keepends=True):
         if line.rstrip(b"\r\n") == _ABSL_NOTICE:
             continue
-        match = _ABSL_LINE.match(line)
-        severity = b"IWEF".index(match.group(1)) if match else None
+        severity = _severity(line)
         if severity is not None and (severity < level or severity == 2 and _NO_GPU.search(line)):
             continue
         kept.append(line)
     return b"".join(kept)
+
+
+def _severity(line):
+    """0-3 (INFO to FATAL) for a line of a native library's log, None for anything else."""
+    match = _ABSL_LINE.match(line)
+    if match:
+        return b"IWEF".index(match.group(1))
+    match = _LITERT_LINE.match(line)
+    if match:
+        return _LITERT_SEVERITY[match.group(1)]
+    return 0 if _QUANTIZER_SETTINGS.match(line) else None
+
+
+def quiet_native_logs():
+    """A context manager: native log lines written inside it that the log level hides are dropped.
+
+    For calls into TensorFlow's converter, LiteRT and MediaPipe after the import; everything else written
+    meanwhile passes, as it comes. A no-op context when ``TF_CPP_MIN_LOG_LEVEL`` asks for every line.
+    """
+    level = min_log_level()
+    return _FilteredStderr(level) if level >= 1 else contextlib.nullcontext()
 
 
 def quiet_tensorflow_import():

@@ -2,6 +2,7 @@ import json
 import os
 import re
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -402,8 +403,12 @@ def test_int8_with_a_block_kept_in_float(trained_tiny_run, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     run_dir, _ = trained_tiny_run
-    report = export.export(run_dir, formats="int8", int8_float_blocks=("block1",), output_dir=str(tmp_path),
-                           test_limit=300, litert_benchmark=False, print_fn=lambda *a: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export.export(run_dir, formats="int8", int8_float_blocks=("block1",), output_dir=str(tmp_path),
+                               test_limit=300, litert_benchmark=False, print_fn=lambda *a: None)
+    # The quantization debugger's tf.lite.Interpreter warns it is deprecated: nothing the user can act on.
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
     (row,) = [r for r in report["formats"] if r["format"] == "int8"]
     # As close to Keras as the plain int8 export of this tiny model (0.97 agreement on 300 images).
     assert row["agreement_with_keras"] >= 0.95 and abs(row["accuracy"] - report["keras_accuracy"]) <= 0.02
@@ -414,6 +419,26 @@ def test_int8_with_a_block_kept_in_float(trained_tiny_run, tmp_path):
     assert all(dtype != np.float32 for name, dtype in weights.items() if "/block2_" in name)
     meta = json.loads((tmp_path / "nin_int8.json").read_text())
     assert meta["quantization"] == "integer except block1 (float32), per-tensor"
+
+
+def test_an_export_shows_no_native_library_chatter(trained_tiny_run, tmp_path):
+    """LiteRT's and MediaPipe's "Created TensorFlow Lite XNNPACK delegate" INFO lines, the int8 quantizer's
+    settings line and Keras' ONNX shim's NumPy FutureWarning ignore TF_CPP_MIN_LOG_LEVEL: the export filters
+    them (nin_keras.tf_logs); what the command says stays."""
+    import subprocess
+
+    from helpers import REPO
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "export", trained_tiny_run[0], "--format", "int8", "--format", "onnx",
+                           "--test-limit", "200", "--no-litert-benchmark", "--output-dir", str(out)],
+                          cwd=REPO, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    err = done.stderr.decode()
+    for chatter in ("XNNPACK", "fully_quantize", "np.object", "Warning"):
+        assert chatter not in err, err
+    assert "int8 (MP)" in err  # MediaPipe verified the model (its progress bar)
+    assert f"wrote {out / 'nin_int8.tflite'}" in done.stdout.decode()
 
 
 def test_int8_float_blocks_must_name_blocks_of_the_model(trained_tiny_run, tmp_path, capsys):

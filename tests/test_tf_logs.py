@@ -44,6 +44,20 @@ def test_the_start_up_chatter_goes_and_everything_else_stays():
     assert shown_lines(PYTHON_LINES + b"no newline at the end", 2) == PYTHON_LINES + b"no newline at the end"
 
 
+def test_litert_and_converter_lines_follow_the_level_too():
+    """What LiteRT's minimal logger and the MLIR quantizer print, which no log level reaches."""
+    info = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+            b"fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: FLOAT32\n")
+    warning = b"WARNING: Attempting to use a delegate that only supports static-sized tensors\n"
+    error = b"ERROR: tensorflow/lite/kernels/conv.cc:349 input->dims->size != 4 (3 != 4)\n"
+    data = info + warning + PYTHON_LINES + error
+    assert shown_lines(data, 0) == data
+    assert shown_lines(data, 1) == warning + PYTHON_LINES + error
+    assert shown_lines(data, 2) == PYTHON_LINES + error
+    # Python's logging format is not LiteRT's: a user's "INFO:root:" line stays.
+    assert shown_lines(b"INFO:root:mine\n", 3) == b"INFO:root:mine\n"
+
+
 @pytest.mark.parametrize("value, level", [(None, 0), ("2", 2), ("", 0), ("loud", 0), ("3", 3)])
 def test_the_level_is_read_as_tensorflow_reads_it(value, level):
     assert min_log_level({} if value is None else {"TF_CPP_MIN_LOG_LEVEL": value}) == level
