@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from nin_keras import data
 from nin_keras.data import folders
@@ -99,6 +99,22 @@ def _heic(path, upright):
     upright.save(path, format="HEIF", quality=95)
 
 
+def _avif(path, upright):
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF codec")
+    save_turned(upright, path, 6, quality=95)  # Pillow writes the EXIF orientation as the container's irot/imir
+
+
+def _avif_mif1_brand(path, upright):
+    """A still AVIF whose ftyp leads with HEIF's generic brand mif1 (the spec allows it; avif is among the
+    compatible brands): pillow-heif took it for HEIF, which its HEVC-only libheif could not decode."""
+    _avif(path, upright)
+    data = bytearray(path.read_bytes())
+    assert data[4:12] == b"ftypavif"
+    data[8:12] = b"mif1"
+    path.write_bytes(bytes(data))
+
+
 KINDS = {
     "baseline.jpg": lambda p, im: save_turned(im, p, 6, quality=95),
     "progressive.jpg": lambda p, im: save_turned(im, p, 8, quality=95, progressive=True),
@@ -113,6 +129,8 @@ KINDS = {
     "scan.tiff": lambda p, im: save_turned(im, p, 3),
     "float.tiff": _float_tiff,
     "iphone.heic": _heic,
+    "android.avif": _avif,
+    "mif1-brand.avif": _avif_mif1_brand,
     "tiff-named.png": lambda p, im: im.save(p, format="TIFF"),  # the content decides, not the name
 }
 

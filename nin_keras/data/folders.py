@@ -40,8 +40,10 @@ from nin_keras.io import SYSTEM_FILES, is_utf8, shown_name
 
 #: Formats read (Pillow's names), recognised by content whatever a file is called. MPO: multi-picture
 #: JPEGs (many phones' photos); HEIF (HEIC, the iPhone's default) needs pillow-heif (optional); AVIF
-#: when Pillow is built with libavif.
-FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "HEIF", "AVIF")
+#: when Pillow is built with libavif. AVIF is tried before HEIF: both claim files whose ftyp leads with
+#: the generic brand mif1, pillow-heif's libheif decodes only HEVC, and Pillow's AVIF plugin passes a file
+#: that is not AV1 on to the next plugin.
+FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "AVIF", "HEIF")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
                     ".avif", ".mpo")
 HEIF_INSTALL = 'pip install "nin_keras[heif]" (or: pip install pillow-heif)'
