@@ -149,6 +149,8 @@ class _FilteredStderr:
         return self
 
     def __exit__(self, *exc):
+        import subprocess
+
         if self._saved is None:
             return False
         try:
@@ -160,7 +162,7 @@ class _FilteredStderr:
         self._child.stdin.close()  # the pipe's last writer: the child reads to its end, then exits
         try:
             self._child.wait(timeout=10)  # what the block wrote is shown before what the command writes next
-        except Exception:  # a process the import started holds the pipe too: the child forwards on its own
+        except subprocess.TimeoutExpired:  # a process the block started holds the pipe too: the child goes on
             pass
         return False
 
