@@ -99,6 +99,30 @@ def _heic(path, upright):
     upright.save(path, format="HEIF", quality=95)
 
 
+def _rebrand(path, major, third_compatible=None):
+    """Rewrite a file's ftyp brands in place: the major one, and the third compatible one (miaf in both
+    encoders' files), as other writers fill them."""
+    data = bytearray(path.read_bytes())
+    assert data[4:8] == b"ftyp" and data[24:28] == b"miaf", bytes(data[:32])
+    data[8:12] = major
+    if third_compatible:
+        data[24:28] = third_compatible
+    path.write_bytes(bytes(data))
+
+
+def _heic_mif1_brand(path, upright):
+    """A HEIC whose ftyp leads with mif1 (heic among the compatible brands): Pillow's AVIF plugin passes it on."""
+    _heic(path, upright)
+    _rebrand(path, b"mif1")
+
+
+def _heic_naming_avif(path, upright):
+    """mif1 first and avif among the compatible brands, but HEVC inside: libavif fails with a RuntimeError,
+    after which Pillow tries no other plugin; the scan tries HEIF itself."""
+    _heic(path, upright)
+    _rebrand(path, b"mif1", b"avif")
+
+
 def _avif(path, upright):
     if not features.check("avif"):
         pytest.skip("this Pillow has no AVIF codec")
@@ -109,10 +133,7 @@ def _avif_mif1_brand(path, upright):
     """A still AVIF whose ftyp leads with HEIF's generic brand mif1 (the spec allows it; avif is among the
     compatible brands): pillow-heif took it for HEIF, which its HEVC-only libheif could not decode."""
     _avif(path, upright)
-    data = bytearray(path.read_bytes())
-    assert data[4:12] == b"ftypavif"
-    data[8:12] = b"mif1"
-    path.write_bytes(bytes(data))
+    _rebrand(path, b"mif1")
 
 
 KINDS = {
@@ -131,6 +152,8 @@ KINDS = {
     "iphone.heic": _heic,
     "android.avif": _avif,
     "mif1-brand.avif": _avif_mif1_brand,
+    "mif1-brand.heic": _heic_mif1_brand,
+    "names-avif.heic": _heic_naming_avif,
     "tiff-named.png": lambda p, im: im.save(p, format="TIFF"),  # the content decides, not the name
 }
 

@@ -58,6 +58,23 @@ def test_litert_and_converter_lines_follow_the_level_too():
     assert shown_lines(b"INFO:root:mine\n", 3) == b"INFO:root:mine\n"
 
 
+@pytest.mark.parametrize("level", ["0", "2"])
+def test_a_quiet_block_filters_what_native_code_writes_to_the_descriptor(capfd, monkeypatch, level):
+    """What LiteRT writes with fprintf goes to file descriptor 2, past sys.stderr: the block filters there,
+    and gives the descriptor back even when the call inside raises."""
+    from nin_keras.tf_logs import quiet_native_logs
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    chatter, kept = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", b"ERROR: a real one\n"
+    with pytest.raises(ZeroDivisionError):
+        with quiet_native_logs():
+            os.write(2, chatter + kept)
+            1 / 0
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err.encode()
+    assert err == (chatter + kept if level == "0" else kept) + b"after\n"
+
+
 @pytest.mark.parametrize("value, level", [(None, 0), ("2", 2), ("", 0), ("loud", 0), ("3", 3)])
 def test_the_level_is_read_as_tensorflow_reads_it(value, level):
     assert min_log_level({} if value is None else {"TF_CPP_MIN_LOG_LEVEL": value}) == level

@@ -41,8 +41,8 @@ from nin_keras.io import SYSTEM_FILES, is_utf8, shown_name
 #: Formats read (Pillow's names), recognised by content whatever a file is called. MPO: multi-picture
 #: JPEGs (many phones' photos); HEIF (HEIC, the iPhone's default) needs pillow-heif (optional); AVIF
 #: when Pillow is built with libavif. AVIF is tried before HEIF: both claim files whose ftyp leads with
-#: the generic brand mif1, pillow-heif's libheif decodes only HEVC, and Pillow's AVIF plugin passes a file
-#: that is not AV1 on to the next plugin.
+#: the generic brand mif1, and pillow-heif's libheif decodes only HEVC; Pillow's AVIF plugin passes on a
+#: file whose brands are not AVIF's (:func:`_open_by_content` one that names avif but holds HEVC).
 FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "AVIF", "HEIF")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif",
                     ".avif", ".mpo")
@@ -631,7 +631,7 @@ def open_image(path, max_pixels=None):
         Image.MAX_IMAGE_PIXELS = max_pixels
     _quiet_bomb_warning()
     try:
-        img = Image.open(path, formats=_formats())
+        img = _open_by_content(path)
     except Image.DecompressionBombError as e:
         claimed = re.search(r"\((\d+) pixels\)", str(e))
         raise ImageTooLarge(_too_large(int(claimed.group(1)) if claimed else 0, max_pixels)) from None
@@ -640,13 +640,28 @@ def open_image(path, max_pixels=None):
     except OSError as e:
         # The file's own name comes first in every message; here only the reason, not the repr'd name again.
         raise BadImage(f"corrupt or unreadable image ({e.strerror or e})") from None
-    except (SyntaxError, ValueError, struct.error) as e:
+    except (SyntaxError, ValueError, struct.error, RuntimeError) as e:
         raise BadImage(f"corrupt or unreadable image ({e})") from None
     width, height = img.size
     if width * height > max_pixels:
         img.close()
         raise ImageTooLarge(_too_large(width * height, max_pixels))
     return img
+
+
+def _open_by_content(path):
+    """``Image.open`` over :func:`_formats`. A file whose ftyp names both mif1 and avif but holds HEVC passes
+    Pillow's AVIF check and fails inside libavif with a RuntimeError, after which Pillow tries no other
+    plugin: then it is HEIF's turn."""
+    from PIL import Image
+
+    formats = _formats()
+    try:
+        return Image.open(path, formats=formats)
+    except RuntimeError:
+        if "AVIF" not in formats:
+            raise
+        return Image.open(path, formats=[f for f in formats if f != "AVIF"])
 
 
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
