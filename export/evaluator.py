@@ -27,7 +27,7 @@ class TFLiteClassifier:
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self._batch = None
+        self._batch = int(self.input["shape"][0])  # what is allocated: a batch of that size needs no second allocation
 
     def _resize(self, batch):
         if batch != self._batch:
@@ -146,11 +146,12 @@ def evaluate_mediapipe(model_path, images, labels, litert_top1, keras_top1, *, s
         clf = MediaPipeClassifier(model_path)
     except NinError as e:
         return {"mediapipe_error": str(e).split(": ", 2)[-1]}
+    chunk = 100
     try:
         preds = np.empty(len(images), np.int64)
-        for start in progress(range(0, len(images), 100), len(images), label,
-                              done_after=lambda start: min(start + 100, len(images))):
-            preds[start : start + 100] = clf.top1(as_camera_frames(images[start : start + 100], scale))
+        for start in progress(range(0, len(images), chunk), len(images), label,
+                              done_after=lambda start: min(start + chunk, len(images))):
+            preds[start : start + chunk] = clf.top1(as_camera_frames(images[start : start + chunk], scale))
     finally:
         clf.close()
     return {

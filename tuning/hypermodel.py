@@ -30,6 +30,7 @@ WIDTHS = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 # Where BatchNorm goes. "after_stem" skips only the full-resolution first
 # block, where Keras' unfused BatchNorm cost 2.3x the whole step on CPU.
 BATCH_NORM = ("none", "after_stem", "all")
+BATCH_SIZES = (64, 128, 256)
 FIT_HPARAMS = ("learning_rate", "optimizer", "weight_decay", "lr_schedule", "label_smoothing", "batch_size",
                "augment", "augment_shift")
 
@@ -117,8 +118,8 @@ class NinHyperModel(keras_tuner.HyperModel):
                                          default=float(base.label_smoothing)),
             "augment": hp.Boolean("augment", default=base.augment),
             "augment_shift": hp.Int("augment_shift", 0, 4, default=min(base.augment_shift, 4)),
-            "batch_size": hp.Choice("batch_size", [64, 128, 256], default=base.batch_size
-                                    if base.batch_size in (64, 128, 256) else 128),
+            "batch_size": hp.Choice("batch_size", list(BATCH_SIZES), default=base.batch_size
+                                    if base.batch_size in BATCH_SIZES else 128),
         })
         return values
 

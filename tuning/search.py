@@ -490,6 +490,8 @@ def _search(args, base, tuner, splits, print_fn):
     """``tuner.search`` with early stopping and TensorBoard, in the base config's precision."""
     import keras
 
+    from tuning.hypermodel import BATCH_SIZES
+
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=args.patience, restore_best_weights=True),
         keras.callbacks.TensorBoard(os.path.join(args.output_dir, "tensorboard")),
@@ -499,11 +501,12 @@ def _search(args, base, tuner, splits, print_fn):
     precision = resolve_precision(base.precision)
     print_fn(f"tuning: {args.tuner} search over preset {args.preset!r}, {len(splits.x_train)} train / "
              f"{len(splits.x_val)} val examples, {args.epochs} epoch(s) per trial, {precision}, in {args.output_dir}")
-    if len(splits.x_train) < 64:  # the smallest batch_size choice: trials differ in it in name only
+    if len(splits.x_train) < min(BATCH_SIZES):  # trials differ in batch_size in name only
         from nin_keras.data import fitting_batch_size
 
-        print_fn(f"note: {len(splits.x_train)} training examples are fewer than every batch_size choice (64, 128, "
-                 f"256): each trial trains with a batch of {fitting_batch_size(64, len(splits.x_train))}")
+        print_fn(f"note: {len(splits.x_train)} training examples are fewer than every batch_size choice "
+                 f"({', '.join(map(str, BATCH_SIZES))}): each trial trains with a batch of "
+                 f"{fitting_batch_size(min(BATCH_SIZES), len(splits.x_train))}")
     fit_kwargs = {} if args.tuner == "hyperband" else {"epochs": args.epochs}
     # A distributed chief only serves the oracle (keras-tuner sleeps in a loop): there a signal must act at once.
     signals = contextlib.nullcontext(tuner.signals) if _serves_oracle() else SignalStop()
